@@ -1,0 +1,42 @@
+"""dl: functional deep learning in JAX.
+
+import dl
+config = dl.default_config()        # or an experiment's get_config()
+state, history = dl.train(config, "/tmp/run")
+"""
+
+from dl import data, models
+from dl.checkpoint import Checkpointer, CheckpointError
+from dl.compile import jit_step, scan_steps
+from dl.config import TrainConfig, default_config
+from dl.config import parse as parse_config
+from dl.state import TrainState, create_train_state
+from dl.steps import eval_step, train_step
+from dl.trainer import Task, build, evaluate, predict, restore, train
+from dl.writers import plot_history, read_history
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "CheckpointError",
+  "Checkpointer",
+  "Task",
+  "TrainConfig",
+  "TrainState",
+  "build",
+  "create_train_state",
+  "data",
+  "default_config",
+  "eval_step",
+  "evaluate",
+  "jit_step",
+  "models",
+  "parse_config",
+  "plot_history",
+  "predict",
+  "read_history",
+  "restore",
+  "scan_steps",
+  "train",
+  "train_step",
+]

@@ -1,0 +1,167 @@
+"""Training configuration: one typed, frozen dataclass; `ConfigDict`s are built from it.
+
+Experiments write `get_config()` returning `default_config()` with some fields changed;
+`parse` turns any `ConfigDict` or mapping back into a validated `TrainConfig`.
+"""
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+SCHEDULES = ("constant", "cosine", "linear")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "lion", "rmsprop")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything `dl.train` needs. Zero means "derived" where noted.
+
+  Attributes:
+    dataset: TFDS name: a local one ("digits", "mnist5k", "breast_cancer") or a catalog one.
+    data_dir: TFDS data directory ("" means $DL_DATA_DIR or TFDS's default).
+    train_split: split to train on.
+    eval_split: split to evaluate on.
+    model: {"name": ..., **hyperparameters}; `num_classes` comes from the dataset.
+    seed: seeds init, dropout and data order.
+    batch_size: training examples per step.
+    eval_batch_size: examples per evaluation step (the last batch is padded and masked).
+    num_epochs: passes over the training data, used when `num_train_steps` is 0.
+    num_train_steps: total optimizer steps (0: from `num_epochs`).
+    optimizer: an optax optimizer, one of `OPTIMIZERS`.
+    learning_rate: peak learning rate.
+    schedule: learning-rate schedule after warmup, one of `SCHEDULES`.
+    warmup_steps: linear warmup from 0 to `learning_rate`.
+    weight_decay: decoupled weight decay (adamw, lamb, lion) or L2 added to grads (others).
+    momentum: momentum of "momentum" and "rmsprop".
+    grad_clip_norm: clip gradients to this global norm (0: no clipping).
+    grad_accum_steps: accumulate gradients over this many steps per update (optax.MultiSteps).
+    label_smoothing: smoothing of the one-hot targets.
+    normalize: scale uint8 images to [0, 1]; standardise float features by train statistics.
+    steps_per_dispatch: train steps fused into one compiled call (lax.scan).
+    log_every_steps: how often train metrics are averaged and written.
+    eval_every_steps: how often to evaluate (0: once per epoch).
+    checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
+    keep_checkpoints: the latest checkpoints kept (the best one is kept too).
+    best_metric: eval metric that picks the best checkpoint.
+    best_mode: "max" or "min" of `best_metric`.
+    progress: show a progress bar.
+    tensorboard: also write TensorBoard event files.
+  """
+
+  dataset: str = "digits"
+  data_dir: str = ""
+  train_split: str = "train"
+  eval_split: str = "test"
+  model: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "cnn"})
+  seed: int = 0
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  num_epochs: float = 10.0
+  num_train_steps: int = 0
+  optimizer: str = "adamw"
+  learning_rate: float = 1e-3
+  schedule: str = "cosine"
+  warmup_steps: int = 0
+  weight_decay: float = 1e-4
+  momentum: float = 0.9
+  grad_clip_norm: float = 0.0
+  grad_accum_steps: int = 1
+  label_smoothing: float = 0.0
+  normalize: bool = True
+  steps_per_dispatch: int = 1
+  log_every_steps: int = 50
+  eval_every_steps: int = 0
+  checkpoint_every_steps: int = 0
+  keep_checkpoints: int = 3
+  best_metric: str = "accuracy"
+  best_mode: str = "max"
+  progress: bool = True
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    _check_types(self)
+    _check_values(self)
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Returns the defaults of `TrainConfig` as a locked `ConfigDict` (model left open)."""
+  config = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
+  config.lock()
+  # The model's keys depend on the model, so they may be added; `parse` checks them.
+  config.model.unlock()
+  return config
+
+
+def parse(config: ml_collections.ConfigDict | Mapping[str, Any] | TrainConfig) -> TrainConfig:
+  """Validates `config` and returns it as a `TrainConfig`.
+
+  Raises:
+    ValueError: naming the key, the expected value and what came, for unknown keys,
+      wrong types and out-of-range values.
+  """
+  if isinstance(config, TrainConfig):
+    return config
+  values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  known = [f.name for f in dataclasses.fields(TrainConfig)]
+  for key in values:
+    if key not in known:
+      hint = difflib.get_close_matches(key, known, n=1)
+      did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+      raise ValueError(f"unknown config key {key!r}.{did_you_mean} Valid keys: {', '.join(known)}.")
+  return TrainConfig(**values)
+
+
+def _check_types(c: TrainConfig) -> None:
+  for field in dataclasses.fields(c):
+    value, expected = getattr(c, field.name), field.type
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+      object.__setattr__(c, field.name, float(value))
+    elif field.name == "model":
+      if not isinstance(value, Mapping) or "name" not in value:
+        raise ValueError(
+          f"config.{field.name} must be a mapping with a 'name' key, "
+          f"e.g. {{'name': 'cnn'}}; got {value!r}."
+        )
+    elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+      raise ValueError(
+        f"config.{field.name} must be {expected.__name__}; got {value!r} ({type(value).__name__})."
+      )
+
+
+def _check_values(c: TrainConfig) -> None:
+  _require(c.batch_size > 0, "batch_size", "an integer > 0", c.batch_size)
+  _require(c.eval_batch_size > 0, "eval_batch_size", "an integer > 0", c.eval_batch_size)
+  _require(c.learning_rate > 0, "learning_rate", "a number > 0", c.learning_rate)
+  _require(
+    c.num_epochs > 0 or c.num_train_steps > 0,
+    "num_epochs",
+    "> 0 (or num_train_steps > 0)",
+    c.num_epochs,
+  )
+  _require(
+    c.num_train_steps >= 0, "num_train_steps", ">= 0 (0: from num_epochs)", c.num_train_steps
+  )
+  _require(c.steps_per_dispatch > 0, "steps_per_dispatch", "an integer > 0", c.steps_per_dispatch)
+  _require(c.grad_accum_steps > 0, "grad_accum_steps", "an integer > 0", c.grad_accum_steps)
+  _require(c.log_every_steps > 0, "log_every_steps", "an integer > 0", c.log_every_steps)
+  _require(c.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", c.keep_checkpoints)
+  for key in ("warmup_steps", "eval_every_steps", "checkpoint_every_steps"):
+    _require(getattr(c, key) >= 0, key, "an integer >= 0", getattr(c, key))
+  for key in ("weight_decay", "grad_clip_norm"):
+    _require(getattr(c, key) >= 0, key, "a number >= 0", getattr(c, key))
+  _require(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
+  _require(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
+  _require(c.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", c.optimizer)
+  _require(c.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", c.schedule)
+  _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)
+  _require(
+    c.best_metric in ("accuracy", "loss"), "best_metric", "'accuracy' or 'loss'", c.best_metric
+  )
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+  if not ok:
+    raise ValueError(f"config.{key} must be {expected}; got {got!r}.")

@@ -1,0 +1,83 @@
+"""Batches from arrays held in memory, with a checkpointable position.
+
+Small data sets are decoded once (see `dl.data.load`) and then batched here: no
+per-record Python in the training loop.
+"""
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+
+class ShuffledBatches:
+  """Endless shuffled batches over epochs; drops each epoch's incomplete last batch.
+
+  The order is a pure function of (seed, epoch), so `get_state`/`set_state`
+  (two integers) restore the exact position after a restart.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int):
+    sizes = {k: len(v) for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+      raise ValueError(f"all arrays must have the same length; got {sizes}")
+    self._arrays = dict(arrays)
+    self._num_examples = next(iter(sizes.values()))
+    if batch_size > self._num_examples:
+      raise ValueError(
+        f"batch_size {batch_size} is larger than the data ({self._num_examples} "
+        "examples); use a batch_size <= the number of training examples."
+      )
+    self.batch_size = batch_size
+    self.steps_per_epoch = self._num_examples // batch_size
+    self._seed = seed
+    self._epoch, self._index = 0, 0
+    self._order = self._permutation(0)
+
+  def _permutation(self, epoch: int) -> np.ndarray:
+    return np.random.default_rng([self._seed, epoch]).permutation(self._num_examples)
+
+  def get_state(self) -> dict[str, int]:
+    """The position: epoch and batch index within it."""
+    return {"epoch": self._epoch, "index": self._index}
+
+  def set_state(self, state: Mapping[str, int]) -> None:
+    """Moves to a position returned by `get_state`."""
+    self._epoch, self._index = int(state["epoch"]), int(state["index"])
+    self._order = self._permutation(self._epoch)
+
+  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch, or `num_batches` batches stacked on a new leading axis."""
+    if num_batches is None:
+      return self._next_one()
+    batches = [self._next_one() for _ in range(num_batches)]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
+  def _next_one(self) -> dict[str, np.ndarray]:
+    if self._index == self.steps_per_epoch:
+      self.set_state({"epoch": self._epoch + 1, "index": 0})
+    start = self._index * self.batch_size
+    idx = self._order[start : start + self.batch_size]
+    self._index += 1
+    return {k: v[idx] for k, v in self._arrays.items()}
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    while True:
+      yield self._next_one()
+
+
+def padded_batches(
+  arrays: Mapping[str, np.ndarray], batch_size: int
+) -> Iterator[dict[str, np.ndarray]]:
+  """All examples in order, in batches of one shape; the last is padded, "mask" marks real ones."""
+  n = len(next(iter(arrays.values())))
+  for start in range(0, n, batch_size):
+    real = min(batch_size, n - start)
+    batch = {k: _pad(v[start : start + real], batch_size) for k, v in arrays.items()}
+    batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
+    yield batch
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+  return (
+    np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
+  )

@@ -1,0 +1,255 @@
+"""Loads a TFDS data set split into numpy arrays, with errors that say how to fix them.
+
+The path needs no TensorFlow: the dataset is prepared as array_record files,
+read through `builder.as_data_source` and decoded once with grain into one
+numpy array per feature. Local builders (`dl.data.builders`) prepare offline;
+TFDS catalog names (`mnist`, `cifar10`, ...) download where a network exists.
+"""
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer")
+DATA_DIR_ENV = "DL_DATA_DIR"
+_FILE_FORMAT = "array_record"
+_LABEL_KEY = "label"
+_LOCAL_HINT = f"Local datasets (offline): {', '.join(LOCAL_DATASETS)}"
+
+
+class DatasetError(ValueError):
+  """A data set cannot be loaded; the message says how to fix it."""
+
+
+class UnknownDatasetError(DatasetError):
+  """The name is neither a local data set nor a TFDS catalog name."""
+
+
+class UnknownSplitError(DatasetError):
+  """The data set has no such split."""
+
+
+class DatasetDownloadError(DatasetError):
+  """A catalog data set needs a download and the download failed."""
+
+
+class DataPackageMissingError(DatasetError, ImportError):
+  """A local data set reads its data from a package that is not installed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What a model and a trainer need to know about a data set.
+
+  Attributes:
+    name: The TFDS name, e.g. "digits".
+    input_key: The model input feature: "image" if the data set has one, else
+      "features", else the first non-label tensor feature.
+    input_shape: Shape of one input example, e.g. (8, 8, 1).
+    input_dtype: Numpy dtype of the input, e.g. uint8.
+    num_classes: Number of label classes.
+    splits: Split name -> number of examples.
+  """
+
+  name: str
+  input_key: str
+  input_shape: tuple[int, ...]
+  input_dtype: np.dtype
+  num_classes: int
+  splits: dict[str, int]
+
+
+def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
+  """Loads a whole split of a TFDS dataset into numpy arrays (decoded once).
+
+  The data set is prepared on first use (array_record files under
+  `data_dir`), then every record of the split is decoded once and each
+  feature is stacked into one array. Features whose examples cannot be
+  stacked (ragged or nested extras) are left out; the input and `label`
+  never are.
+
+  Args:
+    name: A local data set (see `LOCAL_DATASETS`) or a TFDS catalog name,
+      optionally with config and version ("mnist", "mnist:3.0.1").
+    split: A split name or TFDS split expression ("train", "test[:10%]").
+    data_dir: Where prepared data sets live. None means `$DL_DATA_DIR` if
+      set, else TFDS's default data dir.
+
+  Returns:
+    Feature name -> array with the examples along the first axis, e.g.
+    {"image": uint8[N, 8, 8, 1], "label": int64[N]}.
+
+  Raises:
+    UnknownDatasetError: `name` is not a known data set.
+    UnknownSplitError: the data set has no split `split`.
+    DatasetDownloadError: a catalog data set could not be downloaded.
+    DataPackageMissingError: a local data set's source package is missing.
+  """
+  builder = _prepared_builder(name, data_dir)
+  _check_split(builder, split)
+  source = builder.as_data_source(split=split)
+  if not len(source):
+    raise DatasetError(f"split '{split}' of dataset '{name}' is empty.")
+  required = {_find_input_key(builder.info.features), _LABEL_KEY} - {None}
+  batch = grain.MapDataset.source(source).batch(len(source), batch_fn=_stack)
+  return _keep_stackable(batch[0], required, name)
+
+
+def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
+  """Describes a data set's input, classes and splits (preparing it if needed).
+
+  Args:
+    name: A local data set (see `LOCAL_DATASETS`) or a TFDS catalog name.
+    data_dir: Where prepared data sets live. None means `$DL_DATA_DIR` if
+      set, else TFDS's default data dir.
+
+  Returns:
+    The data set's `DatasetSpec`.
+
+  Raises:
+    UnknownDatasetError: `name` is not a known data set.
+    DatasetDownloadError: a catalog data set could not be downloaded.
+    DataPackageMissingError: a local data set's source package is missing.
+    DatasetError: the data set has no class label feature `label`.
+  """
+  builder = _prepared_builder(name, data_dir)
+  features = builder.info.features
+  input_key = _input_key(features)
+  return DatasetSpec(
+    name=builder.info.name,
+    input_key=input_key,
+    input_shape=tuple(features[input_key].shape),
+    input_dtype=np.dtype(features[input_key].np_dtype),
+    num_classes=_num_classes(features, name),
+    splits={s: split.num_examples for s, split in builder.info.splits.items()},
+  )
+
+
+def _resolve_data_dir(data_dir: str | None) -> str | None:
+  """Returns `data_dir`, else `$DL_DATA_DIR`, else None (TFDS's default)."""
+  return data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
+def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Returns the builder for `name` with its array_record files prepared."""
+  data_dir = _resolve_data_dir(data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise UnknownDatasetError(_unknown_dataset_message(name)) from e
+  try:
+    builder.download_and_prepare(file_format=_FILE_FORMAT)
+  except (OSError, tfds.download.DownloadError) as e:
+    if _is_local(builder.name):
+      raise
+    raise DatasetDownloadError(_download_failed_message(name, e)) from e
+  return builder
+
+
+def _is_local(builder_name: str) -> bool:
+  """Whether the builder is one of dl's offline data sets."""
+  return builder_name in LOCAL_DATASETS
+
+
+def _unknown_dataset_message(name: str) -> str:
+  """Says that `name` is unknown, suggests the closest names, lists the local ones."""
+  catalog = tfds.list_builders(with_community_datasets=False)
+  known = sorted(set(LOCAL_DATASETS) | set(catalog))
+  base = name.split("/")[0].split(":")[0]
+  close = difflib.get_close_matches(base, known, n=3)
+  suggestion = "."
+  if close:
+    suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?"
+  return (
+    f"unknown dataset '{name}'{suggestion} {_LOCAL_HINT}; any TFDS catalog "
+    "name also works where a network is available."
+  )
+
+
+def _download_failed_message(name: str, error: Exception) -> str:
+  """Says that a catalog data set could not be downloaded, and what to use offline."""
+  return (
+    f"dataset '{name}' needs a download from the internet and it failed "
+    f"({type(error).__name__}: {error}). Offline? Use one of the local "
+    f"datasets: {', '.join(LOCAL_DATASETS)}."
+  )
+
+
+def _check_split(builder: tfds.core.DatasetBuilder, split: str) -> None:
+  """Raises UnknownSplitError if `split` names a split the data set lacks."""
+  available = list(builder.info.splits)
+  if not available:  # Splits are unknown (e.g. under tfds.testing.mock_data).
+    return
+  for part in split.split("+"):
+    base = part.split("[")[0].strip()
+    if base not in available:
+      raise UnknownSplitError(
+        f"dataset '{builder.name}' has no split '{base}'; available splits: {', '.join(available)}."
+      )
+
+
+def _input_key(features: tfds.features.FeaturesDict) -> str:
+  """Returns the input feature's key, or raises DatasetError if there is none."""
+  key = _find_input_key(features)
+  if key is None:
+    raise DatasetError(
+      "dataset has no input feature; expected 'image', 'features' or a "
+      f"tensor feature, got {sorted(features.keys())}."
+    )
+  return key
+
+
+def _find_input_key(features: tfds.features.FeaturesDict) -> str | None:
+  """Returns "image", else "features", else the first non-label tensor feature."""
+  for key in ("image", "features"):
+    if key in features:
+      return key
+  for key, feature in features.items():
+    if key != _LABEL_KEY and isinstance(feature, tfds.features.Tensor):
+      return key
+  return None
+
+
+def _num_classes(features: tfds.features.FeaturesDict, name: str) -> int:
+  """Returns the number of classes of the `label` feature."""
+  label = features[_LABEL_KEY] if _LABEL_KEY in features else None
+  if not isinstance(label, tfds.features.ClassLabel):
+    raise DatasetError(
+      f"dataset '{name}' has no ClassLabel feature '{_LABEL_KEY}'; "
+      f"its features are {sorted(features.keys())}."
+    )
+  return label.num_classes
+
+
+def _stack(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
+  """Stacks each feature over examples; None for a feature that cannot be stacked."""
+  return {key: _stack_feature([example[key] for example in examples]) for key in examples[0]}
+
+
+def _stack_feature(values: list[Any]) -> np.ndarray | None:
+  """Stacks one feature's values, or returns None if they are ragged or nested."""
+  try:
+    stacked = np.stack([np.asarray(value) for value in values])
+  except (ValueError, TypeError):
+    return None
+  return None if stacked.dtype == object else stacked
+
+
+def _keep_stackable(
+  batch: dict[str, np.ndarray | None], required: set[str], name: str
+) -> dict[str, np.ndarray]:
+  """Drops unstackable features; raises if the input or label is one of them."""
+  missing = sorted(k for k in required if k in batch and batch[k] is None)
+  if missing:
+    raise DatasetError(
+      f"dataset '{name}': features {missing} differ in shape between "
+      "examples, so they cannot be loaded into one array. Read it with "
+      "tfds.data_source and a grain pipeline that resizes them instead."
+    )
+  return {key: array for key, array in batch.items() if array is not None}

@@ -1,0 +1,46 @@
+"""Models: Flax Linen modules, used through `init`/`apply` as pure functions.
+
+Every model takes a batch of inputs and `train: bool`, and returns logits.
+"""
+
+import dataclasses
+import difflib
+
+import flax.linen as nn
+
+from dl.models.cnn import CNN
+from dl.models.mlp import MLP
+from dl.models.resnet import ResNet, ResNet8, ResNet18
+
+MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+
+
+def create(name: str, **kwargs) -> nn.Module:
+  """Builds the model called `name` with hyperparameters `kwargs`.
+
+  Args:
+    name: one of `MODELS` ("mlp", "cnn", "resnet").
+    **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
+
+  Returns:
+    The Flax module.
+
+  Raises:
+    ValueError: for an unknown name or a keyword the module does not have.
+  """
+  if name not in MODELS:
+    hint = difflib.get_close_matches(name, MODELS, n=1)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+    raise ValueError(f"unknown model {name!r}{did_you_mean} Expected one of: {', '.join(MODELS)}.")
+  cls = MODELS[name]
+  fields = {f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("parent", "name")}
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(
+      f"model {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+      f"expected some of: {', '.join(sorted(fields))}."
+    )
+  return cls(**kwargs)
+
+
+__all__ = ["CNN", "MLP", "MODELS", "ResNet", "ResNet8", "ResNet18", "create"]

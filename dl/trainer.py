@@ -1,0 +1,306 @@
+"""`dl.train`: the training loop around the pure steps.
+
+The loop owns everything impure (data order, checkpoints, logging, the progress bar);
+`dl.steps` holds the math, `dl.compile` how it is compiled.
+"""
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from dl import compile as compile_lib
+from dl import config as config_lib
+from dl import data as data_lib
+from dl import models, optim, steps, writers
+from dl.checkpoint import Checkpointer
+from dl.data.batches import ShuffledBatches, padded_batches
+from dl.data.transforms import normalizer, to_batch_format
+from dl.state import TrainState, create_train_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """What a config trains: model, optimizer, data (as batch-format numpy arrays)."""
+
+  config: config_lib.TrainConfig
+  spec: data_lib.DatasetSpec
+  model: nn.Module
+  tx: Any
+  train: dict[str, np.ndarray]
+  eval: dict[str, np.ndarray]
+  num_steps: int
+  steps_per_epoch: int
+  preprocess: Any
+
+  def init_state(self) -> TrainState:
+    return create_train_state(
+      self.model, self.tx, jax.random.PRNGKey(self.config.seed), self.spec.input_shape
+    )
+
+
+def build(config) -> Task:
+  """Parses `config` and builds the model, optimizer and data it names."""
+  c = config_lib.parse(config)
+  data_dir = c.data_dir or None
+  spec = data_lib.info(c.dataset, data_dir=data_dir)
+  train = to_batch_format(
+    data_lib.load(c.dataset, c.train_split, data_dir=data_dir), spec.input_key
+  )
+  evals = to_batch_format(data_lib.load(c.dataset, c.eval_split, data_dir=data_dir), spec.input_key)
+  preprocess = normalizer(train["input"]) if c.normalize else (lambda x: np.asarray(x, np.float32))
+  train["input"], evals["input"] = preprocess(train["input"]), preprocess(evals["input"])
+  model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+  model = models.create(c.model["name"], num_classes=spec.num_classes, **model_kwargs)
+  steps_per_epoch = len(train["label"]) // c.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+      f"config.batch_size ({c.batch_size}) must be <= the number of training "
+      f"examples ({len(train['label'])}) of {c.dataset!r}."
+    )
+  num_steps = c.num_train_steps or math.ceil(c.num_epochs * steps_per_epoch)
+  tx = optim.create_optimizer(c, max(num_steps // c.grad_accum_steps, 1))
+  return Task(c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess)
+
+
+def train(config, workdir: str) -> tuple[TrainState, writers.History]:
+  """Trains and evaluates the model a config describes; resumes from `workdir` if it can.
+
+  Args:
+    config: an `ml_collections.ConfigDict` (e.g. from `dl.default_config()` or an
+      experiment's `get_config()`), a dict, or a `dl.TrainConfig`.
+    workdir: where checkpoints, `metrics.jsonl`, TensorBoard events and `curves.png` go.
+      If it holds checkpoints, training continues from the newest readable one.
+
+  Returns:
+    The final state and the history {"train": [...], "eval": [...]} of metric records.
+
+  Raises:
+    ValueError: for a bad config or data that does not fit the model.
+    FloatingPointError: when the loss or parameters stop being finite; the last
+      good checkpoint is kept.
+  """
+  task = build(config)
+  c = task.config
+  os.makedirs(workdir, exist_ok=True)
+  ckpt = Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    keep=c.keep_checkpoints,
+    best_metric=c.best_metric,
+    best_mode=c.best_mode,
+  )
+  batches = ShuffledBatches(task.train, c.batch_size, seed=c.seed)
+  state = task.init_state()
+  restored = ckpt.restore(state)
+  if restored is not None:
+    step, state, position = restored
+    batches.set_state(position)
+    log.info("resumed from step %d in %s", step, ckpt.directory)
+  writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard)
+  try:
+    state = _loop(task, state, batches, ckpt, writer)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  history = writers.read_history(writer.path)
+  writers.plot_history(
+    history, os.path.join(workdir, "curves.png"), title=f"{c.model['name']} on {c.dataset}"
+  )
+  return state, history
+
+
+def _loop(
+  task: Task,
+  state: TrainState,
+  batches: ShuffledBatches,
+  ckpt: Checkpointer,
+  writer: writers.MetricWriter,
+) -> TrainState:
+  """Runs steps from `state.step` to `task.num_steps`, stopping at each event step."""
+  c = task.config
+  step_fn = functools.partial(
+    steps.train_step, apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing
+  )
+  one_step, fused_steps = compile_lib.jit_step(step_fn), compile_lib.jit_step(step_fn, fused=True)
+  eval_every = c.eval_every_steps or task.steps_per_epoch
+  ckpt_every = c.checkpoint_every_steps or eval_every
+  step = int(state.step)
+  pending, last_sync = [], (step, time.perf_counter())
+  bar = tqdm.tqdm(
+    total=task.num_steps,
+    initial=step,
+    disable=not c.progress,
+    unit="step",
+    desc=f"{c.model['name']}/{c.dataset}",
+  )
+  with bar:
+    while step < task.num_steps:
+      k = min(
+        c.steps_per_dispatch,
+        task.num_steps - step,
+        *(every - step % every for every in (c.log_every_steps, eval_every, ckpt_every)),
+      )
+      if k == 1:
+        state, metrics = one_step(state, batches.next())
+        pending.append(metrics)
+      else:
+        state, metrics = fused_steps(state, batches.next(k))
+        pending.extend(_unstack(metrics, k))
+      step += k
+      bar.update(k)
+      final = step == task.num_steps
+      is_eval, is_ckpt = final or step % eval_every == 0, final or step % ckpt_every == 0
+      if not (final or is_eval or is_ckpt or step % c.log_every_steps == 0):
+        continue
+      record = _sync(pending, step, last_sync, c.batch_size)
+      pending, last_sync = [], (step, time.perf_counter())
+      writer.write("train", step, record)
+      bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+      eval_metrics = None
+      if is_eval:
+        eval_metrics = evaluate(state, task.model, task.eval, c.eval_batch_size)
+        writer.write("eval", step, eval_metrics)
+        bar.write(
+          f"step {step}: eval loss {eval_metrics['loss']:.4f} "
+          f"accuracy {eval_metrics['accuracy']:.4f}"
+        )
+      if is_ckpt:
+        _check_params_finite(state, step, ckpt)
+        ckpt.save(step, state, batches.get_state(), eval_metrics)
+  return state
+
+
+def _unstack(metrics: dict[str, jax.Array], k: int) -> list[dict[str, jax.Array]]:
+  return [{name: value[i] for name, value in metrics.items()} for i in range(k)]
+
+
+def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int) -> dict[str, float]:
+  """Fetches the metrics since the last sync, checks they are finite, averages them."""
+  fetched = jax.device_get(pending)
+  losses = np.array([m["loss"] for m in fetched])
+  if not np.all(np.isfinite(losses)):
+    bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+    raise FloatingPointError(
+      f"the training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}. "
+      "Training stopped; the last good checkpoint is kept. Try a lower learning_rate or "
+      "set grad_clip_norm."
+    )
+  record = writers.mean_metrics(fetched)
+  prev_step, prev_time = last_sync
+  record["examples_per_sec"] = (step - prev_step) * batch_size / (time.perf_counter() - prev_time)
+  return record
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+  return jnp.all(jnp.stack(leaves))
+
+
+def _check_params_finite(state: TrainState, step: int, ckpt: Checkpointer) -> None:
+  if not bool(_all_finite(state.params)):
+    raise FloatingPointError(
+      f"parameters are not finite at step {step}; not saving them. The last good checkpoint "
+      f"(step {ckpt.latest_step()}) is kept. Try a lower learning_rate or set grad_clip_norm."
+    )
+
+
+def evaluate(
+  state: TrainState, model: nn.Module, arrays: dict[str, np.ndarray], batch_size: int = 1000
+) -> dict[str, float]:
+  """Mean loss and accuracy of `state` on all of `arrays` (exact: padding is masked).
+
+  Args:
+    state: a `TrainState` whose params fit `model`.
+    model: the Flax module.
+    arrays: {"input": (N, ...), "label": (N,)}, already preprocessed.
+    batch_size: examples per compiled call.
+  """
+  eval_fn = _jitted_eval_step(model)
+  totals = None
+  for batch in padded_batches(arrays, min(batch_size, len(arrays["label"]))):
+    sums = eval_fn(state, batch)
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  return {
+    "loss": float(totals["loss_sum"] / totals["count"]),
+    "accuracy": float(totals["correct"] / totals["count"]),
+  }
+
+
+@functools.cache
+def _jitted_eval_step(model: nn.Module):
+  return jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply))
+
+
+def predict(task: Task, state: TrainState, inputs: np.ndarray) -> np.ndarray:
+  """Class probabilities for raw inputs in the data set's own format.
+
+  Args:
+    task: from `dl.build(config)`: says the model, the expected inputs and their scaling.
+    state: trained state, e.g. from `dl.train` or `dl.restore`.
+    inputs: (N, *example_shape) in the data set's dtype, e.g. uint8 pixels for images.
+
+  Returns:
+    (N, num_classes) float32 probabilities.
+  """
+  check_inputs(inputs, task.spec)
+  x = task.preprocess(inputs)
+  logits = _jitted_apply(task.model)(state.params, state.model_state, x)
+  return np.asarray(jax.nn.softmax(logits))
+
+
+@functools.cache
+def _jitted_apply(model: nn.Module):
+  return jax.jit(lambda params, model_state, x: model.apply({"params": params, **model_state}, x))
+
+
+def check_inputs(inputs: np.ndarray, spec: data_lib.DatasetSpec) -> None:
+  """Raises a ValueError naming the expected shape and dtype when `inputs` do not match."""
+  inputs = np.asarray(inputs)
+  expected = f"(batch, {', '.join(map(str, spec.input_shape))})"
+  if inputs.ndim != len(spec.input_shape) + 1 or inputs.shape[1:] != tuple(spec.input_shape):
+    raise ValueError(f"inputs for {spec.name!r} must have shape {expected}; got {inputs.shape}.")
+  if inputs.dtype != spec.input_dtype:
+    raise ValueError(
+      f"inputs for {spec.name!r} must have dtype {np.dtype(spec.input_dtype)} "
+      f"(as stored in the data set); got {inputs.dtype}."
+    )
+
+
+def restore(config, workdir: str, step: int | None = None) -> TrainState:
+  """Loads the state a `dl.train` run saved in `workdir` (newest readable step by default).
+
+  Raises:
+    FileNotFoundError: when `workdir` holds no checkpoint.
+  """
+  task = config if isinstance(config, Task) else build(config)
+  c = task.config
+  abstract = jax.eval_shape(task.init_state)
+  ckpt = Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    keep=c.keep_checkpoints,
+    best_metric=c.best_metric,
+    best_mode=c.best_mode,
+  )
+  try:
+    restored = ckpt.restore(abstract, step)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {ckpt.directory}; train first with dl.train(config, {workdir!r})."
+    )
+  return restored[1]

@@ -1,0 +1,76 @@
+"""Where metrics go: JSON lines (any tool reads them), TensorBoard events, a PNG plot."""
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+
+History = dict[str, list[dict[str, float]]]
+
+
+class MetricWriter:
+  """Appends {"split", "step", **metrics} records to `<workdir>/metrics.jsonl` and TensorBoard."""
+
+  def __init__(self, workdir: str, *, tensorboard: bool = True):
+    os.makedirs(workdir, exist_ok=True)
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._file = open(self.path, "a")
+    self._tb = None
+    if tensorboard:
+      import tensorboardX  # Only imported when asked for.
+
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, split: str, step: int, metrics: Mapping[str, float]) -> None:
+    record = {"split": split, "step": int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    if self._tb is not None:
+      for name, value in metrics.items():
+        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+
+  def close(self) -> None:
+    self._file.close()
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_history(path: str) -> History:
+  """Reads a `metrics.jsonl` back into {"train": [...], "eval": [...]}; later records win."""
+  by_key: dict[tuple[str, int], dict] = {}
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      by_key[(record.pop("split"), record["step"])] = record
+  history: History = {}
+  for (split, _), record in sorted(by_key.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+    history.setdefault(split, []).append(record)
+  return history
+
+
+def plot_history(history: History, path: str, *, title: str = "") -> str:
+  """Saves loss and accuracy curves (train and eval against step) as a PNG at `path`."""
+  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  for ax, metric in zip(axes, ("loss", "accuracy")):
+    for split, style in (("train", "-"), ("eval", "o-")):
+      records = [r for r in history.get(split, []) if metric in r]
+      if records:
+        ax.plot([r["step"] for r in records], [r[metric] for r in records], style, label=split)
+    ax.set_xlabel("step")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
+
+
+def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+  """Averages a list of per-step metric dicts."""
+  return {k: float(sum(m[k] for m in metrics) / len(metrics)) for k in metrics[0]}
