@@ -5,7 +5,7 @@ config = dl.default_config()        # or an experiment's get_config()
 state, history = dl.train(config, "/tmp/run")
 """
 
-from dl import data, models
+from dl import data, models, optim
 from dl.checkpoint import Checkpointer, CheckpointError
 from dl.compile import jit_step, scan_steps
 from dl.config import TrainConfig, default_config
@@ -31,6 +31,7 @@ __all__ = [
   "evaluate",
   "jit_step",
   "models",
+  "optim",
   "parse_config",
   "plot_history",
   "predict",

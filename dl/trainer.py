@@ -134,8 +134,7 @@ def _loop(
     steps.train_step, apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing
   )
   one_step, fused_steps = compile_lib.jit_step(step_fn), compile_lib.jit_step(step_fn, fused=True)
-  eval_every = c.eval_every_steps or task.steps_per_epoch
-  ckpt_every = c.checkpoint_every_steps or eval_every
+  events = _Events.from_task(task)
   step = int(state.step)
   pending, last_sync = [], (step, time.perf_counter())
   bar = tqdm.tqdm(
@@ -145,51 +144,82 @@ def _loop(
     unit="step",
     desc=f"{c.model['name']}/{c.dataset}",
   )
+  if step:
+    bar.write(f"resuming at step {step} from {ckpt.directory}")
   with bar:
     while step < task.num_steps:
-      k = min(
-        c.steps_per_dispatch,
-        task.num_steps - step,
-        *(every - step % every for every in (c.log_every_steps, eval_every, ckpt_every)),
-      )
+      k = events.steps_until_next(step)
       if k == 1:
         state, metrics = one_step(state, batches.next())
-        pending.append(metrics)
       else:
         state, metrics = fused_steps(state, batches.next(k))
-        pending.extend(_unstack(metrics, k))
+      pending.append(metrics)  # Stays on device until the next sync.
       step += k
       bar.update(k)
-      final = step == task.num_steps
-      is_eval, is_ckpt = final or step % eval_every == 0, final or step % ckpt_every == 0
-      if not (final or is_eval or is_ckpt or step % c.log_every_steps == 0):
+      if not events.any(step):
         continue
       record = _sync(pending, step, last_sync, c.batch_size)
       pending, last_sync = [], (step, time.perf_counter())
       writer.write("train", step, record)
       bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
       eval_metrics = None
-      if is_eval:
+      if events.is_eval(step):
         eval_metrics = evaluate(state, task.model, task.eval, c.eval_batch_size)
         writer.write("eval", step, eval_metrics)
         bar.write(
           f"step {step}: eval loss {eval_metrics['loss']:.4f} "
           f"accuracy {eval_metrics['accuracy']:.4f}"
         )
-      if is_ckpt:
+      if events.is_checkpoint(step):
         _check_params_finite(state, step, ckpt)
         ckpt.save(step, state, batches.get_state(), eval_metrics)
   return state
 
 
-def _unstack(metrics: dict[str, jax.Array], k: int) -> list[dict[str, jax.Array]]:
-  return [{name: value[i] for name, value in metrics.items()} for i in range(k)]
+@dataclasses.dataclass(frozen=True)
+class _Events:
+  """The steps at which the loop logs, evaluates and checkpoints (always at the last step)."""
+
+  log_every: int
+  eval_every: int
+  ckpt_every: int
+  steps_per_dispatch: int
+  num_steps: int
+
+  @classmethod
+  def from_task(cls, task: Task) -> "_Events":
+    c = task.config
+    eval_every = c.eval_every_steps or task.steps_per_epoch
+    return cls(
+      log_every=c.log_every_steps,
+      eval_every=eval_every,
+      ckpt_every=c.checkpoint_every_steps or eval_every,
+      steps_per_dispatch=c.steps_per_dispatch,
+      num_steps=task.num_steps,
+    )
+
+  def steps_until_next(self, step: int) -> int:
+    """How many steps to fuse: up to `steps_per_dispatch`, never past an event."""
+    intervals = (self.log_every, self.eval_every, self.ckpt_every)
+    return min(
+      self.steps_per_dispatch, self.num_steps - step, *(every - step % every for every in intervals)
+    )
+
+  def is_eval(self, step: int) -> bool:
+    return step == self.num_steps or step % self.eval_every == 0
+
+  def is_checkpoint(self, step: int) -> bool:
+    return step == self.num_steps or step % self.ckpt_every == 0
+
+  def any(self, step: int) -> bool:
+    return self.is_eval(step) or self.is_checkpoint(step) or step % self.log_every == 0
 
 
 def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int) -> dict[str, float]:
-  """Fetches the metrics since the last sync, checks they are finite, averages them."""
-  fetched = jax.device_get(pending)
-  losses = np.array([m["loss"] for m in fetched])
+  """Fetches the per-step metrics since the last sync, checks they are finite, averages them."""
+  fetched = jax.device_get(pending)  # scalars (one step) or (k,) arrays (k fused steps)
+  per_step = {name: np.concatenate([np.ravel(m[name]) for m in fetched]) for name in fetched[0]}
+  losses = per_step["loss"]
   if not np.all(np.isfinite(losses)):
     bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
     raise FloatingPointError(
@@ -197,7 +227,7 @@ def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int) -> 
       "Training stopped; the last good checkpoint is kept. Try a lower learning_rate or "
       "set grad_clip_norm."
     )
-  record = writers.mean_metrics(fetched)
+  record = {name: float(values.mean()) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
   record["examples_per_sec"] = (step - prev_step) * batch_size / (time.perf_counter() - prev_time)
   return record

@@ -2,7 +2,7 @@
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import matplotlib
 
@@ -69,8 +69,3 @@ def plot_history(history: History, path: str, *, title: str = "") -> str:
   fig.savefig(path, dpi=100)
   plt.close(fig)
   return path
-
-
-def mean_metrics(metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
-  """Averages a list of per-step metric dicts."""
-  return {k: float(sum(m[k] for m in metrics) / len(metrics)) for k in metrics[0]}

@@ -1,0 +1,24 @@
+"""The benchmark script runs (at tiny size) and reports both sides; no timing is asserted."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_train_throughput_quick_reports_both_sides():
+  out = subprocess.run(
+    [sys.executable, os.path.join(REPO, "benchmarks", "train_throughput.py"), "--quick"],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+  )
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"benchmark"')]
+  assert len(rows) == 2
+  for row in rows:
+    assert row["dl_examples_per_sec"] > 0 and row["handwritten_examples_per_sec"] > 0
+    ratio = row["dl_examples_per_sec"] / row["handwritten_examples_per_sec"]
+    assert abs(row["ratio"] - ratio) < 1e-2

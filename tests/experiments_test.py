@@ -1,0 +1,29 @@
+"""Every experiment config trains end to end at a tiny size."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+import dl
+
+EXPERIMENTS = sorted((pathlib.Path(__file__).parent.parent / "experiments").glob("*.py"))
+
+
+def _load(path):
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_experiment_runs_tiny(path, tmp_path):
+  config = _load(path)
+  config.num_train_steps = 4
+  config.eval_every_steps = 4
+  config.log_every_steps = 2
+  config.progress = False
+  state, history = dl.train(config, str(tmp_path))
+  assert int(state.step) == 4
+  assert 0.0 <= history["eval"][-1]["accuracy"] <= 1.0
