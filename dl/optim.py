@@ -1,50 +1,83 @@
-"""Optimizers and schedules from a `TrainConfig`, all built from optax."""
+"""Optimizers and schedules from a `TrainConfig`, all built from optax.
+
+The peak learning rate and the weight decay are injected hyperparameters: they live in the
+optimizer state as arrays (`optax.inject_hyperparams`), so one compiled step serves models
+with different values, e.g. a `jax.vmap` sweep (see `set_hyperparams`).
+"""
 
 import optax
 
 from dl.config import TrainConfig
 
+_DECOUPLED = ("adamw", "lamb", "lion")
 
-def create_schedule(config: TrainConfig, num_steps: int) -> optax.Schedule:
-  """Linear warmup to `learning_rate`, then the configured decay over the remaining steps."""
-  lr, warmup = config.learning_rate, min(config.warmup_steps, num_steps)
+
+def schedule_shape(config: TrainConfig, num_steps: int) -> optax.Schedule:
+  """The schedule divided by the peak learning rate: warmup 0 -> 1, then the decay."""
+  warmup = min(config.warmup_steps, num_steps)
   decay_steps = max(num_steps - warmup, 1)
   after = {
-    "constant": optax.constant_schedule(lr),
-    "cosine": optax.cosine_decay_schedule(lr, decay_steps),
-    "linear": optax.linear_schedule(lr, 0.0, decay_steps),
+    "constant": optax.constant_schedule(1.0),
+    "cosine": optax.cosine_decay_schedule(1.0, decay_steps),
+    "linear": optax.linear_schedule(1.0, 0.0, decay_steps),
   }[config.schedule]
   if warmup == 0:
     return after
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
+  return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), after], [warmup])
+
+
+def create_schedule(config: TrainConfig, num_steps: int) -> optax.Schedule:
+  """The learning rate at each optimizer update."""
+  shape = schedule_shape(config, num_steps)
+  return lambda count: config.learning_rate * shape(count)
+
+
+def _base_optimizer(name: str, momentum: float):
+  """optax optimizer factory taking (learning_rate, weight_decay)."""
+
+  def make(learning_rate, weight_decay):
+    if name in _DECOUPLED:
+      return getattr(optax, name)(learning_rate, weight_decay=weight_decay)
+    opt = {
+      "sgd": lambda: optax.sgd(learning_rate),
+      "momentum": lambda: optax.sgd(learning_rate, momentum=momentum, nesterov=True),
+      "adam": lambda: optax.adam(learning_rate),
+      "rmsprop": lambda: optax.rmsprop(learning_rate, momentum=momentum),
+    }[name]()
+    return optax.chain(optax.add_decayed_weights(weight_decay), opt)
+
+  return make
 
 
 def create_optimizer(config: TrainConfig, num_steps: int) -> optax.GradientTransformation:
-  """Returns the optax transformation: clip, optimizer, then gradient accumulation.
+  """Returns the optax transformation: clip, optimizer, schedule, then gradient accumulation.
 
   Args:
-    config: the training config (optimizer, learning_rate, schedule, weight_decay,
-      momentum, grad_clip_norm, grad_accum_steps).
+    config: the training config (optimizer, learning_rate, schedule, warmup_steps,
+      weight_decay, momentum, grad_clip_norm, grad_accum_steps).
     num_steps: number of optimizer updates, for the schedule.
   """
-  lr = create_schedule(config, num_steps)
-  wd = config.weight_decay
-  optimizer = {
-    "sgd": lambda: optax.sgd(lr),
-    "momentum": lambda: optax.sgd(lr, momentum=config.momentum, nesterov=True),
-    "adam": lambda: optax.adam(lr),
-    "adamw": lambda: optax.adamw(lr, weight_decay=wd),
-    "lamb": lambda: optax.lamb(lr, weight_decay=wd),
-    "lion": lambda: optax.lion(lr, weight_decay=wd),
-    "rmsprop": lambda: optax.rmsprop(lr, momentum=config.momentum),
-  }[config.optimizer]()
-  decoupled = config.optimizer in ("adamw", "lamb", "lion")
-  chain = []
+  optimizer = optax.inject_hyperparams(_base_optimizer(config.optimizer, config.momentum))(
+    learning_rate=config.learning_rate, weight_decay=config.weight_decay
+  )
+  chain = [optimizer, optax.scale_by_schedule(schedule_shape(config, num_steps))]
   if config.grad_clip_norm > 0:
-    chain.append(optax.clip_by_global_norm(config.grad_clip_norm))
-  if wd > 0 and not decoupled:
-    chain.append(optax.add_decayed_weights(wd))
-  tx = optax.chain(*chain, optimizer) if chain else optimizer
+    chain.insert(0, optax.clip_by_global_norm(config.grad_clip_norm))
+  tx = optax.chain(*chain)
   if config.grad_accum_steps > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=config.grad_accum_steps)
   return tx
+
+
+def set_hyperparams(opt_state: optax.OptState, **values) -> optax.OptState:
+  """Returns `opt_state` with injected hyperparameters replaced, e.g. `learning_rate=0.1`.
+
+  With a leading member axis on `values` (and on `opt_state`), each vmapped member trains
+  with its own value.
+  """
+  return optax.tree_utils.tree_set(opt_state, **values)
+
+
+def get_hyperparam(opt_state: optax.OptState, name: str):
+  """The current value of an injected hyperparameter (e.g. "learning_rate")."""
+  return optax.tree_utils.tree_get(opt_state, name)

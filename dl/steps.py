@@ -48,6 +48,7 @@ def train_step(
   apply_fn: ApplyFn,
   tx: optax.GradientTransformation,
   label_smoothing: float = 0.0,
+  axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch.
 
@@ -57,12 +58,17 @@ def train_step(
     apply_fn: the model's `apply`.
     tx: the optimizer `state.opt_state` belongs to.
     label_smoothing: smoothing of the one-hot targets.
+    axis_name: under `jax.pmap` (or `shard_map`), the device axis: gradients, metrics and
+      batch statistics are averaged over it, and each device draws its own dropout mask.
+      None under `jax.jit`, where shardings decide the collectives.
 
   Returns:
     The new state and {"loss", "accuracy"} of this batch (before the update).
   """
   check_batch(batch)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
   mutable = list(state.model_state)
 
   def loss_fn(params):
@@ -75,6 +81,10 @@ def train_step(
     return loss, (logits_BxC, model_state)
 
   (loss, (logits_BxC, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  accuracy = jnp.mean(jnp.argmax(logits_BxC, -1) == batch["label"])
+  metrics = {"loss": loss, "accuracy": accuracy}
+  if axis_name is not None:
+    grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   new_state = state.replace(
     step=state.step + 1,
@@ -82,8 +92,7 @@ def train_step(
     model_state=dict(model_state),
     opt_state=opt_state,
   )
-  accuracy = jnp.mean(jnp.argmax(logits_BxC, -1) == batch["label"])
-  return new_state, {"loss": loss, "accuracy": accuracy}
+  return new_state, metrics
 
 
 def eval_step(
