@@ -12,6 +12,8 @@ from typing import Any
 import ml_collections
 
 SCHEDULES = ("constant", "cosine", "linear")
+PARALLEL = ("jit", "pmap", "data", "fsdp")
+DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "lion", "rmsprop")
 
 
@@ -47,6 +49,10 @@ class TrainConfig:
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: eval metric that picks the best checkpoint.
     best_mode: "max" or "min" of `best_metric`.
+    parallel: how the step is compiled: "jit" (one device), "pmap", "data" (mesh, data
+      parallel) or "fsdp" (mesh, params and optimizer state sharded).
+    mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4" (-1: the rest).
+    compute_dtype: "float32", or "bfloat16" for mixed precision (params stay float32).
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -78,6 +84,9 @@ class TrainConfig:
   keep_checkpoints: int = 3
   best_metric: str = "accuracy"
   best_mode: str = "max"
+  parallel: str = "jit"
+  mesh_shape: str = ""
+  compute_dtype: str = "float32"
   progress: bool = True
   tensorboard: bool = True
 
@@ -156,6 +165,8 @@ def _check_values(c: TrainConfig) -> None:
   _require(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
   _require(c.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", c.optimizer)
   _require(c.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", c.schedule)
+  _require(c.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", c.parallel)
+  _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)
   _require(
     c.best_metric in ("accuracy", "loss"), "best_metric", "'accuracy' or 'loss'", c.best_metric

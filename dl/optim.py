@@ -5,6 +5,7 @@ optimizer state as arrays (`optax.inject_hyperparams`), so one compiled step ser
 with different values, e.g. a `jax.vmap` sweep (see `set_hyperparams`).
 """
 
+import jax.numpy as jnp
 import optax
 
 from dl.config import TrainConfig
@@ -72,10 +73,14 @@ def create_optimizer(config: TrainConfig, num_steps: int) -> optax.GradientTrans
 def set_hyperparams(opt_state: optax.OptState, **values) -> optax.OptState:
   """Returns `opt_state` with injected hyperparameters replaced, e.g. `learning_rate=0.1`.
 
-  With a leading member axis on `values` (and on `opt_state`), each vmapped member trains
-  with its own value.
+  Values keep the dtype of the ones they replace. With a leading member axis on `values`
+  (and on `opt_state`), each vmapped member trains with its own value.
   """
-  return optax.tree_utils.tree_set(opt_state, **values)
+  typed = {
+    name: jnp.asarray(value, jnp.result_type(get_hyperparam(opt_state, name)))
+    for name, value in values.items()
+  }
+  return optax.tree_utils.tree_set(opt_state, **typed)
 
 
 def get_hyperparam(opt_state: optax.OptState, name: str):

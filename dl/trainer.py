@@ -6,7 +6,6 @@ The loop owns everything impure (data order, checkpoints, logging, the progress 
 
 import dataclasses
 import functools
-import logging
 import math
 import os
 import time
@@ -18,16 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dl import compile as compile_lib
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import models, optim, steps, writers
+from dl import models, optim, placement, steps, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import ShuffledBatches, padded_batches
 from dl.data.transforms import normalizer, to_batch_format
 from dl.state import TrainState, create_train_state
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +58,13 @@ def build(config) -> Task:
   preprocess = normalizer(train["input"]) if c.normalize else (lambda x: np.asarray(x, np.float32))
   train["input"], evals["input"] = preprocess(train["input"]), preprocess(evals["input"])
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+  model_kwargs.setdefault("dtype", jnp.dtype(c.compute_dtype))
   model = models.create(c.model["name"], num_classes=spec.num_classes, **model_kwargs)
+  if c.parallel != "jit" and c.batch_size % jax.device_count():
+    raise ValueError(
+      f"config.batch_size ({c.batch_size}) must be divisible by the {jax.device_count()} "
+      f"devices that config.parallel={c.parallel!r} splits it over."
+    )
   steps_per_epoch = len(train["label"]) // c.batch_size
   if steps_per_epoch == 0:
     raise ValueError(
@@ -100,16 +102,29 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
     best_metric=c.best_metric,
     best_mode=c.best_mode,
   )
-  batches = ShuffledBatches(task.train, c.batch_size, seed=c.seed)
-  state = task.init_state()
-  restored = ckpt.restore(state)
-  if restored is not None:
-    step, state, position = restored
+  batches = ShuffledBatches(
+    task.train,
+    c.batch_size,
+    seed=c.seed,
+    shard_index=jax.process_index(),
+    num_shards=jax.process_count(),
+  )
+  abstract_state = jax.eval_shape(task.init_state)
+  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
+  restored = ckpt.restore(layout.restore_target(abstract_state))
+  if restored is None:
+    state = layout.init(task.init_state)
+  else:
+    _, restored_state, position = restored
+    # The config's hyperparameters win over the ones saved in the optimizer state.
+    opt_state = optim.set_hyperparams(
+      restored_state.opt_state, learning_rate=c.learning_rate, weight_decay=c.weight_decay
+    )
+    state = layout.put_state(restored_state.replace(opt_state=opt_state))
     batches.set_state(position)
-    log.info("resumed from step %d in %s", step, ckpt.directory)
   writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard)
   try:
-    state = _loop(task, state, batches, ckpt, writer)
+    state = _loop(task, layout, state, batches, ckpt, writer)
   finally:
     ckpt.wait()
     ckpt.close()
@@ -118,11 +133,12 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
   writers.plot_history(
     history, os.path.join(workdir, "curves.png"), title=f"{c.model['name']} on {c.dataset}"
   )
-  return state, history
+  return layout.get_state(state), history
 
 
 def _loop(
   task: Task,
+  layout: placement.Placement,
   state: TrainState,
   batches: ShuffledBatches,
   ckpt: Checkpointer,
@@ -133,9 +149,10 @@ def _loop(
   step_fn = functools.partial(
     steps.train_step, apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing
   )
-  one_step, fused_steps = compile_lib.jit_step(step_fn), compile_lib.jit_step(step_fn, fused=True)
+  one_step = layout.compile(step_fn, fused=False)
+  fused_steps = layout.compile(step_fn, fused=True)
   events = _Events.from_task(task)
-  step = int(state.step)
+  step = int(layout.get_state(state).step)
   pending, last_sync = [], (step, time.perf_counter())
   bar = tqdm.tqdm(
     total=task.num_steps,
@@ -150,9 +167,9 @@ def _loop(
     while step < task.num_steps:
       k = events.steps_until_next(step)
       if k == 1:
-        state, metrics = one_step(state, batches.next())
+        state, metrics = one_step(state, layout.put_batch(batches.next(), fused=False))
       else:
-        state, metrics = fused_steps(state, batches.next(k))
+        state, metrics = fused_steps(state, layout.put_batch(batches.next(k), fused=True))
       pending.append(metrics)  # Stays on device until the next sync.
       step += k
       bar.update(k)
@@ -164,15 +181,15 @@ def _loop(
       bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
       eval_metrics = None
       if events.is_eval(step):
-        eval_metrics = evaluate(state, task.model, task.eval, c.eval_batch_size)
+        eval_metrics = evaluate(layout.get_state(state), task.model, task.eval, c.eval_batch_size)
         writer.write("eval", step, eval_metrics)
         bar.write(
           f"step {step}: eval loss {eval_metrics['loss']:.4f} "
           f"accuracy {eval_metrics['accuracy']:.4f}"
         )
       if events.is_checkpoint(step):
-        _check_params_finite(state, step, ckpt)
-        ckpt.save(step, state, batches.get_state(), eval_metrics)
+        _check_params_finite(layout.get_state(state), step, ckpt)
+        ckpt.save(step, layout.get_state(state), batches.get_state(), eval_metrics)
   return state
 
 
@@ -313,12 +330,17 @@ def check_inputs(inputs: np.ndarray, spec: data_lib.DatasetSpec) -> None:
 def restore(config, workdir: str, step: int | None = None) -> TrainState:
   """Loads the state a `dl.train` run saved in `workdir` (newest readable step by default).
 
+  The state is laid out as `config.parallel` says, whatever the layout it was saved from:
+  a checkpoint written by an 8-device FSDP run restores onto one device, or onto another
+  mesh shape.
+
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint.
   """
   task = config if isinstance(config, Task) else build(config)
   c = task.config
-  abstract = jax.eval_shape(task.init_state)
+  abstract_state = jax.eval_shape(task.init_state)
+  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
   ckpt = Checkpointer(
     os.path.join(workdir, "checkpoints"),
     keep=c.keep_checkpoints,
@@ -326,7 +348,7 @@ def restore(config, workdir: str, step: int | None = None) -> TrainState:
     best_mode=c.best_mode,
   )
   try:
-    restored = ckpt.restore(abstract, step)
+    restored = ckpt.restore(layout.restore_target(abstract_state), step)
   finally:
     ckpt.close()
   if restored is None:

@@ -122,3 +122,49 @@ def test_collectives_match_the_layout():
   print(f"collectives per step: data parallel {data}, fsdp {fsdp}")
   assert data["all-reduce"] > 0 and data["all-gather"] == 0  # replicated params: reduce grads
   assert fsdp["all-gather"] > 0  # sharded params are gathered for the forward pass
+
+
+def _mlp_config(**overrides):
+  from tiny_config import tiny_config
+
+  return tiny_config(model={"name": "mlp", "width": 64, "depth": 1}, **overrides)
+
+
+@pytest.mark.parametrize("mode", ["pmap", "data", "fsdp"])
+def test_trainer_modes_match_jit(tmp_path, mode):
+  ref, ref_history = dl.train(_mlp_config(steps_per_dispatch=5), str(tmp_path / "jit"))
+  state, history = dl.train(_mlp_config(parallel=mode, steps_per_dispatch=5), str(tmp_path / mode))
+  chex.assert_trees_all_close(
+    jax.device_get(state.params), jax.device_get(ref.params), rtol=1e-5, atol=1e-6
+  )
+  assert history["eval"][-1]["accuracy"] == ref_history["eval"][-1]["accuracy"]
+
+
+def test_checkpoint_moves_between_topologies(tmp_path):
+  """Saved by an 8-device FSDP run; restored onto 1 device and onto a 2x4 mesh."""
+  state, _ = dl.train(_mlp_config(parallel="fsdp"), str(tmp_path))
+  saved = jax.device_get(state.params)
+  assert {s.data.shape for s in state.params["Dense_0"]["kernel"].addressable_shards} == {(8, 64)}
+
+  single = dl.restore(_mlp_config(parallel="jit"), str(tmp_path))
+  assert len(single.params["Dense_0"]["kernel"].devices()) == 1
+  chex.assert_trees_all_equal(jax.device_get(single.params), saved)
+
+  mesh_2x4 = dl.restore(_mlp_config(parallel="fsdp", mesh_shape="data=2,fsdp=4"), str(tmp_path))
+  kernel = mesh_2x4.params["Dense_0"]["kernel"]
+  assert {s.data.shape for s in kernel.addressable_shards} == {(16, 64)}
+  assert len(kernel.devices()) == 8
+  chex.assert_trees_all_equal(jax.device_get(mesh_2x4.params), saved)
+
+
+def test_bf16_compute_keeps_float32_params(tmp_path):
+  state, history = dl.train(_mlp_config(compute_dtype="bfloat16"), str(tmp_path))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
+  mu = jax.tree.leaves(state.opt_state)
+  assert all(x.dtype != jax.numpy.bfloat16 for x in mu)
+  assert history["eval"][-1]["accuracy"] > 0.5
+
+
+def test_batch_not_divisible_by_devices_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"batch_size \(30\) must be divisible by the 8 devices"):
+    dl.train(_mlp_config(parallel="data", batch_size=30), str(tmp_path))

@@ -13,10 +13,20 @@ class ShuffledBatches:
   """Endless shuffled batches over epochs; drops each epoch's incomplete last batch.
 
   The order is a pure function of (seed, epoch), so `get_state`/`set_state`
-  (two integers) restore the exact position after a restart.
+  (two integers) restore the exact position after a restart. With `num_shards` > 1
+  (one shard per process), every process walks the same global order and returns only
+  its `shard_index`-th slice of each global batch.
   """
 
-  def __init__(self, arrays: Mapping[str, np.ndarray], batch_size: int, seed: int):
+  def __init__(
+    self,
+    arrays: Mapping[str, np.ndarray],
+    batch_size: int,
+    seed: int,
+    *,
+    shard_index: int = 0,
+    num_shards: int = 1,
+  ):
     sizes = {k: len(v) for k, v in arrays.items()}
     if len(set(sizes.values())) != 1:
       raise ValueError(f"all arrays must have the same length; got {sizes}")
@@ -30,6 +40,10 @@ class ShuffledBatches:
     self.batch_size = batch_size
     self.steps_per_epoch = self._num_examples // batch_size
     self._seed = seed
+    if batch_size % num_shards:
+      raise ValueError(f"batch_size {batch_size} must be divisible by the {num_shards} processes.")
+    local = batch_size // num_shards
+    self._local = slice(shard_index * local, (shard_index + 1) * local)
     self._epoch, self._index = 0, 0
     self._order = self._permutation(0)
 
@@ -56,7 +70,7 @@ class ShuffledBatches:
     if self._index == self.steps_per_epoch:
       self.set_state({"epoch": self._epoch + 1, "index": 0})
     start = self._index * self.batch_size
-    idx = self._order[start : start + self.batch_size]
+    idx = self._order[start : start + self.batch_size][self._local]
     self._index += 1
     return {k: v[idx] for k, v in self._arrays.items()}
 

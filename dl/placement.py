@@ -1,0 +1,94 @@
+"""How the training loop lays out state and batches for each compile mode.
+
+  "jit"   one device: `jax.jit`, state donated.
+  "pmap"  local devices: state replicated, batch split on a leading device axis, `lax.pmean`.
+  "data"  a mesh, data parallel: params replicated, batch split (`jax.jit` + shardings).
+  "fsdp"  a mesh, fully sharded: params and optimizer state split too.
+
+Each mode compiles the same `dl.train_step`; only the layout differs.
+"""
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from dl import compile as compile_lib
+from dl import parallel
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+  """Compiles the step for one mode and moves state and batches to where it expects them.
+
+  Attributes:
+    mode: one of `parallel.MODES`.
+    mesh: the device mesh ("data" and "fsdp" modes), else None.
+    state_shardings: a pytree of shardings matching the state ("data", "fsdp"), else None.
+  """
+
+  mode: str
+  mesh: Mesh | None = None
+  state_shardings: Any = None
+
+  def compile(self, step: Callable, *, fused: bool) -> Callable:
+    """The compiled (state, batch) -> (state, metrics), k fused steps when `fused`."""
+    if self.mode == "jit":
+      return compile_lib.jit_step(step, fused=fused)
+    if self.mode == "pmap":
+      return compile_lib.pmap_step(step, fused=fused)
+    batch = parallel.batch_sharding(self.mesh, fused=fused)
+    return compile_lib.mesh_step(step, self.state_shardings, batch, fused=fused)
+
+  def init(self, init_fn: Callable[[], Any]) -> Any:
+    """Runs `init_fn` straight into this layout (sharded modes never hold a full copy)."""
+    if self.state_shardings is not None:
+      return jax.jit(init_fn, out_shardings=self.state_shardings)()
+    return self.put_state(init_fn())
+
+  def put_state(self, state: Any) -> Any:
+    """Moves a plain state (e.g. just restored) into this layout."""
+    if self.mode == "pmap":
+      return parallel.replicate(state)
+    if self.state_shardings is not None:
+      return jax.device_put(state, self.state_shardings)
+    return state
+
+  def get_state(self, state: Any) -> Any:
+    """The state as one logical copy (for checkpoints and evaluation)."""
+    return parallel.unreplicate(state) if self.mode == "pmap" else state
+
+  def restore_target(self, abstract_state: Any) -> Any:
+    """What to restore a checkpoint into: shapes and dtypes, plus shardings on a mesh.
+
+    Args:
+      abstract_state: the state's shapes (`jax.eval_shape(init)`), one logical copy.
+    """
+    shardings = self.state_shardings
+    if shardings is None:  # "jit", and "pmap" before replicating: the first local device
+      one_device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      shardings = jax.tree.map(lambda _: one_device, abstract_state)
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, shardings
+    )
+
+  def put_batch(self, batch: dict[str, np.ndarray], *, fused: bool) -> Any:
+    """Moves this process's part of a batch (or stacked batches) into this layout."""
+    if self.mode == "jit":
+      return batch
+    if self.mode == "pmap":
+      return parallel.shard_for_pmap(batch, jax.local_device_count(), fused=fused)
+    return parallel.global_batch(batch, parallel.batch_sharding(self.mesh, fused=fused))
+
+
+def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
+  """The placement for `mode` ("jit", "pmap", "data", "fsdp") over all devices."""
+  if mode not in parallel.MODES:
+    raise ValueError(f"parallel mode must be one of {parallel.MODES}; got {mode!r}.")
+  if mode in ("jit", "pmap"):
+    return Placement(mode)
+  mesh = parallel.make_mesh(mode, mesh_shape)
+  return Placement(mode, mesh, parallel.state_shardings(abstract_state, mesh))
