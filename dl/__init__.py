@@ -5,7 +5,7 @@ config = dl.default_config()        # or an experiment's get_config()
 state, history = dl.train(config, "/tmp/run")
 """
 
-from dl import data, models, optim
+from dl import data, distributed, grads, models, optim, steps
 from dl.checkpoint import Checkpointer, CheckpointError
 from dl.compile import jit_step, scan_steps
 from dl.config import TrainConfig, default_config
@@ -27,7 +27,9 @@ __all__ = [
   "create_train_state",
   "data",
   "default_config",
+  "distributed",
   "eval_step",
+  "grads",
   "evaluate",
   "jit_step",
   "models",
@@ -38,6 +40,7 @@ __all__ = [
   "read_history",
   "restore",
   "scan_steps",
+  "steps",
   "train",
   "train_step",
 ]

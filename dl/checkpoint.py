@@ -11,6 +11,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from dl import distributed
+
 log = logging.getLogger(__name__)
 
 
@@ -32,8 +34,10 @@ class Checkpointer:
   ):
     self.directory = os.path.abspath(directory)
     self._options = dict(keep=keep, best_metric=best_metric, best_mode=best_mode)
-    for step, error in _steps_with_unreadable_metadata(self.directory):
-      self._move_aside(step, error)
+    if distributed.is_primary():  # One process repairs the directory; the others wait.
+      for step, error in _steps_with_unreadable_metadata(self.directory):
+        self._move_aside(step, error)
+    distributed.barrier("dl.checkpoint: damaged steps moved aside")
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
@@ -113,7 +117,9 @@ class Checkpointer:
     return restored["state"], restored["data"]
 
   def _quarantine(self, step: int, error: Exception) -> None:
-    self._move_aside(step, error)
+    distributed.barrier(f"dl.checkpoint: done reading step {step}")
+    if distributed.is_primary():
+      self._move_aside(step, error)
     self._manager.close()
     self._manager = self._open()
 

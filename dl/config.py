@@ -53,6 +53,10 @@ class TrainConfig:
       parallel) or "fsdp" (mesh, params and optimizer state sharded).
     mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4" (-1: the rest).
     compute_dtype: "float32", or "bfloat16" for mixed precision (params stay float32).
+    ensemble_size: train this many models at once (one `jax.vmap`ped program), member i
+      with seed `seed + i` (its own init, dropout and data order).
+    sweep_learning_rate: one member per value, e.g. (1e-3, 3e-3, 1e-2); () for none.
+    sweep_weight_decay: one member per value; with `sweep_learning_rate`, paired in order.
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -87,6 +91,9 @@ class TrainConfig:
   parallel: str = "jit"
   mesh_shape: str = ""
   compute_dtype: str = "float32"
+  ensemble_size: int = 1
+  sweep_learning_rate: tuple = ()
+  sweep_weight_decay: tuple = ()
   progress: bool = True
   tensorboard: bool = True
 
@@ -128,6 +135,8 @@ def _check_types(c: TrainConfig) -> None:
     value, expected = getattr(c, field.name), field.type
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
       object.__setattr__(c, field.name, float(value))
+    elif expected is tuple and isinstance(value, list):
+      object.__setattr__(c, field.name, tuple(value))
     elif field.name == "model":
       if not isinstance(value, Mapping) or "name" not in value:
         raise ValueError(
@@ -165,6 +174,24 @@ def _check_values(c: TrainConfig) -> None:
   _require(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
   _require(c.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", c.optimizer)
   _require(c.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", c.schedule)
+  _require(c.ensemble_size > 0, "ensemble_size", "an integer > 0", c.ensemble_size)
+  for key in ("sweep_learning_rate", "sweep_weight_decay"):
+    values = getattr(c, key)
+    _require(
+      all(isinstance(v, (int, float)) and v >= 0 for v in values),
+      key,
+      "a tuple of numbers >= 0",
+      values,
+    )
+  sizes = {len(v) for v in (c.sweep_learning_rate, c.sweep_weight_decay) if v}
+  if c.ensemble_size > 1:
+    sizes.add(c.ensemble_size)
+  _require(
+    len(sizes) <= 1,
+    "ensemble_size",
+    "equal to the length of each sweep_* tuple",
+    (c.ensemble_size, c.sweep_learning_rate, c.sweep_weight_decay),
+  )
   _require(c.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", c.parallel)
   _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)
@@ -176,3 +203,19 @@ def _check_values(c: TrainConfig) -> None:
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:
   if not ok:
     raise ValueError(f"config.{key} must be {expected}; got {got!r}.")
+
+
+def members(c: TrainConfig) -> list[dict[str, Any]]:
+  """Per-member {"seed", "learning_rate", "weight_decay"}: one entry unless ensembling/sweeping."""
+  n = max(c.ensemble_size, len(c.sweep_learning_rate), len(c.sweep_weight_decay))
+  seeds = [c.seed + i for i in range(n)] if c.ensemble_size > 1 else [c.seed] * n
+  return [
+    {
+      "seed": seeds[i],
+      "learning_rate": float(
+        c.sweep_learning_rate[i] if c.sweep_learning_rate else c.learning_rate
+      ),
+      "weight_decay": float(c.sweep_weight_decay[i] if c.sweep_weight_decay else c.weight_decay),
+    }
+    for i in range(n)
+  ]

@@ -12,6 +12,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -84,6 +85,20 @@ def global_batch(
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
     for k, v in local_batch.items()
   }
+
+
+def fetch(tree: Any) -> Any:
+  """The value of a pytree of arrays as numpy, whichever devices and processes hold them.
+
+  Every process must call it: an array split across processes is gathered collectively.
+  """
+
+  def get(x):
+    if isinstance(x, jax.Array) and not (x.is_fully_addressable or x.is_fully_replicated):
+      return multihost_utils.process_allgather(x, tiled=True)
+    return jax.device_get(x)
+
+  return jax.tree.map(get, tree)
 
 
 def shard_for_pmap(batch: dict[str, np.ndarray], num_devices: int, *, fused: bool = False):

@@ -9,15 +9,16 @@ Each mode compiles the same `dl.train_step`; only the layout differs.
 """
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding
 
 from dl import compile as compile_lib
 from dl import parallel
+from dl.data.batches import padded_batches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +89,39 @@ def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
   """The placement for `mode` ("jit", "pmap", "data", "fsdp") over all devices."""
   if mode not in parallel.MODES:
     raise ValueError(f"parallel mode must be one of {parallel.MODES}; got {mode!r}.")
+  if mode in ("jit", "pmap") and jax.process_count() > 1:
+    raise ValueError(
+      f"config.parallel={mode!r} runs in one process; with {jax.process_count()} processes "
+      "use 'data' or 'fsdp' (a mesh over the devices of all processes)."
+    )
   if mode in ("jit", "pmap"):
     return Placement(mode)
   mesh = parallel.make_mesh(mode, mesh_shape)
   return Placement(mode, mesh, parallel.state_shardings(abstract_state, mesh))
+
+
+def eval_batches(
+  arrays: dict[str, np.ndarray], batch_size: int, state: Any
+) -> Iterator[dict[str, Any]]:
+  """`padded_batches` of `arrays`, each where a jitted evaluation of `state` expects it.
+
+  A state on a ("data", "fsdp") mesh gets batches split over the mesh's devices (the batch
+  size rounded up to a multiple of their number); every process must hold all of `arrays`.
+  Any other state gets the host arrays.
+  """
+  mesh = _mesh_of(state)
+  if mesh is None:
+    yield from padded_batches(arrays, batch_size)
+    return
+  sharding = parallel.batch_sharding(mesh)
+  for batch in padded_batches(arrays, -(-batch_size // mesh.size) * mesh.size):
+    yield jax.device_put(batch, sharding)
+
+
+def _mesh_of(tree: Any) -> Mesh | None:
+  """The ("data", "fsdp") mesh that `tree`'s arrays live on, if they live on one."""
+  for x in jax.tree.leaves(tree):
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh.axis_names == parallel.AXES:
+      return sharding.mesh
+  return None

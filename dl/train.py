@@ -2,6 +2,12 @@ r"""Command line: train and evaluate a config.
 
   python -m dl.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn \
       --config.learning_rate=0.003 --config.num_epochs=5
+
+Several processes (see `dl.launch`, `dl.distributed`):
+
+  python -m dl.launch --num_processes 2 --devices_per_process 4 -- \
+      python -m dl.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn_2x4 \
+      --config.parallel=fsdp
 """
 
 import json
@@ -22,6 +28,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
+  dl.distributed.initialize_from_env()  # Before anything touches devices.
   _, history = dl.train(_CONFIG.value, _WORKDIR.value)
   final = history["eval"][-1]
   print(
@@ -29,11 +36,16 @@ def main(argv: list[str]) -> None:
       {
         "workdir": _WORKDIR.value,
         "step": final["step"],
-        "test_accuracy": round(final["accuracy"], 4),
-        "test_loss": round(final["loss"], 4),
+        "test_accuracy": _rounded(final["accuracy"]),
+        "test_loss": _rounded(final["loss"]),
       }
     )
   )
+
+
+def _rounded(value: float | list[float]) -> float | list[float]:
+  """Rounds a metric, or each ensemble member's."""
+  return [round(v, 4) for v in value] if isinstance(value, list) else round(value, 4)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,9 @@ import tqdm
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import models, optim, placement, steps, writers
+from dl import distributed, models, optim, parallel, placement, steps, writers
 from dl.checkpoint import Checkpointer
-from dl.data.batches import ShuffledBatches, padded_batches
+from dl.data.batches import MemberBatches, ShuffledBatches
 from dl.data.transforms import normalizer, to_batch_format
 from dl.state import TrainState, create_train_state
 
@@ -39,11 +39,45 @@ class Task:
   num_steps: int
   steps_per_epoch: int
   preprocess: Any
+  members: tuple[dict[str, Any], ...]
+
+  @property
+  def ensemble(self) -> bool:
+    """Whether the state carries a leading member axis (ensembles and sweeps)."""
+    return len(self.members) > 1
 
   def init_state(self) -> TrainState:
-    return create_train_state(
-      self.model, self.tx, jax.random.PRNGKey(self.config.seed), self.spec.input_shape
+    """The initial state; for an ensemble, member states stacked on a leading axis."""
+    if not self.ensemble:
+      return self._init_one(self.members[0])
+    states = [self._init_one(m) for m in self.members]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+  def _init_one(self, member: dict[str, Any]) -> TrainState:
+    key = jax.random.PRNGKey(member["seed"])
+    state = create_train_state(self.model, self.tx, key, self.spec.input_shape)
+    return self.with_hyperparams(state, member)
+
+  def with_hyperparams(self, state: TrainState, member: dict[str, Any]) -> TrainState:
+    """`state` with the member's (or, resuming, the config's) learning rate and weight decay."""
+    opt_state = optim.set_hyperparams(
+      state.opt_state, learning_rate=member["learning_rate"], weight_decay=member["weight_decay"]
     )
+    return state.replace(opt_state=opt_state)
+
+  def batches(self) -> ShuffledBatches | MemberBatches:
+    """The training batches: this process's share, one stream per member for ensembles."""
+    streams = [
+      ShuffledBatches(
+        self.train,
+        self.config.batch_size,
+        seed=m["seed"],
+        shard_index=jax.process_index(),
+        num_shards=jax.process_count(),
+      )
+      for m in self.members
+    ]
+    return MemberBatches(streams) if self.ensemble else streams[0]
 
 
 def build(config) -> Task:
@@ -73,7 +107,20 @@ def build(config) -> Task:
     )
   num_steps = c.num_train_steps or math.ceil(c.num_epochs * steps_per_epoch)
   tx = optim.create_optimizer(c, max(num_steps // c.grad_accum_steps, 1))
-  return Task(c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess)
+  members = tuple(config_lib.members(c))
+  if len(members) > 1 and c.parallel != "jit":
+    raise ValueError(
+      f"ensembles and sweeps run as one vmapped program with config.parallel='jit'; "
+      f"got {c.parallel!r}."
+    )
+  return Task(c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess, members)
+
+
+def _stacked(members: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+  """Per-member hyperparameters as arrays with a member axis (plain values for one model)."""
+  if len(members) == 1:
+    return members[0]
+  return {k: np.array([m[k] for m in members]) for k in ("learning_rate", "weight_decay")}
 
 
 def train(config, workdir: str) -> tuple[TrainState, writers.History]:
@@ -93,7 +140,12 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
     FloatingPointError: when the loss or parameters stop being finite; the last
       good checkpoint is kept.
   """
-  task = build(config)
+  # Process 0 prepares the data set before the others read it: no two write its files.
+  with distributed.primary_first("dl.train: data prepared"):
+    task = build(config)
+  primary = distributed.is_primary()
+  if not primary:  # One progress bar, one metrics.jsonl, one plot: process 0's.
+    task = dataclasses.replace(task, config=dataclasses.replace(task.config, progress=False))
   c = task.config
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(
@@ -102,13 +154,7 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
     best_metric=c.best_metric,
     best_mode=c.best_mode,
   )
-  batches = ShuffledBatches(
-    task.train,
-    c.batch_size,
-    seed=c.seed,
-    shard_index=jax.process_index(),
-    num_shards=jax.process_count(),
-  )
+  batches = task.batches()
   abstract_state = jax.eval_shape(task.init_state)
   layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
   restored = ckpt.restore(layout.restore_target(abstract_state))
@@ -117,30 +163,45 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
   else:
     _, restored_state, position = restored
     # The config's hyperparameters win over the ones saved in the optimizer state.
-    opt_state = optim.set_hyperparams(
-      restored_state.opt_state, learning_rate=c.learning_rate, weight_decay=c.weight_decay
-    )
-    state = layout.put_state(restored_state.replace(opt_state=opt_state))
+    state = layout.put_state(task.with_hyperparams(restored_state, _stacked(task.members)))
     batches.set_state(position)
-  writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard)
+  if primary:
+    writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard)
+  else:
+    writer = _NoWriter(os.path.join(workdir, "metrics.jsonl"))
   try:
     state = _loop(task, layout, state, batches, ckpt, writer)
   finally:
     ckpt.wait()
     ckpt.close()
     writer.close()
+  distributed.barrier("dl.train: metrics written")  # The others then read process 0's file.
   history = writers.read_history(writer.path)
-  writers.plot_history(
-    history, os.path.join(workdir, "curves.png"), title=f"{c.model['name']} on {c.dataset}"
-  )
+  if primary:
+    writers.plot_history(
+      history, os.path.join(workdir, "curves.png"), title=f"{c.model['name']} on {c.dataset}"
+    )
   return layout.get_state(state), history
+
+
+class _NoWriter:
+  """The metric writer of processes other than 0, which writes for all of them."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def write(self, split: str, step: int, metrics: dict[str, Any]) -> None:
+    del split, step, metrics
+
+  def close(self) -> None:
+    pass
 
 
 def _loop(
   task: Task,
   layout: placement.Placement,
   state: TrainState,
-  batches: ShuffledBatches,
+  batches: ShuffledBatches | MemberBatches,
   ckpt: Checkpointer,
   writer: writers.MetricWriter,
 ) -> TrainState:
@@ -149,10 +210,12 @@ def _loop(
   step_fn = functools.partial(
     steps.train_step, apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing
   )
+  if task.ensemble:
+    step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
   one_step = layout.compile(step_fn, fused=False)
   fused_steps = layout.compile(step_fn, fused=True)
   events = _Events.from_task(task)
-  step = int(layout.get_state(state).step)
+  step = int(np.max(jax.device_get(layout.get_state(state).step)))
   pending, last_sync = [], (step, time.perf_counter())
   bar = tqdm.tqdm(
     total=task.num_steps,
@@ -162,7 +225,7 @@ def _loop(
     desc=f"{c.model['name']}/{c.dataset}",
   )
   if step:
-    bar.write(f"resuming at step {step} from {ckpt.directory}")
+    _say(bar, f"resuming at step {step} from {ckpt.directory}")
   with bar:
     while step < task.num_steps:
       k = events.steps_until_next(step)
@@ -175,21 +238,24 @@ def _loop(
       bar.update(k)
       if not events.any(step):
         continue
-      record = _sync(pending, step, last_sync, c.batch_size)
+      record = _sync(pending, step, last_sync, c.batch_size, len(task.members))
       pending, last_sync = [], (step, time.perf_counter())
       writer.write("train", step, record)
-      bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['accuracy']:.3f}")
+      shown = _mean(record)
+      bar.set_postfix(loss=f"{shown['loss']:.4f}", acc=f"{shown['accuracy']:.3f}")
       eval_metrics = None
       if events.is_eval(step):
         eval_metrics = evaluate(layout.get_state(state), task.model, task.eval, c.eval_batch_size)
         writer.write("eval", step, eval_metrics)
-        bar.write(
-          f"step {step}: eval loss {eval_metrics['loss']:.4f} "
-          f"accuracy {eval_metrics['accuracy']:.4f}"
+        shown = _mean(eval_metrics)
+        mean_of = " (mean of members)" if task.ensemble else ""
+        _say(
+          bar,
+          f"step {step}: eval loss {shown['loss']:.4f} accuracy {shown['accuracy']:.4f}{mean_of}",
         )
       if events.is_checkpoint(step):
         _check_params_finite(layout.get_state(state), step, ckpt)
-        ckpt.save(step, layout.get_state(state), batches.get_state(), eval_metrics)
+        ckpt.save(step, layout.get_state(state), batches.get_state(), _mean(eval_metrics))
   return state
 
 
@@ -232,22 +298,49 @@ class _Events:
     return self.is_eval(step) or self.is_checkpoint(step) or step % self.log_every == 0
 
 
-def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int) -> dict[str, float]:
-  """Fetches the per-step metrics since the last sync, checks they are finite, averages them."""
-  fetched = jax.device_get(pending)  # scalars (one step) or (k,) arrays (k fused steps)
-  per_step = {name: np.concatenate([np.ravel(m[name]) for m in fetched]) for name in fetched[0]}
+def _say(bar: tqdm.tqdm, message: str) -> None:
+  """Prints a line above the progress bar, once per run (on process 0)."""
+  if distributed.is_primary():
+    bar.write(message)
+
+
+def _sync(
+  pending, step: int, last_sync: tuple[int, float], batch_size: int, num_members: int
+) -> dict[str, Any]:
+  """Fetches the per-step metrics since the last sync, checks they are finite, averages them.
+
+  Each entry of `pending` holds, per metric, a scalar (one step) or (k,) (k fused steps),
+  with a trailing member axis for ensembles, whose records hold one value per member.
+  """
+  fetched = parallel.fetch(pending)  # Also when the metrics span several processes.
+  per_step = {
+    name: np.concatenate([np.reshape(m[name], (-1, num_members)) for m in fetched])
+    for name in fetched[0]
+  }
   losses = per_step["loss"]
   if not np.all(np.isfinite(losses)):
-    bad = step - len(losses) + int(np.argmin(np.isfinite(losses)))
+    first_bad_step, member = np.argwhere(~np.isfinite(losses))[0]
+    which = f" (ensemble member {member})" if num_members > 1 else ""
     raise FloatingPointError(
-      f"the training loss became {losses[~np.isfinite(losses)][0]} at step {bad + 1}. "
-      "Training stopped; the last good checkpoint is kept. Try a lower learning_rate or "
-      "set grad_clip_norm."
+      f"the training loss became {losses[first_bad_step, member]} at step "
+      f"{step - len(losses) + first_bad_step + 1}{which}. Training stopped; the last good "
+      "checkpoint is kept. Try a lower learning_rate or set grad_clip_norm."
     )
-  record = {name: float(values.mean()) for name, values in per_step.items()}
+  record = {name: _per_member(values.mean(axis=0)) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
-  record["examples_per_sec"] = (step - prev_step) * batch_size / (time.perf_counter() - prev_time)
+  examples = (step - prev_step) * batch_size * num_members
+  record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
   return record
+
+
+def _per_member(values: np.ndarray) -> float | list[float]:
+  """One float for a single model, a list of floats for an ensemble."""
+  return float(values[0]) if values.shape == (1,) else [float(v) for v in values]
+
+
+def _mean(metrics: dict[str, Any] | None) -> dict[str, float] | None:
+  """Ensemble records averaged over members (for best-checkpoint choice and the progress bar)."""
+  return metrics and {k: float(np.mean(v)) for k, v in metrics.items()}
 
 
 @jax.jit
@@ -257,7 +350,7 @@ def _all_finite(tree) -> jax.Array:
 
 
 def _check_params_finite(state: TrainState, step: int, ckpt: Checkpointer) -> None:
-  if not bool(_all_finite(state.params)):
+  if not bool(parallel.fetch(_all_finite(state.params))):
     raise FloatingPointError(
       f"parameters are not finite at step {step}; not saving them. The last good checkpoint "
       f"(step {ckpt.latest_step()}) is kept. Try a lower learning_rate or set grad_clip_norm."
@@ -266,30 +359,35 @@ def _check_params_finite(state: TrainState, step: int, ckpt: Checkpointer) -> No
 
 def evaluate(
   state: TrainState, model: nn.Module, arrays: dict[str, np.ndarray], batch_size: int = 1000
-) -> dict[str, float]:
+) -> dict[str, Any]:
   """Mean loss and accuracy of `state` on all of `arrays` (exact: padding is masked).
 
   Args:
-    state: a `TrainState` whose params fit `model`.
+    state: a `TrainState` whose params fit `model`; an ensemble's stacked state (leading
+      member axis) is evaluated member by member in one vmapped program.
     model: the Flax module.
     arrays: {"input": (N, ...), "label": (N,)}, already preprocessed.
     batch_size: examples per compiled call.
+
+  Returns:
+    {"loss", "accuracy"}: floats, or lists of one float per ensemble member.
   """
-  eval_fn = _jitted_eval_step(model)
+  eval_fn = _jitted_eval_step(model, np.ndim(state.step) == 1)
   totals = None
-  for batch in padded_batches(arrays, min(batch_size, len(arrays["label"]))):
+  for batch in placement.eval_batches(arrays, min(batch_size, len(arrays["label"])), state):
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = jax.device_get(totals)
+  totals = parallel.fetch(totals)
   return {
-    "loss": float(totals["loss_sum"] / totals["count"]),
-    "accuracy": float(totals["correct"] / totals["count"]),
+    "loss": _per_member(np.atleast_1d(totals["loss_sum"] / totals["count"])),
+    "accuracy": _per_member(np.atleast_1d(totals["correct"] / totals["count"])),
   }
 
 
 @functools.cache
-def _jitted_eval_step(model: nn.Module):
-  return jax.jit(functools.partial(steps.eval_step, apply_fn=model.apply))
+def _jitted_eval_step(model: nn.Module, ensemble: bool):
+  step = functools.partial(steps.eval_step, apply_fn=model.apply)
+  return jax.jit(jax.vmap(step, in_axes=(0, None)) if ensemble else step)
 
 
 def predict(task: Task, state: TrainState, inputs: np.ndarray) -> np.ndarray:

@@ -5,6 +5,7 @@ import os
 from collections.abc import Mapping
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
@@ -25,13 +26,17 @@ class MetricWriter:
 
       self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-  def write(self, split: str, step: int, metrics: Mapping[str, float]) -> None:
-    record = {"split": split, "step": int(step), **{k: float(v) for k, v in metrics.items()}}
+  def write(self, split: str, step: int, metrics: Mapping[str, float | list[float]]) -> None:
+    """Writes one record; list values (one per ensemble member) become member_i scalars."""
+    record = {"split": split, "step": int(step), **metrics}
     self._file.write(json.dumps(record) + "\n")
     self._file.flush()
     if self._tb is not None:
       for name, value in metrics.items():
-        self._tb.add_scalar(f"{split}/{name}", float(value), int(step))
+        values = value if isinstance(value, list) else [value]
+        for i, v in enumerate(values):
+          tag = f"{split}/{name}" + (f"/member_{i}" if isinstance(value, list) else "")
+          self._tb.add_scalar(tag, float(v), int(step))
 
   def close(self) -> None:
     self._file.close()
@@ -58,8 +63,15 @@ def plot_history(history: History, path: str, *, title: str = "") -> str:
   for ax, metric in zip(axes, ("loss", "accuracy")):
     for split, style in (("train", "-"), ("eval", "o-")):
       records = [r for r in history.get(split, []) if metric in r]
-      if records:
-        ax.plot([r["step"] for r in records], [r[metric] for r in records], style, label=split)
+      if not records:
+        continue
+      steps = [r["step"] for r in records]
+      values = np.array([r[metric] for r in records], dtype=np.float64)
+      if values.ndim == 2:  # one column per ensemble member: thin lines, mean on top
+        lines = ax.plot(steps, values, "-", linewidth=0.6, alpha=0.4)
+        values = values.mean(axis=1)
+        split = f"{split} (mean of {len(lines)})"
+      ax.plot(steps, values, style, label=split)
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)

@@ -22,3 +22,18 @@ def test_train_throughput_quick_reports_both_sides():
     assert row["dl_examples_per_sec"] > 0 and row["handwritten_examples_per_sec"] > 0
     ratio = row["dl_examples_per_sec"] / row["handwritten_examples_per_sec"]
     assert abs(row["ratio"] - ratio) < 1e-2
+
+
+def test_ensemble_throughput_quick_reports_all_ways():
+  out = subprocess.run(
+    [sys.executable, os.path.join(REPO, "benchmarks", "ensemble_throughput.py"), "--quick"],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+  )
+  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"batch_size"')]
+  assert [row["batch_size"] for row in rows] == [16, 128]
+  for row in rows:
+    assert row["sequential_examples_per_sec"] > 0 and row["vmap_examples_per_sec"] > 0
+    assert set(row["wall_s"]) == {"sequential", "vmap", "vmap_fused"}

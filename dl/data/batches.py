@@ -95,3 +95,28 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
   return (
     np.concatenate([x, np.zeros((size - len(x), *x.shape[1:]), x.dtype)]) if len(x) < size else x
   )
+
+
+class MemberBatches:
+  """One `ShuffledBatches` per ensemble member, stacked on a member axis after any steps axis.
+
+  `next()` gives (members, B, ...); `next(k)` gives (k, members, B, ...), the layout a
+  `lax.scan` over steps of a `jax.vmap` over members expects.
+  """
+
+  def __init__(self, members: list[ShuffledBatches]):
+    self._members = members
+    self.steps_per_epoch = members[0].steps_per_epoch
+
+  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch of every member, stacked (axis 1 when `num_batches` is given)."""
+    batches = [m.next(num_batches) for m in self._members]
+    axis = 0 if num_batches is None else 1
+    return {k: np.stack([b[k] for b in batches], axis=axis) for k in batches[0]}
+
+  def get_state(self) -> dict[str, list[dict[str, int]]]:
+    return {"members": [m.get_state() for m in self._members]}
+
+  def set_state(self, state) -> None:
+    for member, member_state in zip(self._members, state["members"], strict=True):
+      member.set_state(member_state)

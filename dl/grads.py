@@ -1,0 +1,37 @@
+"""Per-example gradients: `jax.vmap` of `jax.grad` over the batch axis."""
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dl import steps
+from dl.state import TrainState
+
+
+def per_example_grads(
+  loss_fn: Callable[[Any, dict[str, jax.Array]], jax.Array], params: Any, batch: dict[str, Any]
+) -> Any:
+  """Gradients of `loss_fn(params, example)` for every example of `batch`.
+
+  Args:
+    loss_fn: loss of ONE example (its arrays without the batch axis), a scalar.
+    params: the parameters to differentiate.
+    batch: arrays with a leading batch axis B.
+
+  Returns:
+    A pytree like `params` whose leaves have a leading axis B.
+  """
+  return jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, batch)
+
+
+def example_loss(apply_fn: Callable, state: TrainState) -> Callable:
+  """The cross-entropy of one {"input", "label"} example under `state` (eval mode)."""
+
+  def loss(params, example):
+    variables = {"params": params, **state.model_state}
+    logits_1xC = apply_fn(variables, example["input"][None], train=False)
+    return steps.cross_entropy(logits_1xC, jnp.reshape(example["label"], (1,)))[0]
+
+  return loss

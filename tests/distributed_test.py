@@ -1,0 +1,114 @@
+"""Several processes, one run: 2 processes x 4 devices train what 1 process x 8 devices trains."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import chex
+import jax
+import pytest
+from tiny_config import tiny_config
+
+import dl
+from dl import distributed, launch
+
+TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
+
+
+def _launch(workdir, mode: str) -> tuple[int, str]:
+  """Trains the tiny config with `python -m dl.launch`: 2 processes, 4 fake CPU devices each."""
+  config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
+  command = [
+    *(sys.executable, "-m", "dl.launch", "--num_processes=2", "--devices_per_process=4", "--"),
+    *(sys.executable, "-m", "dl.train", f"--config={config}", f"--workdir={workdir}"),
+    f"--config.parallel={mode}",
+  ]
+  launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    out, _ = launcher.communicate(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    launcher.terminate()  # The launcher stops its children.
+    out, _ = launcher.communicate()
+    pytest.fail(f"dl.launch did not finish in {TIMEOUT_S} s:\n{out[-3000:]}")
+  return launcher.returncode, out
+
+
+def _records(workdir) -> list[tuple[str, int]]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [(r["split"], r["step"]) for r in map(json.loads, f)]
+
+
+@pytest.mark.parametrize("mode", ["data", "fsdp"])
+def test_two_processes_train_what_one_process_trains(tmp_path, mode):
+  code, out = _launch(tmp_path / "2x4", mode)
+  assert code == 0, out[-3000:]
+  assert '[0] {"workdir"' in out and '[1] {"workdir"' in out  # both finished, output prefixed
+
+  ref, ref_history = dl.train(tiny_config(parallel=mode), str(tmp_path / "1x8"))
+  state = dl.restore(tiny_config(parallel="jit"), str(tmp_path / "2x4"))
+  chex.assert_trees_all_close(
+    jax.device_get(state.params), jax.device_get(ref.params), rtol=1e-5, atol=1e-6
+  )
+  # One writer: each record once (two independent runs would each have written them).
+  assert _records(tmp_path / "2x4") == _records(tmp_path / "1x8")
+  history = dl.read_history(str(tmp_path / "2x4" / "metrics.jsonl"))
+  assert [r["accuracy"] for r in history["eval"]] == [r["accuracy"] for r in ref_history["eval"]]
+  assert os.path.exists(tmp_path / "2x4" / "curves.png")
+
+
+def test_launch_stops_the_others_when_one_fails():
+  # Process 1 fails after a second; process 0 ignores SIGTERM and would sleep for a minute.
+  child = (
+    "import os, signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "i = os.environ['DL_PROCESS_ID']; print(i, os.environ['DL_NUM_PROCESSES'], os.getpid()); "
+    "time.sleep(1); sys.exit(3) if i == '1' else time.sleep(60)"
+  )
+  out = io.StringIO()
+  code = launch.launch([sys.executable, "-c", child], 2, grace_seconds=0.5, out=out)
+  assert code == 3
+  lines = sorted(out.getvalue().splitlines())
+  assert [line.split()[:3] for line in lines] == [["[0]", "0", "2"], ["[1]", "1", "2"]]
+  with pytest.raises(ProcessLookupError):  # killed after the grace period, and reaped
+    os.kill(int(lines[0].split()[3]), 0)
+
+
+def test_child_env_sets_the_device_count_and_keeps_other_xla_flags():
+  base = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8 --xla_dump_to=/tmp/x", "A": "1"}
+  env = launch.child_env(base, process_id=1, num_processes=2, port=1234, devices_per_process=4)
+  assert env["XLA_FLAGS"].split() == [
+    "--xla_dump_to=/tmp/x",
+    "--xla_force_host_platform_device_count=4",
+  ]
+  assert env["A"] == "1"
+  assert env[distributed.COORDINATOR_ADDRESS] == "127.0.0.1:1234"
+  assert (env[distributed.NUM_PROCESSES], env[distributed.PROCESS_ID]) == ("2", "1")
+  assert (
+    launch.child_env(base, process_id=0, num_processes=2, port=1)["XLA_FLAGS"]
+    == (base["XLA_FLAGS"])
+  )
+
+
+def test_one_process_is_not_distributed():
+  assert not distributed.initialize_from_env({})
+  assert not distributed.initialize_from_env({distributed.NUM_PROCESSES: "1"})
+
+
+@pytest.mark.parametrize(
+  "env, message",
+  [
+    ({"DL_NUM_PROCESSES": "two"}, "DL_NUM_PROCESSES must be an integer; got 'two'"),
+    ({"DL_NUM_PROCESSES": "0"}, "DL_NUM_PROCESSES must be >= 1; got 0"),
+    ({"DL_NUM_PROCESSES": "2"}, "DL_PROCESS_ID must be set when DL_NUM_PROCESSES > 1"),
+    ({"DL_NUM_PROCESSES": "2", "DL_PROCESS_ID": "2"}, r"DL_PROCESS_ID must be in \[0, 2\); got 2"),
+    (
+      {"DL_NUM_PROCESSES": "2", "DL_PROCESS_ID": "0", "DL_COORDINATOR_ADDRESS": "localhost"},
+      "DL_COORDINATOR_ADDRESS must look like 'host:port'; got 'localhost'",
+    ),
+    ({"DL_DISTRIBUTED": "yes"}, "DL_DISTRIBUTED must be 'auto' or unset; got 'yes'"),
+  ],
+)
+def test_bad_environment_is_named(env, message):
+  with pytest.raises(ValueError, match=message):
+    distributed.initialize_from_env(env)
