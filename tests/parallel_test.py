@@ -168,3 +168,21 @@ def test_bf16_compute_keeps_float32_params(tmp_path):
 def test_batch_not_divisible_by_devices_is_named(tmp_path):
   with pytest.raises(ValueError, match=r"batch_size \(30\) must be divisible by the 8 devices"):
     dl.train(_mlp_config(parallel="data", batch_size=30), str(tmp_path))
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap", "data", "fsdp"])
+def test_gradient_accumulation_composes_with_every_mode(tmp_path, mode):
+  """optax.MultiSteps: 2 micro-batches of 16 per update equal 1 batch of 32 per update.
+
+  Within the first epoch the two micro-batches hold exactly the 32 examples of the big batch.
+  """
+  big, _ = dl.train(_mlp_config(batch_size=32, num_train_steps=20), str(tmp_path / "big"))
+  accumulated, _ = dl.train(
+    _mlp_config(parallel=mode, batch_size=16, grad_accum_steps=2, num_train_steps=40),
+    str(tmp_path / "accumulated"),
+  )
+  assert int(np.ravel(jax.device_get(accumulated.step))[0]) == 40
+  assert int(np.ravel(jax.device_get(accumulated.opt_state.gradient_step))[0]) == 20
+  chex.assert_trees_all_close(
+    jax.device_get(accumulated.params), jax.device_get(big.params), rtol=1e-5, atol=1e-5
+  )
