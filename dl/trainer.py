@@ -148,23 +148,9 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
     task = dataclasses.replace(task, config=dataclasses.replace(task.config, progress=False))
   c = task.config
   os.makedirs(workdir, exist_ok=True)
-  ckpt = Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    keep=c.keep_checkpoints,
-    best_metric=c.best_metric,
-    best_mode=c.best_mode,
-  )
+  ckpt = _checkpointer(c, workdir)
   batches = task.batches()
-  abstract_state = jax.eval_shape(task.init_state)
-  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
-  restored = ckpt.restore(layout.restore_target(abstract_state))
-  if restored is None:
-    state = layout.init(task.init_state)
-  else:
-    _, restored_state, position = restored
-    # The config's hyperparameters win over the ones saved in the optimizer state.
-    state = layout.put_state(task.with_hyperparams(restored_state, _stacked(task.members)))
-    batches.set_state(position)
+  layout, state = _start(task, ckpt, batches)
   if primary:
     writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard)
   else:
@@ -182,6 +168,30 @@ def train(config, workdir: str) -> tuple[TrainState, writers.History]:
       history, os.path.join(workdir, "curves.png"), title=f"{c.model['name']} on {c.dataset}"
     )
   return layout.get_state(state), history
+
+
+def _checkpointer(c: config_lib.TrainConfig, workdir: str) -> Checkpointer:
+  return Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    keep=c.keep_checkpoints,
+    best_metric=c.best_metric,
+    best_mode=c.best_mode,
+  )
+
+
+def _start(
+  task: Task, ckpt: Checkpointer, batches: ShuffledBatches | MemberBatches
+) -> tuple[placement.Placement, TrainState]:
+  """The layout, and the state laid out in it: restored from `ckpt` if it has one, else new."""
+  abstract_state = jax.eval_shape(task.init_state)
+  layout = placement.create(task.config.parallel, task.config.mesh_shape, abstract_state)
+  restored = ckpt.restore(layout.restore_target(abstract_state))
+  if restored is None:
+    return layout, layout.init(task.init_state)
+  _, state, position = restored
+  batches.set_state(position)
+  # The config's hyperparameters win over the ones saved in the optimizer state.
+  return layout, layout.put_state(task.with_hyperparams(state, _stacked(task.members)))
 
 
 class _NoWriter:
@@ -439,12 +449,7 @@ def restore(config, workdir: str, step: int | None = None) -> TrainState:
   c = task.config
   abstract_state = jax.eval_shape(task.init_state)
   layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
-  ckpt = Checkpointer(
-    os.path.join(workdir, "checkpoints"),
-    keep=c.keep_checkpoints,
-    best_metric=c.best_metric,
-    best_mode=c.best_mode,
-  )
+  ckpt = _checkpointer(c, workdir)
   try:
     restored = ckpt.restore(layout.restore_target(abstract_state), step)
   finally:
