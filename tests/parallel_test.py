@@ -157,11 +157,16 @@ def test_checkpoint_moves_between_topologies(tmp_path):
   chex.assert_trees_all_equal(jax.device_get(mesh_2x4.params), saved)
 
 
-def test_bf16_compute_keeps_float32_params(tmp_path):
-  state, history = dl.train(_mlp_config(compute_dtype="bfloat16"), str(tmp_path))
+@pytest.mark.parametrize("mode", ["jit", "pmap", "data", "fsdp"])
+def test_bf16_compute_keeps_float32_params_in_every_mode(tmp_path, mode):
+  state, history = dl.train(
+    _mlp_config(compute_dtype="bfloat16", parallel=mode, grad_accum_steps=2), str(tmp_path)
+  )
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype("float32")}
-  mu = jax.tree.leaves(state.opt_state)
-  assert all(x.dtype != jax.numpy.bfloat16 for x in mu)
+  floats = [
+    x for x in jax.tree.leaves(state.opt_state) if jax.numpy.issubdtype(x.dtype, np.floating)
+  ]
+  assert floats and all(x.dtype == np.float32 for x in floats)
   assert history["eval"][-1]["accuracy"] > 0.5
 
 
