@@ -1,4 +1,4 @@
-"""The benchmark script runs (at tiny size) and reports both sides; no timing is asserted."""
+"""The benchmark scripts run (at tiny size) and report every side; no timing is asserted."""
 
 import json
 import os
@@ -8,15 +8,21 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_train_throughput_quick_reports_both_sides():
+def _quick_rows(script: str, first_key: str) -> list[dict]:
   out = subprocess.run(
-    [sys.executable, os.path.join(REPO, "benchmarks", "train_throughput.py"), "--quick"],
+    [sys.executable, os.path.join(REPO, "benchmarks", script), "--quick"],
     capture_output=True,
     text=True,
     check=True,
     cwd=REPO,
   )
-  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"benchmark"')]
+  return [
+    json.loads(line) for line in out.stdout.splitlines() if line.startswith(f'{{"{first_key}"')
+  ]
+
+
+def test_train_throughput_quick_reports_both_sides():
+  rows = _quick_rows("train_throughput.py", "benchmark")
   assert len(rows) == 2
   for row in rows:
     assert row["dl_examples_per_sec"] > 0 and row["handwritten_examples_per_sec"] > 0
@@ -25,14 +31,7 @@ def test_train_throughput_quick_reports_both_sides():
 
 
 def test_ensemble_throughput_quick_reports_all_ways():
-  out = subprocess.run(
-    [sys.executable, os.path.join(REPO, "benchmarks", "ensemble_throughput.py"), "--quick"],
-    capture_output=True,
-    text=True,
-    check=True,
-    cwd=REPO,
-  )
-  rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith('{"batch_size"')]
+  rows = _quick_rows("ensemble_throughput.py", "batch_size")
   assert [row["batch_size"] for row in rows] == [16, 128]
   for row in rows:
     assert row["sequential_examples_per_sec"] > 0 and row["vmap_examples_per_sec"] > 0
