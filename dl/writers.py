@@ -4,11 +4,8 @@ import json
 import os
 from collections.abc import Mapping
 
-import matplotlib
 import numpy as np
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.figure import Figure
 
 History = dict[str, list[dict[str, float]]]
 
@@ -59,7 +56,9 @@ def read_history(path: str) -> History:
 
 def plot_history(history: History, path: str, *, title: str = "") -> str:
   """Saves loss and accuracy curves (train and eval against step) as a PNG at `path`."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+  # A bare Figure (no pyplot): works headless and leaves the user's backend alone.
+  fig = Figure(figsize=(10, 4))
+  axes = fig.subplots(1, 2)
   for ax, metric in zip(axes, ("loss", "accuracy")):
     for split, style in (("train", "-"), ("eval", "o-")):
       records = [r for r in history.get(split, []) if metric in r]
@@ -79,5 +78,4 @@ def plot_history(history: History, path: str, *, title: str = "") -> str:
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
   return path

@@ -41,5 +41,3 @@ def test_notebook_runs(path, tmp_path, monkeypatch):
     resources={"metadata": {"path": str(tmp_path)}},
   )
   client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
-  errors = [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
-  assert not errors
