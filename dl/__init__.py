@@ -5,7 +5,7 @@ config = dl.default_config()        # or an experiment's get_config()
 state, history = dl.train(config, "/tmp/run")
 """
 
-from dl import data, distributed, grads, models, optim, steps
+from dl import data, distributed, export, grads, models, monitor, optim, steps
 from dl.checkpoint import Checkpointer, CheckpointError
 from dl.compile import jit_step, scan_steps
 from dl.config import TrainConfig, default_config
@@ -29,10 +29,12 @@ __all__ = [
   "default_config",
   "distributed",
   "eval_step",
+  "export",
   "grads",
   "evaluate",
   "jit_step",
   "models",
+  "monitor",
   "optim",
   "parse_config",
   "plot_history",
