@@ -5,7 +5,20 @@ config = dl.default_config()        # or an experiment's get_config()
 state, history = dl.train(config, "/tmp/run")
 """
 
-from dl import data, distributed, export, grads, models, monitor, optim, steps
+from dl import (
+  data,
+  distributed,
+  explain,
+  export,
+  fairness,
+  federated,
+  grads,
+  models,
+  monitor,
+  optim,
+  privacy,
+  steps,
+)
 from dl.checkpoint import Checkpointer, CheckpointError
 from dl.compile import jit_step, scan_steps
 from dl.config import TrainConfig, default_config
@@ -29,9 +42,12 @@ __all__ = [
   "default_config",
   "distributed",
   "eval_step",
-  "export",
-  "grads",
   "evaluate",
+  "explain",
+  "export",
+  "fairness",
+  "federated",
+  "grads",
   "jit_step",
   "models",
   "monitor",
@@ -39,6 +55,7 @@ __all__ = [
   "parse_config",
   "plot_history",
   "predict",
+  "privacy",
   "read_history",
   "restore",
   "scan_steps",

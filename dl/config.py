@@ -57,6 +57,13 @@ class TrainConfig:
       with seed `seed + i` (its own init, dropout and data order).
     sweep_learning_rate: one member per value, e.g. (1e-3, 3e-3, 1e-2); () for none.
     sweep_weight_decay: one member per value; with `sweep_learning_rate`, paired in order.
+    dp_noise_multiplier: DP-SGD noise standard deviation over `dp_l2_clip` (0: no DP-SGD);
+      train records then carry the `epsilon` spent (see `dl.privacy`).
+    dp_l2_clip: DP-SGD clips each example's gradient to this L2 norm.
+    dp_delta: the delta at which DP-SGD's epsilon is reported.
+    group_feature: a ClassLabel feature of the eval data (e.g. "age_band" of "credit") whose
+      groups get their own eval metrics (`dl.fairness`): accuracy per group and, for binary
+      tasks, TPR, FPR, demographic parity and equalized odds differences ("": none).
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -94,6 +101,10 @@ class TrainConfig:
   ensemble_size: int = 1
   sweep_learning_rate: tuple = ()
   sweep_weight_decay: tuple = ()
+  dp_noise_multiplier: float = 0.0
+  dp_l2_clip: float = 1.0
+  dp_delta: float = 1e-5
+  group_feature: str = ""
   progress: bool = True
   tensorboard: bool = True
 
@@ -192,6 +203,11 @@ def _check_values(c: TrainConfig) -> None:
     "equal to the length of each sweep_* tuple",
     (c.ensemble_size, c.sweep_learning_rate, c.sweep_weight_decay),
   )
+  _require(
+    c.dp_noise_multiplier >= 0, "dp_noise_multiplier", "a number >= 0", c.dp_noise_multiplier
+  )
+  _require(c.dp_l2_clip > 0, "dp_l2_clip", "a number > 0", c.dp_l2_clip)
+  _require(0 < c.dp_delta < 1, "dp_delta", "in (0, 1)", c.dp_delta)
   _require(c.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", c.parallel)
   _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)

@@ -19,7 +19,7 @@ import tqdm
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import distributed, models, optim, parallel, placement, steps, writers
+from dl import distributed, fairness, models, optim, parallel, placement, privacy, steps, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches, ShuffledBatches
 from dl.data.transforms import normalizer, to_batch_format
@@ -40,6 +40,7 @@ class Task:
   steps_per_epoch: int
   preprocess: Any
   members: tuple[dict[str, Any], ...]
+  group_names: tuple[str, ...] = ()  # of config.group_feature; task.eval["group"] holds ids
 
   @property
   def ensemble(self) -> bool:
@@ -88,7 +89,12 @@ def build(config) -> Task:
   train = to_batch_format(
     data_lib.load(c.dataset, c.train_split, data_dir=data_dir), spec.input_key
   )
-  evals = to_batch_format(data_lib.load(c.dataset, c.eval_split, data_dir=data_dir), spec.input_key)
+  eval_arrays = data_lib.load(c.dataset, c.eval_split, data_dir=data_dir)
+  evals = to_batch_format(eval_arrays, spec.input_key)
+  group_names = ()
+  if c.group_feature:  # checked to be a ClassLabel first
+    group_names = data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=data_dir)
+    evals[fairness.GROUP_KEY] = np.asarray(eval_arrays[c.group_feature], np.int32)
   preprocess = normalizer(train["input"]) if c.normalize else (lambda x: np.asarray(x, np.float32))
   train["input"], evals["input"] = preprocess(train["input"]), preprocess(evals["input"])
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
@@ -113,7 +119,9 @@ def build(config) -> Task:
       f"ensembles and sweeps run as one vmapped program with config.parallel='jit'; "
       f"got {c.parallel!r}."
     )
-  return Task(c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess, members)
+  return Task(
+    c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess, members, group_names
+  )
 
 
 def _stacked(members: tuple[dict[str, Any], ...]) -> dict[str, Any]:
@@ -217,9 +225,7 @@ def _loop(
 ) -> TrainState:
   """Runs steps from `state.step` to `task.num_steps`, stopping at each event step."""
   c = task.config
-  step_fn = functools.partial(
-    steps.train_step, apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing
-  )
+  step_fn = _step_fn(task)
   if task.ensemble:
     step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
   one_step = layout.compile(step_fn, fused=False)
@@ -250,12 +256,18 @@ def _loop(
         continue
       record = _sync(pending, step, last_sync, c.batch_size, len(task.members))
       pending, last_sync = [], (step, time.perf_counter())
+      if c.dp_noise_multiplier > 0:
+        record["epsilon"] = _epsilon(task, step)
       writer.write("train", step, record)
       shown = _mean(record)
       bar.set_postfix(loss=f"{shown['loss']:.4f}", acc=f"{shown['accuracy']:.3f}")
       eval_metrics = None
       if events.is_eval(step):
         eval_metrics = evaluate(layout.get_state(state), task.model, task.eval, c.eval_batch_size)
+        if task.group_names:
+          eval_metrics |= fairness.evaluate_groups(
+            layout.get_state(state), task.model, task.eval, task.group_names, c.eval_batch_size
+          )
         writer.write("eval", step, eval_metrics)
         shown = _mean(eval_metrics)
         mean_of = " (mean of members)" if task.ensemble else ""
@@ -267,6 +279,21 @@ def _loop(
         _check_params_finite(layout.get_state(state), step, ckpt)
         ckpt.save(step, layout.get_state(state), batches.get_state(), _mean(eval_metrics))
   return state
+
+
+def _step_fn(task: Task):
+  """The pure step the config asks for: `steps.train_step`, or DP-SGD's."""
+  c = task.config
+  common = dict(apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing)
+  if c.dp_noise_multiplier == 0:
+    return functools.partial(steps.train_step, **common)
+  return functools.partial(
+    privacy.dp_train_step,
+    l2_clip=c.dp_l2_clip,
+    noise_multiplier=c.dp_noise_multiplier,
+    accum_steps=c.grad_accum_steps,
+    **common,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,6 +368,18 @@ def _sync(
   examples = (step - prev_step) * batch_size * num_members
   record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
   return record
+
+
+def _epsilon(task: Task, step: int) -> float:
+  """DP-SGD's epsilon after `step` micro-steps: one noisy update per logical batch."""
+  c = task.config
+  logical_batch = c.batch_size * c.grad_accum_steps
+  return privacy.epsilon(
+    min(logical_batch / len(task.train["label"]), 1.0),
+    c.dp_noise_multiplier,
+    step // c.grad_accum_steps,
+    c.dp_delta,
+  )
 
 
 def _per_member(values: np.ndarray) -> float | list[float]:

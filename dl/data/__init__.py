@@ -6,6 +6,7 @@ Importing this package registers the local builders (`digits`, `mnist5k`,
 
 # Defining a builder class registers it with TFDS: import them for that effect.
 from dl.data.builders import breast_cancer as _breast_cancer  # noqa: F401
+from dl.data.builders import credit as _credit  # noqa: F401
 from dl.data.builders import digits as _digits  # noqa: F401
 from dl.data.builders import mnist5k as _mnist5k  # noqa: F401
 from dl.data.loading import (

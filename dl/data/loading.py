@@ -131,6 +131,25 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
   )
 
 
+def class_names(name: str, feature: str, *, data_dir: str | None = None) -> tuple[str, ...]:
+  """The names of a ClassLabel feature of a data set, e.g. a group attribute's groups.
+
+  Raises:
+    DatasetError: the data set has no such feature, or it is not a ClassLabel.
+  """
+  features = _prepared_builder(name, data_dir).info.features
+  if feature not in features:
+    raise DatasetError(
+      f"dataset '{name}' has no feature '{feature}'; its features are {sorted(features.keys())}."
+    )
+  if not isinstance(features[feature], tfds.features.ClassLabel):
+    raise DatasetError(
+      f"feature '{feature}' of dataset '{name}' must be a ClassLabel (integer ids with "
+      f"names); got {type(features[feature]).__name__}."
+    )
+  return tuple(features[feature].names)
+
+
 def _resolve_data_dir(data_dir: str | None) -> str | None:
   """Returns `data_dir`, else `$DL_DATA_DIR`, else None (TFDS's default)."""
   return data_dir or os.environ.get(DATA_DIR_ENV) or None
