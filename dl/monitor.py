@@ -19,7 +19,6 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 KINDS = ("features", "embeddings")
 _EPS = 1e-4  # Floor of bin proportions, so an empty bin gives a finite PSI.
@@ -234,6 +233,8 @@ def check(
       f"(batch shape {np.shape(features_NxF)})."
     )
   psi_F = psi(ref.proportions_FxB, _proportions(x_NxF, ref.edges_FxE))
+  from scipy import stats  # Imported here: scipy.stats adds ~1 s to `import dl`.
+
   ks = stats.ks_2samp(ref.sample_NxF, x_NxF, axis=0)
   statistic_F = np.nan_to_num(np.asarray(ks.statistic, np.float64))
   pvalue_F = np.nan_to_num(np.asarray(ks.pvalue, np.float64), nan=1.0)

@@ -21,11 +21,9 @@ import contextlib
 import functools
 import logging
 
-import dp_accounting
 import jax
 import jax.numpy as jnp
 import optax
-from dp_accounting import rdp
 
 from dl import steps
 from dl.state import TrainState
@@ -138,6 +136,10 @@ def epsilon(sampling_rate: float, noise_multiplier: float, steps: int, delta: fl
     return 0.0
   if noise_multiplier <= 0:
     return float("inf")
+  # Imported here: dp_accounting (and the scipy it loads) adds ~1 s to `import dl`.
+  import dp_accounting
+  from dp_accounting import rdp
+
   event = dp_accounting.PoissonSampledDpEvent(
     sampling_rate, dp_accounting.GaussianDpEvent(noise_multiplier)
   )
