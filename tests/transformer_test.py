@@ -1,3 +1,5 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,12 @@ import pytest
 from dl import models
 from dl.models import transformer
 
-TINY = dict(width=16, depth=2, num_heads=2, mlp_dim=32, max_len=16)
+TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=16)
+
+
+def _jit(model):
+  """Jitted init and apply: one compile each instead of one per operation."""
+  return jax.jit(model.init), jax.jit(model.apply, static_argnames=("train", "mutable"))
 
 
 def _ids(shape, vocab, seed=0):
@@ -16,85 +23,85 @@ def _ids(shape, vocab, seed=0):
 
 def test_classifier_shape_and_registry():
   model = models.create("transformer", num_classes=3, vocab_size=11, **TINY)
+  init, apply = _jit(model)
   ids_BxL = _ids((4, 9), 11)
-  variables = model.init(jax.random.PRNGKey(0), ids_BxL)
-  chex.assert_shape(model.apply(variables, ids_BxL), (4, 3))
+  variables = init(jax.random.PRNGKey(0), ids_BxL)
+  chex.assert_shape(apply(variables, ids_BxL), (4, 3))
 
 
-@pytest.mark.parametrize("positions", transformer.POSITIONS)
-def test_classifier_ignores_padding(positions):
-  model = transformer.TransformerClassifier(
-    num_classes=2, vocab_size=11, positions=positions, dropout=0.0, **TINY
-  )
+def test_classifier_ignores_padding():
+  model = transformer.TransformerClassifier(num_classes=2, vocab_size=11, dropout=0.0, **TINY)
+  init, apply = _jit(model)
   tokens = np.asarray(_ids((3, 5), 11))
   short_BxL = np.pad(tokens, ((0, 0), (0, 2)))  # pad id 0 on the right
   long_BxL = np.pad(tokens, ((0, 0), (0, 9)))
-  variables = model.init(jax.random.PRNGKey(0), short_BxL)
-  a = model.apply(variables, short_BxL)
-  b = model.apply(variables, long_BxL)
+  variables = init(jax.random.PRNGKey(0), short_BxL)
+  a = apply(variables, short_BxL)
+  b = apply(variables, long_BxL)
   np.testing.assert_allclose(a, b, atol=1e-5)
   # A token in place of the padding does change the output.
   changed_BxL = long_BxL.copy()
   changed_BxL[:, 6] = 3
-  assert not np.allclose(model.apply(variables, changed_BxL), b, atol=1e-4)
+  assert not np.allclose(apply(variables, changed_BxL), b, atol=1e-4)
 
 
 @pytest.mark.parametrize("positions", transformer.POSITIONS)
 def test_lm_is_causal(positions):
   model = models.create("transformer_lm", num_classes=13, positions=positions, **TINY)
+  init, apply = _jit(model)
   ids_BxL = np.asarray(_ids((2, 10), 13))
-  variables = model.init(jax.random.PRNGKey(0), ids_BxL)
-  logits_BxLxV = model.apply(variables, ids_BxL)
+  variables = init(jax.random.PRNGKey(0), ids_BxL)
+  logits_BxLxV = apply(variables, ids_BxL)
   chex.assert_shape(logits_BxLxV, (2, 10, 13))
   changed_BxL = ids_BxL.copy()
   changed_BxL[:, 6:] = (changed_BxL[:, 6:] % 12) + 1  # every future token differs
-  changed_BxLxV = model.apply(variables, changed_BxL)
+  changed_BxLxV = apply(variables, changed_BxL)
   np.testing.assert_allclose(changed_BxLxV[:, :6], logits_BxLxV[:, :6], atol=1e-5)
   assert not np.allclose(changed_BxLxV[:, 6:], logits_BxLxV[:, 6:], atol=1e-4)
 
 
 def test_lm_cached_decoding_matches_full_forward():
   model = transformer.TransformerLM(num_classes=13, **TINY)
+  init, apply = _jit(model)
   ids_BxL = np.asarray(_ids((2, 7), 13))
-  params = model.init(jax.random.PRNGKey(0), ids_BxL)["params"]
-  full_BxLxV = model.apply({"params": params}, ids_BxL)
+  params = init(jax.random.PRNGKey(0), ids_BxL)["params"]
+  full_BxLxV = apply({"params": params}, ids_BxL)
   decoder = model.clone(decode=True)
-  cache = decoder.init(jax.random.PRNGKey(0), jnp.ones((2, 16), jnp.int32))["cache"]
+  cache = jax.jit(decoder.init)(jax.random.PRNGKey(0), jnp.ones((2, 16), jnp.int32))["cache"]
+  step = jax.jit(functools.partial(decoder.apply, mutable=["cache"]))
   for i in range(ids_BxL.shape[1]):
-    step_Bx1xV, mutated = decoder.apply(
-      {"params": params, "cache": cache}, ids_BxL[:, i : i + 1], mutable=["cache"]
-    )
+    step_Bx1xV, mutated = step({"params": params, "cache": cache}, ids_BxL[:, i : i + 1])
     cache = mutated["cache"]
     np.testing.assert_allclose(step_Bx1xV[:, 0], full_BxLxV[:, i], atol=1e-5)
 
 
 def test_lm_dropout_only_in_training():
   model = transformer.TransformerLM(num_classes=13, dropout=0.5, **TINY)
+  init, apply = _jit(model)
   ids_BxL = _ids((2, 6), 13)
-  variables = model.init(jax.random.PRNGKey(0), ids_BxL)
-  a = model.apply(variables, ids_BxL, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  b = model.apply(variables, ids_BxL, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  variables = init(jax.random.PRNGKey(0), ids_BxL)
+  a = apply(variables, ids_BxL, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  b = apply(variables, ids_BxL, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
   assert not np.allclose(a, b)
-  np.testing.assert_array_equal(model.apply(variables, ids_BxL), model.apply(variables, ids_BxL))
+  np.testing.assert_array_equal(apply(variables, ids_BxL), apply(variables, ids_BxL))
 
 
 def test_seq2seq_shapes_causality_and_source_padding():
   model = transformer.TransformerSeq2Seq(num_classes=13, source_vocab_size=7, **TINY)
+  init, apply = _jit(model)
   sources_BxS = np.asarray(_ids((2, 5), 7))
   targets_BxT = np.asarray(_ids((2, 8), 13, seed=1))
-  variables = model.init(jax.random.PRNGKey(0), sources_BxS, targets_BxT)
-  logits_BxTxV = model.apply(variables, sources_BxS, targets_BxT)
+  variables = init(jax.random.PRNGKey(0), sources_BxS, targets_BxT)
+  logits_BxTxV = apply(variables, sources_BxS, targets_BxT)
   chex.assert_shape(logits_BxTxV, (2, 8, 13))
   padded_BxS = np.pad(sources_BxS, ((0, 0), (0, 4)))
-  np.testing.assert_allclose(
-    model.apply(variables, padded_BxS, targets_BxT), logits_BxTxV, atol=1e-5
-  )
+  np.testing.assert_allclose(apply(variables, padded_BxS, targets_BxT), logits_BxTxV, atol=1e-5)
   changed_BxT = targets_BxT.copy()
   changed_BxT[:, 4:] = (changed_BxT[:, 4:] % 12) + 1
-  changed_BxTxV = model.apply(variables, sources_BxS, changed_BxT)
+  changed_BxTxV = apply(variables, sources_BxS, changed_BxT)
   np.testing.assert_allclose(changed_BxTxV[:, :4], logits_BxTxV[:, :4], atol=1e-5)
   other_sources_BxS = (sources_BxS % 6) + 1
-  assert not np.allclose(model.apply(variables, other_sources_BxS, targets_BxT), logits_BxTxV)
+  assert not np.allclose(apply(variables, other_sources_BxS, targets_BxT), logits_BxTxV)
 
 
 def test_rejects_float_inputs_and_too_long_sequences():
