@@ -120,6 +120,57 @@ def sample_uncached(
   return ids_BxT
 
 
+def translate(
+  params,
+  sources_BxS: jax.Array,
+  rng: jax.Array,
+  *,
+  model: nn.Module,
+  num_tokens: int,
+  start_id: int,
+  temperature: float = 0.0,
+  top_k: int | None = None,
+) -> jax.Array:
+  """Generates targets for source sequences with an encoder-decoder and its decoder cache.
+
+  The source is encoded once; the decoder then runs one position per `lax.scan` step.
+
+  Args:
+    params: the parameters of `model`.
+    sources_BxS: source token ids (pad 0).
+    rng: PRNG key (unused when greedy).
+    model: a `dl.models.TransformerSeq2Seq` (or a module with the same `encode` and
+      `decode_step` methods and `decode` field).
+    num_tokens: N, how many target tokens to generate.
+    start_id: the token the target starts with (its first decoder input).
+    temperature: 0 (default) is greedy decoding.
+    top_k: as in `choose`.
+
+  Returns:
+    Target ids (B, 1 + N) int32: `start_id` then the generated tokens.
+  """
+  batch_size = sources_BxS.shape[0]
+  model = model.clone(decode=False, dropout=0.0)
+  decoder = model.clone(decode=True)
+  encoded_BxSxD = model.apply({"params": params}, sources_BxS, method="encode")
+  targets_BxT = jnp.zeros((batch_size, 1 + num_tokens), jnp.int32)
+  cache = init_cache(decoder, sources_BxS, targets_BxT)
+
+  def step(cache, ids_Bx1):
+    logits_Bx1xV, mutated = decoder.apply(
+      {"params": params, "cache": cache},
+      ids_Bx1,
+      sources_BxS,
+      encoded_BxSxD,
+      method="decode_step",
+      mutable=["cache"],
+    )
+    return logits_Bx1xV[:, 0], mutated["cache"]
+
+  start_Bx1 = jnp.full((batch_size, 1), start_id, jnp.int32)
+  return decode_loop(step, cache, start_Bx1, rng, num_tokens, temperature, top_k)
+
+
 def init_cache(decoder: nn.Module, *example_args: jax.Array) -> Cache:
   """An all-zero `cache` collection for `decoder` (decode=True), sized by the example inputs.
 
