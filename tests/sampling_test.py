@@ -24,7 +24,7 @@ def _prompt(batch=3, length=4):
   return jax.random.randint(jax.random.PRNGKey(5), (batch, length), 1, VOCAB)
 
 
-@pytest.mark.parametrize("temperature,top_k", [(1.0, None), (0.7, 5)])
+@pytest.mark.parametrize("temperature,top_k", [(0.8, 5)])
 def test_cached_and_uncached_sampling_give_the_same_tokens(params, temperature, top_k):
   kwargs = dict(model=MODEL, num_tokens=10, temperature=temperature, top_k=top_k)
   cached = jax.jit(functools.partial(sampling.sample, **kwargs))
