@@ -36,3 +36,13 @@ def test_ensemble_throughput_quick_reports_all_ways():
   for row in rows:
     assert row["sequential_examples_per_sec"] > 0 and row["vmap_examples_per_sec"] > 0
     assert set(row["wall_s"]) == {"sequential", "vmap", "vmap_fused"}
+
+
+def test_lm_throughput_quick_reports_training_and_both_samplers():
+  rows = _quick_rows("lm_throughput.py", "measure")
+  assert [row["measure"].split(" (")[0] for row in rows] == [
+    "train",
+    "sample with KV cache",
+    "sample no cache",
+  ]
+  assert all(row["tokens_per_sec"] > 0 for row in rows)
