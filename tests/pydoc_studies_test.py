@@ -30,8 +30,7 @@ def test_reverse_words_pairs_and_tiny_training():
   model = study.make_model(width=16, depth=1)
   state, last = study.train(model, arrays, steps=2, batch_size=2)
   assert int(state.step) == 2 and np.isfinite(last["loss"])
-  scores = study.evaluate(model, state.params, arrays)
-  assert 0.0 <= scores["char_accuracy"] <= 1.0 and 0.0 <= scores["exact_match"] <= 1.0
+  # `evaluate` decodes with `dl.sampling.translate`, tested in tests/transformer_test.py.
 
 
 def test_unigram_baseline_is_the_cross_entropy_of_train_frequencies():

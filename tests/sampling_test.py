@@ -83,18 +83,3 @@ def test_choose_respects_top_k():
 def test_too_long_generation_says_how_to_fix(params):
   with pytest.raises(ValueError, match=r"= 20 exceeds the model's max_len=16"):
     sampling.sample(params, _prompt(length=4), jax.random.PRNGKey(0), model=MODEL, num_tokens=16)
-
-
-def test_translate_with_cache_matches_greedy_teacher_forcing():
-  model = transformer.TransformerSeq2Seq(
-    num_classes=VOCAB, source_vocab_size=7, width=16, depth=1, num_heads=2, mlp_dim=32, max_len=16
-  )
-  sources_BxS = jnp.pad(_prompt(length=5) % 6 + 1, ((0, 0), (0, 3)))
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), sources_BxS, jnp.ones((3, 9), jnp.int32))
-  translate = jax.jit(functools.partial(sampling.translate, model=model, num_tokens=8, start_id=1))
-  targets_BxT = translate(variables["params"], sources_BxS, jax.random.PRNGKey(0))
-  chex.assert_shape(targets_BxT, (3, 9))
-  # Each generated token is the argmax of the full (uncached) decoder given the tokens before.
-  logits_BxTxV = jax.jit(model.apply)(variables, sources_BxS, targets_BxT)
-  np.testing.assert_array_equal(targets_BxT[:, 1:], jnp.argmax(logits_BxTxV[:, :-1], -1))
-  np.testing.assert_array_equal(targets_BxT[:, 0], 1)

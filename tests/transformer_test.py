@@ -1,10 +1,12 @@
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dl import models
+from dl import models, sampling
 from dl.models import transformer
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=16)
@@ -57,7 +59,7 @@ def test_lm_is_causal_and_drops_out_only_in_training(positions):
   np.testing.assert_array_equal(apply(variables, ids_BxL), logits_BxLxV)
 
 
-def test_seq2seq_shapes_causality_and_source_padding():
+def test_seq2seq_shapes_causality_source_padding_and_cached_translation():
   model = transformer.TransformerSeq2Seq(num_classes=13, source_vocab_size=7, **TINY)
   init, apply = _jit(model)
   sources_BxS = np.asarray(_ids((2, 5), 7))
@@ -73,6 +75,12 @@ def test_seq2seq_shapes_causality_and_source_padding():
   np.testing.assert_allclose(changed_BxTxV[:, :4], logits_BxTxV[:, :4], atol=1e-5)
   other_sources_BxS = (sources_BxS % 6) + 1
   assert not np.allclose(apply(variables, other_sources_BxS, targets_BxT), logits_BxTxV)
+  # Greedy cached decoding: each token is the argmax of the full decoder given those before.
+  translate = jax.jit(functools.partial(sampling.translate, model=model, num_tokens=7, start_id=1))
+  generated_BxT = translate(variables["params"], sources_BxS, jax.random.PRNGKey(0))
+  np.testing.assert_array_equal(generated_BxT[:, 0], 1)
+  full_BxTxV = apply(variables, sources_BxS, generated_BxT)
+  np.testing.assert_array_equal(generated_BxT[:, 1:], np.argmax(full_BxTxV[:, :-1], -1))
 
 
 def test_rejects_float_inputs_and_too_long_sequences():
