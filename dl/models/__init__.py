@@ -11,15 +11,16 @@ import flax.linen as nn
 from dl.models.cnn import CNN
 from dl.models.mlp import MLP
 from dl.models.resnet import ResNet, ResNet8, ResNet18
+from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "text_rnn": TextRNN, "series_rnn": SeriesRNN}
 
 
 def create(name: str, **kwargs) -> nn.Module:
   """Builds the model called `name` with hyperparameters `kwargs`.
 
   Args:
-    name: one of `MODELS` ("mlp", "cnn", "resnet").
+    name: one of `MODELS` ("mlp", "cnn", "resnet", "text_rnn", "series_rnn").
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
@@ -43,4 +44,15 @@ def create(name: str, **kwargs) -> nn.Module:
   return cls(**kwargs)
 
 
-__all__ = ["CNN", "MLP", "MODELS", "ResNet", "ResNet8", "ResNet18", "create"]
+__all__ = [
+  "CNN",
+  "MLP",
+  "MODELS",
+  "RNNEncoder",
+  "ResNet",
+  "ResNet8",
+  "ResNet18",
+  "SeriesRNN",
+  "TextRNN",
+  "create",
+]
