@@ -70,9 +70,6 @@ class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
     TextConfig(name="sp8000", description="sentencepiece unigram, 8,000 pieces, 64 ids"),
-    TextConfig(
-      name="sp4000", description="sentencepiece unigram, 4,000 pieces, 64 ids", vocab_size=4000
-    ),
     TextConfig(name="bytes", description="UTF-8 bytes, 256 ids", vocab_size=0, max_length=256),
   ]
   DEFAULT_CONFIG_NAME = "sp8000"
