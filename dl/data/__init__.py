@@ -10,6 +10,7 @@ from dl.data.builders import credit as _credit  # noqa: F401
 from dl.data.builders import diabetes as _diabetes  # noqa: F401
 from dl.data.builders import digits as _digits  # noqa: F401
 from dl.data.builders import mnist5k as _mnist5k  # noqa: F401
+from dl.data.builders import pydoc_text as _pydoc_text  # noqa: F401
 from dl.data.builders import rotten_tomatoes as _rotten_tomatoes  # noqa: F401
 from dl.data.builders import series as _series  # noqa: F401
 from dl.data.loading import (

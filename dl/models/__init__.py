@@ -12,15 +12,25 @@ from dl.models.cnn import CNN
 from dl.models.mlp import MLP
 from dl.models.resnet import ResNet, ResNet8, ResNet18
 from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
+from dl.models.transformer import TransformerClassifier, TransformerLM, TransformerSeq2Seq
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet, "text_rnn": TextRNN, "series_rnn": SeriesRNN}
+MODELS = {
+  "mlp": MLP,
+  "cnn": CNN,
+  "resnet": ResNet,
+  "text_rnn": TextRNN,
+  "series_rnn": SeriesRNN,
+  "transformer": TransformerClassifier,
+  "transformer_lm": TransformerLM,
+}
 
 
 def create(name: str, **kwargs) -> nn.Module:
   """Builds the model called `name` with hyperparameters `kwargs`.
 
   Args:
-    name: one of `MODELS` ("mlp", "cnn", "resnet", "text_rnn", "series_rnn").
+    name: one of `MODELS` ("mlp", "cnn", "resnet", "text_rnn", "series_rnn", "transformer",
+      "transformer_lm").
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
@@ -54,5 +64,8 @@ __all__ = [
   "ResNet18",
   "SeriesRNN",
   "TextRNN",
+  "TransformerClassifier",
+  "TransformerLM",
+  "TransformerSeq2Seq",
   "create",
 ]
