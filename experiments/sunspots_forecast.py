@@ -4,7 +4,7 @@ One LSTM run (regression on 12-year windows; eval records hold mse/mae/rmse in s
 python -m dl.train --config experiments/sunspots_forecast.py --workdir workdirs/sunspots_lstm
 
 The comparison of experiments/results_forecast.md (+ results_forecast.png), in one run:
-python experiments/sunspots_forecast.py --workdir workdirs/sunspots_forecast
+python experiments/sunspots_forecast.py --workdir workdirs/sunspots_forecast --seeds 3
 
 Every forecaster sees the same thing: the 12 previous years, all inside the held-out segment
 (test: 1969-2008, so targets 1981-2008). The networks train on the train windows (1700-1928);
@@ -74,33 +74,41 @@ def _classical_forecasts(train: np.ndarray, test: np.ndarray, window: int) -> di
   }
 
 
-def _network_forecasts(args, test_inputs: np.ndarray) -> dict[str, np.ndarray]:
-  """Scaled test forecasts of each cell, trained on the train windows."""
+def _network_forecasts(args, test_inputs: np.ndarray) -> dict[str, list[np.ndarray]]:
+  """Scaled test forecasts of each cell, one per seed, trained on the train windows."""
   forecasts = {}
   for cell in args.cells:
     config = get_config()
     config.model.cell = cell
-    config.seed = args.seed
     config.progress = False
     if args.steps:
       config.num_train_steps = args.steps
       config.eval_every_steps = args.steps
-    start = time.perf_counter()
-    state, _ = dl.train(config, os.path.join(args.workdir, cell))
-    forecasts[f"{cell.upper()} (hidden {config.model.hidden})"] = dl.predict(
-      dl.build(config), state, test_inputs
-    )[:, 0]
-    print(f"{cell}: trained in {time.perf_counter() - start:.0f} s", flush=True)
+    name = f"{cell.upper()} (hidden {config.model.hidden})"
+    forecasts[name] = []
+    for seed in range(args.seeds):
+      config.seed = seed
+      start = time.perf_counter()
+      state, _ = dl.train(config, os.path.join(args.workdir, f"{cell}_seed{seed}"))
+      forecasts[name].append(dl.predict(dl.build(config), state, test_inputs)[:, 0])
+      print(f"{cell} seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
   return forecasts
 
 
-def _table(truth: np.ndarray, forecasts: dict[str, np.ndarray]) -> list[str]:
+def _table(truth: np.ndarray, forecasts: dict[str, list[np.ndarray]]) -> list[str]:
+  """Markdown rows; a forecaster with several seeds shows the mean and (min-max)."""
   rows = ["| forecaster | MAE | RMSE |", "|---|---|---|"]
-  for name, forecast in forecasts.items():
-    mae = sklearn.metrics.mean_absolute_error(truth, forecast)
-    rmse = sklearn.metrics.root_mean_squared_error(truth, forecast)
-    rows.append(f"| {name} | {mae:.2f} | {rmse:.2f} |")
+  for name, runs in forecasts.items():
+    mae = [sklearn.metrics.mean_absolute_error(truth, f) for f in runs]
+    rmse = [sklearn.metrics.root_mean_squared_error(truth, f) for f in runs]
+    rows.append(f"| {name} | {_summary(mae)} | {_summary(rmse)} |")
   return rows
+
+
+def _summary(values: list[float]) -> str:
+  if len(values) == 1:
+    return f"{values[0]:.2f}"
+  return f"{np.mean(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def _plot(years: np.ndarray, truth: np.ndarray, forecasts: dict[str, np.ndarray], path: str):
@@ -123,21 +131,21 @@ def main():
   parser.add_argument("--out", default="experiments/results_forecast.md")
   parser.add_argument("--data_dir", default=None)
   parser.add_argument("--cells", nargs="+", default=["lstm", "gru"])
-  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--seeds", type=int, default=3, help="seeds per network (0, 1, ...)")
   parser.add_argument("--steps", type=int, default=0, help="train steps (0: the config's)")
   args = parser.parse_args()
   train, test = (_split("sunspots", s, args.data_dir) for s in ("train", "test"))
   data_dir = args.data_dir or os.environ.get(dl.data.loading.DATA_DIR_ENV)
   meta = tfds.builder("sunspots", data_dir=data_dir).info.metadata
   mean, std, window = meta["mean"], meta["std"], meta["window"]
-  scaled = _classical_forecasts(_series(train), _series(test), window)
+  scaled = {k: [f] for k, f in _classical_forecasts(_series(train), _series(test), window).items()}
   scaled |= _network_forecasts(args, test["features"])
-  forecasts = {name: f * std + mean for name, f in scaled.items()}
+  forecasts = {name: [f * std + mean for f in runs] for name, runs in scaled.items()}
   truth = test["label"] * std + mean
   table = _table(truth, forecasts)
   print("\n".join(table))
   png = os.path.splitext(args.out)[0] + ".png"
-  _plot(test["year"], truth, forecasts, png)
+  _plot(test["year"], truth, {name: runs[0] for name, runs in forecasts.items()}, png)
   _write(args, table, test["year"], png)
 
 
@@ -145,9 +153,11 @@ def _write(args, table: list[str], years: np.ndarray, png: str) -> None:
   header = [
     "# Sunspots: one-step-ahead forecasts",
     "",
-    f"Command: `python experiments/sunspots_forecast.py --workdir {args.workdir}`"
-    + (f" `--steps {args.steps}`" if args.steps else "")
-    + f" (seed {args.seed}). Machine: 2-core x86_64 CPU, no accelerator.",
+    f"Command: `python experiments/sunspots_forecast.py --workdir {args.workdir} "
+    f"--seeds {args.seeds}"
+    + (f" --steps {args.steps}`" if args.steps else "`")
+    + f". Networks: seeds 0-{args.seeds - 1}, mean (min-max); the plot shows seed 0. "
+    "Machine: 2-core x86_64 CPU, no accelerator.",
     "",
     f"Held-out targets: {int(years[0])}-{int(years[-1])} ({len(years)} years), each forecast "
     "from the 12 years before it, all inside the test segment 1969-2008. Trained or fitted on "
