@@ -20,18 +20,8 @@ def _load_script():
 
 def test_tiny_study_writes_table_and_plot(tmp_path, monkeypatch):
   out = tmp_path / "results.md"
-  argv = [
-    "x",
-    "--workdir",
-    str(tmp_path / "w"),
-    "--out",
-    str(out),
-    "--cells",
-    "gru",
-    "--steps",
-    "2",
-  ]
-  monkeypatch.setattr(sys, "argv", argv)
+  argv = ["x", "--workdir", str(tmp_path / "w"), "--out", str(out), "--cells", "gru"]
+  monkeypatch.setattr(sys, "argv", [*argv, "--steps", "2", "--seeds", "1"])
   _load_script().main()
   text = out.read_text()
   rows = dict(re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| [\d.]+ \|$", text, flags=re.M))
