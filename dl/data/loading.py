@@ -21,6 +21,11 @@ LOCAL_DATASETS = (
   "mnist5k",
   "breast_cancer",
   "diabetes",
+  "credit",
+  "rotten_tomatoes",
+  "sunspots",
+  "co2",
+  "pydoc_text",
   "movielens_100k",
   "synthetic_digit_boxes",
 )

@@ -13,6 +13,8 @@ from dl.models.cnn import CNN
 from dl.models.mlp import MLP
 from dl.models.recommender import MatrixFactorization, NeuMF
 from dl.models.resnet import ResNet, ResNet8, ResNet18
+from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
+from dl.models.transformer import TransformerClassifier, TransformerLM, TransformerSeq2Seq
 
 MODELS = {
   "mlp": MLP,
@@ -20,6 +22,10 @@ MODELS = {
   "resnet": ResNet,
   "matrix_factorization": MatrixFactorization,
   "neumf": NeuMF,
+  "text_rnn": TextRNN,
+  "series_rnn": SeriesRNN,
+  "transformer": TransformerClassifier,
+  "transformer_lm": TransformerLM,
 }
 
 
@@ -27,7 +33,8 @@ def create(name: str, **kwargs) -> nn.Module:
   """Builds the model called `name` with hyperparameters `kwargs`.
 
   Args:
-    name: one of `MODELS` ("mlp", "cnn", "resnet").
+    name: one of `MODELS` ("mlp", "cnn", "resnet", "matrix_factorization", "neumf",
+      "text_rnn", "series_rnn", "transformer", "transformer_lm").
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
@@ -61,5 +68,11 @@ __all__ = [
   "ResNet",
   "ResNet8",
   "ResNet18",
+  "RNNEncoder",
+  "SeriesRNN",
+  "TextRNN",
+  "TransformerClassifier",
+  "TransformerLM",
+  "TransformerSeq2Seq",
   "create",
 ]

@@ -1,0 +1,432 @@
+"""Transformers over token ids: an encoder classifier, a causal language model, and an
+encoder-decoder for sequence to sequence.
+
+All blocks are pre-LayerNorm (Xiong et al. 2020): `x + f(LayerNorm(x))`, with a final
+LayerNorm before the output layer. Token id `PAD_ID` (0) is padding: the encoder masks it
+out of attention and pooling. Positions are learned embeddings or fixed sinusoids.
+
+Axis letters: B batch, L (or S, T) sequence, D width, V vocabulary, C classes.
+
+The decoder-only `TransformerLM` and the decoder of `TransformerSeq2Seq` take `decode=True`
+for autoregressive decoding with a key/value cache (Flax's `cache` collection): initialise
+with the full-length ids to size the cache, then feed one position at a time
+(`dl.sampling` does this).
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PAD_ID = 0
+POSITIONS = ("learned", "sinusoidal")
+
+
+def sinusoids(max_len: int, width: int) -> np.ndarray:
+  """The fixed sinusoidal position table of Vaswani et al. (2017), shape (max_len, width)."""
+  positions_Lx1 = np.arange(max_len, dtype=np.float64)[:, np.newaxis]
+  inverse_freqs_1xH = np.exp(
+    -np.log(10_000.0) * np.arange(0, width, 2, dtype=np.float64)[np.newaxis, :] / width
+  )
+  angles_LxH = positions_Lx1 * inverse_freqs_1xH
+  table_LxD = np.zeros((max_len, width), np.float32)
+  table_LxD[:, 0::2] = np.sin(angles_LxH)
+  table_LxD[:, 1::2] = np.cos(angles_LxH[:, : width // 2])
+  return table_LxD
+
+
+class PositionEmbedding(nn.Module):
+  """Adds position embeddings to (B, L, D) inputs; with `decode`, one position per call.
+
+  Attributes:
+    max_len: the longest sequence (size of the table).
+    kind: "learned" (a trained table) or "sinusoidal" (fixed).
+    decode: feed one position per call, counting positions in the `cache` collection.
+  """
+
+  max_len: int
+  kind: str = "learned"
+  decode: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array) -> jax.Array:
+    length, width = x_BxLxD.shape[1:]
+    if self.kind not in POSITIONS:
+      raise ValueError(f"unknown positions {self.kind!r}; expected one of {POSITIONS}.")
+    if length > self.max_len:
+      raise ValueError(
+        f"sequence length {length} exceeds max_len={self.max_len}; raise the model's max_len."
+      )
+    if self.kind == "learned":
+      init = nn.initializers.normal(stddev=0.02)
+      table_LxD = self.param("table", init, (self.max_len, width))
+    else:
+      table_LxD = jnp.asarray(sinusoids(self.max_len, width))
+    if self.decode:
+      is_initialized = self.has_variable("cache", "position")
+      position = self.variable("cache", "position", lambda: jnp.array(0, jnp.int32))
+      if is_initialized:
+        row_1xD = jax.lax.dynamic_slice_in_dim(table_LxD, position.value, 1)
+        position.value = position.value + 1
+        return x_BxLxD + row_1xD[jnp.newaxis].astype(x_BxLxD.dtype)
+    return x_BxLxD + table_LxD[jnp.newaxis, :length].astype(x_BxLxD.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Dense(mlp_dim) -> GELU -> dropout -> Dense(width) -> dropout."""
+
+  mlp_dim: int
+  dropout: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, *, train: bool) -> jax.Array:
+    width = x_BxLxD.shape[-1]
+    h_BxLxF = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(x_BxLxD))
+    h_BxLxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxLxF)
+    out_BxLxD = nn.Dense(width, dtype=self.dtype)(h_BxLxF)
+    return nn.Dropout(self.dropout, deterministic=not train)(out_BxLxD)
+
+
+class Block(nn.Module):
+  """A pre-LN Transformer block: self-attention, optional cross-attention, MLP.
+
+  Attributes:
+    num_heads: attention heads; the width must be divisible by it.
+    mlp_dim: hidden units of the MLP.
+    dropout: dropout rate on attention weights and residual branches.
+    cross_attention: add a cross-attention sub-block over `context_BxSxD`.
+    decode: cache keys and values of the self-attention (one position per call).
+  """
+
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  cross_attention: bool = False
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self,
+    x_BxLxD: jax.Array,
+    mask_Bx1xLxL: jax.Array | None,
+    *,
+    train: bool,
+    context_BxSxD: jax.Array | None = None,
+    context_mask_Bx1xLxS: jax.Array | None = None,
+  ) -> jax.Array:
+    attention = dict(
+      num_heads=self.num_heads,
+      dropout_rate=self.dropout,
+      deterministic=not train,
+      dtype=self.dtype,
+    )
+    h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    h_BxLxD = nn.MultiHeadDotProductAttention(**attention, decode=self.decode, name="self_attn")(
+      h_BxLxD, mask=mask_Bx1xLxL
+    )
+    x_BxLxD = x_BxLxD + nn.Dropout(self.dropout, deterministic=not train)(h_BxLxD)
+    if self.cross_attention:
+      h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+      h_BxLxD = nn.MultiHeadDotProductAttention(**attention, name="cross_attn")(
+        h_BxLxD, context_BxSxD, mask=context_mask_Bx1xLxS
+      )
+      x_BxLxD = x_BxLxD + nn.Dropout(self.dropout, deterministic=not train)(h_BxLxD)
+    h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    return x_BxLxD + MlpBlock(self.mlp_dim, self.dropout, self.dtype)(h_BxLxD, train=train)
+
+
+class Embedder(nn.Module):
+  """Token ids (B, L) -> token embeddings plus positions, with dropout: (B, L, D)."""
+
+  vocab_size: int
+  width: int
+  max_len: int
+  positions: str = "learned"
+  dropout: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids_BxL: jax.Array, *, train: bool) -> jax.Array:
+    _check_ids(ids_BxL)
+    x_BxLxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype)(ids_BxL)
+    x_BxLxD = PositionEmbedding(self.max_len, self.positions, self.decode)(x_BxLxD)
+    return nn.Dropout(self.dropout, deterministic=not train)(x_BxLxD)
+
+
+class Encoder(nn.Module):
+  """Embeds token ids and runs `depth` bidirectional blocks; pads are masked out of attention.
+
+  Returns the final-LayerNorm'd hidden states (B, L, D).
+  """
+
+  vocab_size: int
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  max_len: int = 512
+  positions: str = "learned"
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids_BxL: jax.Array, *, train: bool) -> jax.Array:
+    x_BxLxD = Embedder(
+      self.vocab_size, self.width, self.max_len, self.positions, self.dropout, dtype=self.dtype
+    )(ids_BxL, train=train)
+    not_pad_BxL = ids_BxL != PAD_ID
+    mask_Bx1xLxL = nn.make_attention_mask(not_pad_BxL, not_pad_BxL)
+    for _ in range(self.depth):
+      x_BxLxD = Block(self.num_heads, self.mlp_dim, self.dropout, dtype=self.dtype)(
+        x_BxLxD, mask_Bx1xLxL, train=train
+      )
+    return nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+
+
+class TransformerClassifier(nn.Module):
+  """Transformer encoder classifier: token ids (B, L) -> logits (B, num_classes).
+
+  Pad id 0 is masked out of attention and of the mean pooling, so the same tokens
+  padded to any length give the same logits.
+
+  Attributes:
+    num_classes: number of output logits.
+    vocab_size: number of token ids (including pad 0).
+    width: model width D.
+    depth: number of Transformer blocks.
+    num_heads: attention heads (must divide `width`).
+    mlp_dim: hidden units of each block's MLP.
+    max_len: the longest input sequence.
+    positions: "learned" or "sinusoidal".
+    dropout: dropout rate (active only with `train=True`).
+    dtype: compute dtype; parameters stay float32, logits are float32.
+  """
+
+  num_classes: int
+  vocab_size: int = 8000
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  max_len: int = 512
+  positions: str = "learned"
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
+    h_BxLxD = Encoder(
+      self.vocab_size,
+      self.width,
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      self.max_len,
+      self.positions,
+      self.dropout,
+      self.dtype,
+    )(ids_BxL, train=train)
+    weights_BxLx1 = (ids_BxL != PAD_ID).astype(h_BxLxD.dtype)[..., jnp.newaxis]
+    count_Bx1 = jnp.maximum(weights_BxLx1.sum(axis=1), 1.0)
+    pooled_BxD = (h_BxLxD * weights_BxLx1).sum(axis=1) / count_Bx1
+    pooled_BxD = nn.Dropout(self.dropout, deterministic=not train)(pooled_BxD)
+    return nn.Dense(self.num_classes, dtype=self.dtype)(pooled_BxD).astype(jnp.float32)
+
+
+class Decoder(nn.Module):
+  """Causal blocks over token ids, optionally cross-attending to an encoder's output.
+
+  Returns logits (B, L, vocab_size). With `decode`, call one position (B, 1) at a time.
+  """
+
+  vocab_size: int
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  max_len: int = 512
+  positions: str = "learned"
+  dropout: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+    self,
+    ids_BxL: jax.Array,
+    *,
+    train: bool,
+    context_BxSxD: jax.Array | None = None,
+    context_mask_Bx1xLxS: jax.Array | None = None,
+  ) -> jax.Array:
+    x_BxLxD = Embedder(
+      self.vocab_size,
+      self.width,
+      self.max_len,
+      self.positions,
+      self.dropout,
+      self.decode,
+      self.dtype,
+    )(ids_BxL, train=train)
+    # With a cache, the attention layer masks the not-yet-written positions itself.
+    mask_Bx1xLxL = None if self.decode else nn.make_causal_mask(ids_BxL)
+    for _ in range(self.depth):
+      x_BxLxD = Block(
+        self.num_heads,
+        self.mlp_dim,
+        self.dropout,
+        cross_attention=context_BxSxD is not None,
+        decode=self.decode,
+        dtype=self.dtype,
+      )(
+        x_BxLxD,
+        mask_Bx1xLxL,
+        train=train,
+        context_BxSxD=context_BxSxD,
+        context_mask_Bx1xLxS=context_mask_Bx1xLxS,
+      )
+    x_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    return nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x_BxLxD).astype(jnp.float32)
+
+
+class TransformerLM(nn.Module):
+  """Causal decoder-only language model: token ids (B, L) -> next-token logits (B, L, V).
+
+  Position i's logits depend only on ids[:, :i + 1]. With `decode=True` the model keeps a
+  key/value cache in the `cache` collection and takes one position (B, 1) per call.
+
+  Attributes:
+    num_classes: vocabulary size V (the data set's `num_classes` for next-token labels).
+    width: model width D.
+    depth: number of Transformer blocks.
+    num_heads: attention heads (must divide `width`).
+    mlp_dim: hidden units of each block's MLP.
+    max_len: the longest sequence (and the cache length with `decode`).
+    positions: "learned" or "sinusoidal".
+    dropout: dropout rate (active only with `train=True`).
+    decode: autoregressive decoding with a cache, one position per call.
+    dtype: compute dtype; parameters stay float32, logits are float32.
+  """
+
+  num_classes: int
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  max_len: int = 512
+  positions: str = "learned"
+  dropout: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
+    return Decoder(
+      self.num_classes,
+      self.width,
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      self.max_len,
+      self.positions,
+      self.dropout,
+      self.decode,
+      self.dtype,
+    )(ids_BxL, train=train)
+
+
+class TransformerSeq2Seq(nn.Module):
+  """Encoder-decoder: source ids (B, S) and shifted target ids (B, T) -> logits (B, T, V).
+
+  The encoder is bidirectional over the source with pads (0) masked; the decoder is causal
+  over the target and cross-attends to the non-pad source positions. Teacher forcing:
+  `targets_in_BxT` is the target shifted right behind a start token. For generation, call
+  `encode` once and then `decode` (with `decode=True`, one position per call).
+
+  Attributes:
+    num_classes: target vocabulary size V.
+    source_vocab_size: source vocabulary size; None means the same as the target's.
+    width, depth, num_heads, mlp_dim, max_len, positions, dropout, dtype: as in
+      `TransformerLM`; encoder and decoder have `depth` blocks each.
+    decode: autoregressive decoding of the target with a cache.
+  """
+
+  num_classes: int
+  source_vocab_size: int | None = None
+  width: int = 64
+  depth: int = 2
+  num_heads: int = 4
+  mlp_dim: int = 256
+  max_len: int = 512
+  positions: str = "learned"
+  dropout: float = 0.0
+  decode: bool = False
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.encoder = Encoder(
+      self.source_vocab_size or self.num_classes,
+      self.width,
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      self.max_len,
+      self.positions,
+      self.dropout,
+      self.dtype,
+    )
+    self.decoder = Decoder(
+      self.num_classes,
+      self.width,
+      self.depth,
+      self.num_heads,
+      self.mlp_dim,
+      self.max_len,
+      self.positions,
+      self.dropout,
+      self.decode,
+      self.dtype,
+    )
+
+  def __call__(
+    self, sources_BxS: jax.Array, targets_in_BxT: jax.Array, *, train: bool = False
+  ) -> jax.Array:
+    encoded_BxSxD = self.encode(sources_BxS, train=train)
+    return self.decode_step(targets_in_BxT, sources_BxS, encoded_BxSxD, train=train)
+
+  def encode(self, sources_BxS: jax.Array, *, train: bool = False) -> jax.Array:
+    """Source ids (B, S) -> encoder states (B, S, D)."""
+    return self.encoder(sources_BxS, train=train)
+
+  def decode_step(
+    self,
+    targets_in_BxT: jax.Array,
+    sources_BxS: jax.Array,
+    encoded_BxSxD: jax.Array,
+    *,
+    train: bool = False,
+  ) -> jax.Array:
+    """Target ids (B, T) (T = 1 with `decode`) and the encoding -> logits (B, T, V)."""
+    not_pad_BxS = sources_BxS != PAD_ID
+    queries_BxT = jnp.ones(targets_in_BxT.shape, bool)
+    context_mask_Bx1xTxS = nn.make_attention_mask(queries_BxT, not_pad_BxS)
+    return self.decoder(
+      targets_in_BxT,
+      train=train,
+      context_BxSxD=encoded_BxSxD,
+      context_mask_Bx1xLxS=context_mask_Bx1xTxS,
+    )
+
+
+def _check_ids(ids_BxL: jax.Array) -> None:
+  """Raises unless the input is a (B, L) array of integer token ids."""
+  if ids_BxL.ndim != 2 or not jnp.issubdtype(ids_BxL.dtype, jnp.integer):
+    raise ValueError(
+      f"a Transformer takes integer token ids of shape (B, L); got {ids_BxL.dtype} "
+      f"{ids_BxL.shape}. Tokenise text first (pad id 0)."
+    )
