@@ -14,6 +14,7 @@ from `sklearn.metrics` through `binary_scores`.
 """
 
 import dataclasses
+import warnings
 from collections.abc import Mapping
 
 import numpy as np
@@ -128,7 +129,8 @@ def fit_temperature(logits_NxC: np.ndarray, labels_N: np.ndarray) -> float:
     labels_N: integer class labels of that data.
 
   Returns:
-    T (> 1 softens over-confident probabilities, < 1 sharpens under-confident ones).
+    T (> 1 softens over-confident probabilities, < 1 sharpens under-confident ones), in
+    [0.01, 100]; a warning says when it sits at a bound (no finite minimum).
   """
   import scipy.optimize  # pylint: disable=import-outside-toplevel
 
@@ -143,6 +145,14 @@ def fit_temperature(logits_NxC: np.ndarray, labels_N: np.ndarray) -> float:
     method="bounded",
     options={"xatol": 1e-6},
   )
+  if min(abs(result.x - bound) for bound in _LOG_T_BOUNDS) < 1e-3:
+    warnings.warn(
+      f"fit_temperature: the NLL-minimising temperature lies at the search bound "
+      f"T={np.exp(result.x):.3g}. Temperature scaling is ill-posed here: e.g. the logits "
+      "separate the validation labels perfectly, so the NLL keeps falling as T -> 0. Use "
+      "more (or harder) validation data.",
+      stacklevel=2,
+    )
   return float(np.exp(result.x))
 
 
