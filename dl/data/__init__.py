@@ -9,6 +9,7 @@ from dl.data.builders import breast_cancer as _breast_cancer  # noqa: F401
 from dl.data.builders import credit as _credit  # noqa: F401
 from dl.data.builders import digits as _digits  # noqa: F401
 from dl.data.builders import mnist5k as _mnist5k  # noqa: F401
+from dl.data.builders import sp500 as _sp500  # noqa: F401
 from dl.data.loading import (
   LOCAL_DATASETS,
   DataPackageMissingError,

@@ -16,7 +16,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer")
+LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer", "sp500")
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"
