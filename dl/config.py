@@ -11,6 +11,8 @@ from typing import Any
 
 import ml_collections
 
+from dl import objectives
+
 SCHEDULES = ("constant", "cosine", "linear")
 PARALLEL = ("jit", "pmap", "data", "fsdp")
 DTYPES = ("float32", "bfloat16")
@@ -26,7 +28,10 @@ class TrainConfig:
     data_dir: TFDS data directory ("" means $DL_DATA_DIR or TFDS's default).
     train_split: split to train on.
     eval_split: split to evaluate on.
-    model: {"name": ..., **hyperparameters}; `num_classes` comes from the dataset.
+    model: {"name": ..., **hyperparameters}; `num_classes` comes from the dataset (the
+      number of classes, of regression targets, or the vocabulary size).
+    objective: what the model is trained to do (`dl.objectives`): "classification"
+      (class-id labels), "regression" (float targets) or "next_token" (language models).
     seed: seeds init, dropout and data order.
     batch_size: training examples per step.
     eval_batch_size: examples per evaluation step (the last batch is padded and masked).
@@ -40,15 +45,16 @@ class TrainConfig:
     momentum: momentum of "momentum" and "rmsprop".
     grad_clip_norm: clip gradients to this global norm (0: no clipping).
     grad_accum_steps: accumulate gradients over this many steps per update (optax.MultiSteps).
-    label_smoothing: smoothing of the one-hot targets.
+    label_smoothing: smoothing of the one-hot targets (classification only).
     normalize: scale uint8 images to [0, 1]; standardise float features by train statistics.
     steps_per_dispatch: train steps fused into one compiled call (lax.scan).
     log_every_steps: how often train metrics are averaged and written.
     eval_every_steps: how often to evaluate (0: once per epoch).
     checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
-    best_metric: eval metric that picks the best checkpoint.
-    best_mode: "max" or "min" of `best_metric`.
+    best_metric: eval metric that picks the best checkpoint: "loss" or one of the
+      objective's metrics ("": "accuracy" when classifying, else "loss").
+    best_mode: "max" or "min" of `best_metric` ("": "min" for losses and errors, else "max").
     parallel: how the step is compiled: "jit" (one device), "pmap", "data" (mesh, data
       parallel) or "fsdp" (mesh, params and optimizer state sharded).
     mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4" (-1: the rest).
@@ -73,6 +79,7 @@ class TrainConfig:
   train_split: str = "train"
   eval_split: str = "test"
   model: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "cnn"})
+  objective: str = "classification"
   seed: int = 0
   batch_size: int = 128
   eval_batch_size: int = 1000
@@ -93,8 +100,8 @@ class TrainConfig:
   eval_every_steps: int = 0
   checkpoint_every_steps: int = 0
   keep_checkpoints: int = 3
-  best_metric: str = "accuracy"
-  best_mode: str = "max"
+  best_metric: str = ""
+  best_mode: str = ""
   parallel: str = "jit"
   mesh_shape: str = ""
   compute_dtype: str = "float32"
@@ -110,12 +117,18 @@ class TrainConfig:
 
   def __post_init__(self):
     _check_types(self)
+    _derive_best(self)
     _check_values(self)
 
 
 def default_config() -> ml_collections.ConfigDict:
   """Returns the defaults of `TrainConfig` as a locked `ConfigDict` (model left open)."""
-  config = ml_collections.ConfigDict(dataclasses.asdict(TrainConfig()))
+  # The fields' own defaults: "" for the derived ones (best_metric, best_mode) stays "".
+  defaults = {
+    f.name: f.default_factory() if f.default is dataclasses.MISSING else f.default
+    for f in dataclasses.fields(TrainConfig)
+  }
+  config = ml_collections.ConfigDict(defaults)
   config.lock()
   # The model's keys depend on the model, so they may be added; `parse` checks them.
   config.model.unlock()
@@ -158,6 +171,15 @@ def _check_types(c: TrainConfig) -> None:
       raise ValueError(
         f"config.{field.name} must be {expected.__name__}; got {value!r} ({type(value).__name__})."
       )
+
+
+def _derive_best(c: TrainConfig) -> None:
+  """Fills in `best_metric` and `best_mode` left empty ("")."""
+  if not c.best_metric:
+    object.__setattr__(c, "best_metric", "accuracy" if c.objective == "classification" else "loss")
+  if not c.best_mode:
+    lower_is_better = c.best_metric in ("loss", "mse", "mae", "rmse", "bits_per_token")
+    object.__setattr__(c, "best_mode", "min" if lower_is_better else "max")
 
 
 def _check_values(c: TrainConfig) -> None:
@@ -212,8 +234,21 @@ def _check_values(c: TrainConfig) -> None:
   _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)
   _require(
-    c.best_metric in ("accuracy", "loss"), "best_metric", "'accuracy' or 'loss'", c.best_metric
+    c.objective in objectives.OBJECTIVES,
+    "objective",
+    f"one of {tuple(objectives.OBJECTIVES)}",
+    c.objective,
   )
+  metrics = ("loss", *objectives.METRICS[c.objective])
+  _require(
+    c.best_metric in metrics,
+    "best_metric",
+    f"one of {metrics} for objective {c.objective!r}",
+    c.best_metric,
+  )
+  if c.objective != "classification":
+    _require(c.label_smoothing == 0, "label_smoothing", "0 unless classifying", c.label_smoothing)
+    _require(not c.group_feature, "group_feature", "'' unless classifying", c.group_feature)
 
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:

@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import steps
+from dl import objectives, steps
 from dl.compile import scan_steps
+from dl.data.transforms import model_input_dtype
 from dl.state import TrainState, create_train_state
 from dl.trainer import Task, evaluate
 
@@ -130,7 +131,7 @@ def fedavg_round(
   apply_fn: steps.ApplyFn,
   local_tx: optax.GradientTransformation,
   server_tx: optax.GradientTransformation,
-  label_smoothing: float = 0.0,
+  objective: objectives.Objective = objectives.classification,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One round: M clients train locally (vmapped), the server averages them.
 
@@ -143,13 +144,13 @@ def fedavg_round(
       (put `proximal(mu)` in front of it for FedProx).
     server_tx: applied to the pseudo-gradient `params - mean of client params`;
       `optax.sgd(1.0)` is FedAvg (the server takes the mean).
-    label_smoothing: smoothing of the one-hot targets.
+    objective: the clients' per-example loss and metrics (`dl.objectives`).
 
   Returns:
-    The new global state and {"loss", "accuracy"}: clients' local training metrics, (M,).
+    The new global state and {"loss", **metrics}: clients' local training metrics, (M,).
   """
   local_step = functools.partial(
-    steps.train_step, apply_fn=apply_fn, tx=local_tx, label_smoothing=label_smoothing
+    steps.train_step, apply_fn=apply_fn, tx=local_tx, objective=objective
   )
 
   def train_client(rng, client_batches_S):
@@ -214,14 +215,20 @@ def train_federated(
   server_tx = server_tx or optax.sgd(1.0)
   if mu > 0:
     local_tx = optax.chain(proximal(mu), local_tx)
-  state = create_train_state(task.model, server_tx, jax.random.PRNGKey(seed), task.spec.input_shape)
+  state = create_train_state(
+    task.model,
+    server_tx,
+    jax.random.PRNGKey(seed),
+    task.spec.input_shape,
+    model_input_dtype(task.spec.input_dtype),
+  )
   round_fn = jax.jit(
     functools.partial(
       fedavg_round,
       apply_fn=task.model.apply,
       local_tx=local_tx,
       server_tx=server_tx,
-      label_smoothing=task.config.label_smoothing,
+      objective=task.objective,
     ),
     donate_argnums=0,
   )
@@ -235,6 +242,8 @@ def train_federated(
     )
     state, metrics = round_fn(state, batches, sizes[sampled_M] / sizes[sampled_M].sum())
     if r % eval_every == 0 or r == rounds:
-      record = evaluate(state, task.model, task.eval, task.config.eval_batch_size)
+      record = evaluate(
+        state, task.model, task.eval, task.config.eval_batch_size, objective=task.objective
+      )
       history.append({"round": r, **record, "client_loss": float(np.mean(metrics["loss"]))})
   return state, history

@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dl import steps
+from dl import objectives
 from dl.state import TrainState
 
 
@@ -26,12 +26,17 @@ def per_example_grads(
   return jax.vmap(jax.grad(loss_fn), in_axes=(None, 0))(params, batch)
 
 
-def example_loss(apply_fn: Callable, state: TrainState) -> Callable:
-  """The cross-entropy of one {"input", "label"} example under `state` (eval mode)."""
+def example_loss(
+  apply_fn: Callable,
+  state: TrainState,
+  objective: objectives.Objective = objectives.classification,
+) -> Callable:
+  """The loss of one {"input", "label"} example under `state` (eval mode)."""
 
   def loss(params, example):
     variables = {"params": params, **state.model_state}
-    logits_1xC = apply_fn(variables, example["input"][None], train=False)
-    return steps.cross_entropy(logits_1xC, jnp.reshape(example["label"], (1,)))[0]
+    example_1 = jax.tree.map(lambda x: jnp.asarray(x)[None], example)
+    outputs = apply_fn(variables, example_1["input"], train=False)
+    return objective(outputs, example_1)[0][0]
 
   return loss

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl import steps
+from dl import objectives, steps
 from dl.state import TrainState
 
 
@@ -38,7 +38,7 @@ def dp_train_step(
   l2_clip: float,
   noise_multiplier: float,
   accum_steps: int = 1,
-  label_smoothing: float = 0.0,
+  objective: objectives.Objective = objectives.classification,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One DP-SGD step on one (micro-)batch.
@@ -46,7 +46,7 @@ def dp_train_step(
   Args:
     state: the current state; its model must have no batch statistics (BatchNorm mixes
       examples, which per-example clipping cannot bound).
-    batch: {"input": (B, ...), "label": (B,)}.
+    batch: {"input": (B, ...), "label": (B, ...)}, as `objective` expects.
     apply_fn: the model's `apply`.
     tx: the optimizer; an `optax.MultiSteps` over `accum_steps` micro-batches when
       accumulating (it averages what each micro-batch passes it).
@@ -54,12 +54,12 @@ def dp_train_step(
     noise_multiplier: noise standard deviation over `l2_clip` (0: clipping only).
     accum_steps: micro-batches per logical batch; noise is added on the last of them
       (steps `s` with `s % accum_steps == accum_steps - 1`).
-    label_smoothing: smoothing of the one-hot targets.
+    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.objectives`).
     axis_name: under `jax.pmap`, the device axis: clipped sums are added over devices and
       every device adds the same noise, once.
 
   Returns:
-    The new state and {"loss", "accuracy", "clipped"} of this batch (before the update);
+    The new state and {"loss", **objective's metrics, "clipped"} of this batch (before the update);
     "clipped" is the fraction of examples whose gradient norm exceeded `l2_clip`.
   """
   steps.check_batch(batch)
@@ -71,16 +71,14 @@ def dp_train_step(
   dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   if axis_name is not None:
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
-  loss_B, logits_BxC, grads_B = _per_example(
-    state.params, batch, apply_fn, dropout_rng, label_smoothing
-  )
+  loss_B, metrics_B, grads_B = _per_example(state.params, batch, apply_fn, dropout_rng, objective)
   grads_flat, treedef = jax.tree.flatten(grads_B)
   summed_flat, num_clipped = optax.transforms.per_example_global_norm_clip(grads_flat, l2_clip)
   summed = jax.tree.unflatten(treedef, summed_flat)
   batch_size = batch["label"].shape[0]
   metrics = {
     "loss": loss_B.mean(),
-    "accuracy": jnp.mean(jnp.argmax(logits_BxC, -1) == batch["label"]),
+    **{name: v.mean() for name, v in metrics_B.items()},
     "clipped": num_clipped / batch_size,
   }
   if axis_name is not None:
@@ -98,21 +96,23 @@ def dp_train_step(
   return new_state, metrics
 
 
-def _per_example(params, batch, apply_fn, dropout_rng, label_smoothing):
-  """Per-example losses (B,), logits (B, C) and gradients (leaves (B, ...)), train mode."""
+def _per_example(params, batch, apply_fn, dropout_rng, objective):
+  """Per-example losses (B,), metrics {name: (B,)} and gradients (leaves (B, ...)), train mode."""
 
-  def loss_fn(params, x, label, index):
+  def loss_fn(params, example, index):
     rngs = {"dropout": jax.random.fold_in(dropout_rng, index)}  # own mask per example
-    logits_1xC = apply_fn({"params": params}, x[None], train=True, rngs=rngs)
-    loss = steps.cross_entropy(logits_1xC, label[None], label_smoothing)[0]
-    return loss, logits_1xC[0]
+    example_1 = jax.tree.map(lambda x: x[None], example)
+    outputs = apply_fn({"params": params}, example_1["input"], train=True, rngs=rngs)
+    loss_1, metrics_1 = objective(outputs, example_1)
+    return loss_1[0], jax.tree.map(lambda m: m[0], metrics_1)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  examples = {k: v for k, v in batch.items() if k != "mask"}
   indices_B = jnp.arange(batch["label"].shape[0])
-  (loss_B, logits_BxC), grads_B = jax.vmap(grad_fn, in_axes=(None, 0, 0, 0))(
-    params, batch["input"], batch["label"], indices_B
+  (loss_B, metrics_B), grads_B = jax.vmap(grad_fn, in_axes=(None, 0, 0))(
+    params, examples, indices_B
   )
-  return loss_B, logits_BxC, grads_B
+  return loss_B, metrics_B, grads_B
 
 
 @functools.cache

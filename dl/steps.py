@@ -1,7 +1,8 @@
 """The pure train and eval steps. How they are compiled is chosen where they are called.
 
-A batch is a dict: "input" (B, ...) and "label" (B,) int32; eval batches may carry
-"mask" (B,) to ignore padding.
+A batch is a dict: "input" (B, ...) and "label" (B, ...), whose meaning the objective
+(`dl.objectives`) gives: class ids for classification, float targets for regression, next
+tokens for language models. Eval batches may carry "mask" (B,) to ignore padding.
 """
 
 from collections.abc import Callable
@@ -11,34 +12,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from dl import objectives
 from dl.state import TrainState
 
 ApplyFn = Callable[..., Any]
 
 
-def cross_entropy(
-  logits_BxC: jax.Array, labels_B: jax.Array, label_smoothing: float = 0.0
-) -> jax.Array:
-  """Per-example softmax cross-entropy with integer labels, optionally smoothed."""
-  if label_smoothing == 0.0:
-    return optax.softmax_cross_entropy_with_integer_labels(logits_BxC, labels_B)
-  targets_BxC = optax.smooth_labels(jax.nn.one_hot(labels_B, logits_BxC.shape[-1]), label_smoothing)
-  return optax.softmax_cross_entropy(logits_BxC, targets_BxC)
-
-
 def check_batch(batch: dict[str, jax.Array]) -> None:
-  """Raises a ValueError unless `batch` is {"input": (B, ...), "label": (B,) integer}."""
+  """Raises a ValueError unless `batch` is {"input": (B, ...), "label": (B, ...)}."""
   if not isinstance(batch, dict) or not {"input", "label"} <= set(batch):
     keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
     raise ValueError(f"a batch must be a dict with keys 'input' and 'label'; got {keys}.")
   x, y = batch["input"], batch["label"]
-  if y.ndim != 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
+  if y.ndim < 1 or x.ndim < 2 or x.shape[0] != y.shape[0]:
     raise ValueError(
-      f"batch['input'] must be (B, ...) and batch['label'] (B,); got shapes "
-      f"{x.shape} and {y.shape}."
+      f"batch['input'] must be (B, ...) and batch['label'] (B, ...) with the same B; got "
+      f"shapes {x.shape} and {y.shape}."
     )
-  if not jnp.issubdtype(y.dtype, jnp.integer):
-    raise ValueError(f"batch['label'] must hold integer class ids; got dtype {y.dtype}.")
 
 
 def train_step(
@@ -47,23 +37,23 @@ def train_step(
   *,
   apply_fn: ApplyFn,
   tx: optax.GradientTransformation,
-  label_smoothing: float = 0.0,
+  objective: objectives.Objective = objectives.classification,
   axis_name: str | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer step on one batch.
 
   Args:
     state: the current state.
-    batch: {"input": (B, ...), "label": (B,)}.
+    batch: {"input": (B, ...), "label": (B, ...)}, as `objective` expects.
     apply_fn: the model's `apply`.
     tx: the optimizer `state.opt_state` belongs to.
-    label_smoothing: smoothing of the one-hot targets.
+    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.objectives`).
     axis_name: under `jax.pmap` (or `shard_map`), the device axis: gradients, metrics and
       batch statistics are averaged over it, and each device draws its own dropout mask.
       None under `jax.jit`, where shardings decide the collectives.
 
   Returns:
-    The new state and {"loss", "accuracy"} of this batch (before the update).
+    The new state and {"loss", **objective's metrics}: batch means before the update.
   """
   check_batch(batch)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
@@ -76,13 +66,12 @@ def train_step(
     out = apply_fn(
       variables, batch["input"], train=True, rngs={"dropout": dropout_rng}, mutable=mutable or False
     )
-    logits_BxC, model_state = out if mutable else (out, state.model_state)
-    loss = cross_entropy(logits_BxC, batch["label"], label_smoothing).mean()
-    return loss, (logits_BxC, model_state)
+    outputs, model_state = out if mutable else (out, state.model_state)
+    loss_B, metrics = objective(outputs, batch)
+    return loss_B.mean(), (metrics, model_state)
 
-  (loss, (logits_BxC, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  accuracy = jnp.mean(jnp.argmax(logits_BxC, -1) == batch["label"])
-  metrics = {"loss": loss, "accuracy": accuracy}
+  (loss, (metrics_B, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  metrics = {"loss": loss, **{k: v.mean() for k, v in metrics_B.items()}}
   if axis_name is not None:
     grads, metrics, model_state = jax.lax.pmean((grads, metrics, model_state), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -96,15 +85,15 @@ def train_step(
 
 
 def eval_step(
-  state: TrainState, batch: dict[str, jax.Array], *, apply_fn: ApplyFn
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  *,
+  apply_fn: ApplyFn,
+  objective: objectives.Objective = objectives.classification,
 ) -> dict[str, jax.Array]:
-  """Sums of loss and correct predictions over the unmasked examples of `batch`."""
-  logits_BxC = apply_fn({"params": state.params, **state.model_state}, batch["input"], train=False)
-  mask_B = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
-  loss_B = cross_entropy(logits_BxC, batch["label"])
-  correct_B = (jnp.argmax(logits_BxC, -1) == batch["label"]).astype(jnp.float32)
-  return {
-    "loss_sum": jnp.sum(loss_B * mask_B),
-    "correct": jnp.sum(correct_B * mask_B),
-    "count": jnp.sum(mask_B),
-  }
+  """Sums of the loss and of each metric over the unmasked examples of `batch`, and "count"."""
+  outputs = apply_fn({"params": state.params, **state.model_state}, batch["input"], train=False)
+  loss_B, metrics_B = objective(outputs, batch)
+  mask_B = batch.get("mask", jnp.ones(loss_B.shape, jnp.float32))
+  sums = {name: jnp.sum(v * mask_B) for name, v in {"loss": loss_B, **metrics_B}.items()}
+  return sums | {"count": jnp.sum(mask_B)}

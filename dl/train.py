@@ -31,16 +31,8 @@ def main(argv: list[str]) -> None:
   dl.distributed.initialize_from_env()  # Before anything touches devices.
   _, history = dl.train(_CONFIG.value, _WORKDIR.value)
   final = history["eval"][-1]
-  print(
-    json.dumps(
-      {
-        "workdir": _WORKDIR.value,
-        "step": final["step"],
-        "test_accuracy": _rounded(final["accuracy"]),
-        "test_loss": _rounded(final["loss"]),
-      }
-    )
-  )
+  metrics = {f"test_{k}": _rounded(v) for k, v in final.items() if k != "step"}
+  print(json.dumps({"workdir": _WORKDIR.value, "step": final["step"], **metrics}))
 
 
 def _rounded(value: float | list[float]) -> float | list[float]:

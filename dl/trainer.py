@@ -19,16 +19,27 @@ import tqdm
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import distributed, fairness, models, optim, parallel, placement, privacy, steps, writers
+from dl import (
+  distributed,
+  fairness,
+  models,
+  objectives,
+  optim,
+  parallel,
+  placement,
+  privacy,
+  steps,
+  writers,
+)
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches, ShuffledBatches
-from dl.data.transforms import normalizer, to_batch_format
+from dl.data.transforms import as_model_input, model_input_dtype, normalizer, to_batch_format
 from dl.state import TrainState, create_train_state
 
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """What a config trains: model, optimizer, data (as batch-format numpy arrays)."""
+  """What a config trains: model, objective, optimizer, data (as batch-format numpy arrays)."""
 
   config: config_lib.TrainConfig
   spec: data_lib.DatasetSpec
@@ -40,6 +51,7 @@ class Task:
   steps_per_epoch: int
   preprocess: Any
   members: tuple[dict[str, Any], ...]
+  objective: objectives.Objective = objectives.classification
   group_names: tuple[str, ...] = ()  # of config.group_feature; task.eval["group"] holds ids
 
   @property
@@ -56,7 +68,9 @@ class Task:
 
   def _init_one(self, member: dict[str, Any]) -> TrainState:
     key = jax.random.PRNGKey(member["seed"])
-    state = create_train_state(self.model, self.tx, key, self.spec.input_shape)
+    state = create_train_state(
+      self.model, self.tx, key, self.spec.input_shape, model_input_dtype(self.spec.input_dtype)
+    )
     return self.with_hyperparams(state, member)
 
   def with_hyperparams(self, state: TrainState, member: dict[str, Any]) -> TrainState:
@@ -86,6 +100,11 @@ def build(config) -> Task:
   c = config_lib.parse(config)
   data_dir = c.data_dir or None
   spec = data_lib.info(c.dataset, data_dir=data_dir)
+  if spec.objective != c.objective:
+    raise ValueError(
+      f"dataset {c.dataset!r} has labels for objective {spec.objective!r}; the config asks "
+      f"for {c.objective!r}. Set config.objective={spec.objective!r}."
+    )
   train = to_batch_format(
     data_lib.load(c.dataset, c.train_split, data_dir=data_dir), spec.input_key
   )
@@ -95,7 +114,7 @@ def build(config) -> Task:
   if c.group_feature:  # checked to be a ClassLabel first
     group_names = data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=data_dir)
     evals[fairness.GROUP_KEY] = np.asarray(eval_arrays[c.group_feature], np.int32)
-  preprocess = normalizer(train["input"]) if c.normalize else (lambda x: np.asarray(x, np.float32))
+  preprocess = normalizer(train["input"]) if c.normalize else as_model_input
   train["input"], evals["input"] = preprocess(train["input"]), preprocess(evals["input"])
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
   model_kwargs.setdefault("dtype", jnp.dtype(c.compute_dtype))
@@ -119,8 +138,20 @@ def build(config) -> Task:
       f"ensembles and sweeps run as one vmapped program with config.parallel='jit'; "
       f"got {c.parallel!r}."
     )
+  objective = objectives.create(c.objective, label_smoothing=c.label_smoothing)
   return Task(
-    c, spec, model, tx, train, evals, num_steps, steps_per_epoch, preprocess, members, group_names
+    c,
+    spec,
+    model,
+    tx,
+    train,
+    evals,
+    num_steps,
+    steps_per_epoch,
+    preprocess,
+    members,
+    objective,
+    group_names,
   )
 
 
@@ -259,22 +290,20 @@ def _loop(
       if c.dp_noise_multiplier > 0:
         record["epsilon"] = _epsilon(task, step)
       writer.write("train", step, record)
-      shown = _mean(record)
-      bar.set_postfix(loss=f"{shown['loss']:.4f}", acc=f"{shown['accuracy']:.3f}")
+      bar.set_postfix(_shown(record, task.config.objective))
       eval_metrics = None
       if events.is_eval(step):
-        eval_metrics = evaluate(layout.get_state(state), task.model, task.eval, c.eval_batch_size)
+        eval_metrics = evaluate(
+          layout.get_state(state), task.model, task.eval, c.eval_batch_size, task.objective
+        )
         if task.group_names:
           eval_metrics |= fairness.evaluate_groups(
             layout.get_state(state), task.model, task.eval, task.group_names, c.eval_batch_size
           )
         writer.write("eval", step, eval_metrics)
-        shown = _mean(eval_metrics)
+        shown = " ".join(f"{k} {v}" for k, v in _shown(eval_metrics, c.objective).items())
         mean_of = " (mean of members)" if task.ensemble else ""
-        _say(
-          bar,
-          f"step {step}: eval loss {shown['loss']:.4f} accuracy {shown['accuracy']:.4f}{mean_of}",
-        )
+        _say(bar, f"step {step}: eval {shown}{mean_of}")
       if events.is_checkpoint(step):
         _check_params_finite(layout.get_state(state), step, ckpt)
         ckpt.save(step, layout.get_state(state), batches.get_state(), _mean(eval_metrics))
@@ -284,7 +313,7 @@ def _loop(
 def _step_fn(task: Task):
   """The pure step the config asks for: `steps.train_step`, or DP-SGD's."""
   c = task.config
-  common = dict(apply_fn=task.model.apply, tx=task.tx, label_smoothing=c.label_smoothing)
+  common = dict(apply_fn=task.model.apply, tx=task.tx, objective=task.objective)
   if c.dp_noise_multiplier == 0:
     return functools.partial(steps.train_step, **common)
   return functools.partial(
@@ -382,6 +411,13 @@ def _epsilon(task: Task, step: int) -> float:
   )
 
 
+def _shown(metrics: dict[str, Any], objective: str) -> dict[str, str]:
+  """The loss and the objective's first metric, formatted (means over ensemble members)."""
+  means = _mean(metrics)
+  name = objectives.METRICS[objective][0]
+  return {"loss": f"{means['loss']:.4f}", name: f"{means[name]:.4f}"}
+
+
 def _per_member(values: np.ndarray) -> float | list[float]:
   """One float for a single model, a list of floats for an ensemble."""
   return float(values[0]) if values.shape == (1,) else [float(v) for v in values]
@@ -407,40 +443,48 @@ def _check_params_finite(state: TrainState, step: int, ckpt: Checkpointer) -> No
 
 
 def evaluate(
-  state: TrainState, model: nn.Module, arrays: dict[str, np.ndarray], batch_size: int = 1000
+  state: TrainState,
+  model: nn.Module,
+  arrays: dict[str, np.ndarray],
+  batch_size: int = 1000,
+  objective: objectives.Objective = objectives.classification,
 ) -> dict[str, Any]:
-  """Mean loss and accuracy of `state` on all of `arrays` (exact: padding is masked).
+  """Mean loss and metrics of `state` on all of `arrays` (exact: padding is masked).
 
   Args:
     state: a `TrainState` whose params fit `model`; an ensemble's stacked state (leading
       member axis) is evaluated member by member in one vmapped program.
     model: the Flax module.
-    arrays: {"input": (N, ...), "label": (N,)}, already preprocessed.
+    arrays: {"input": (N, ...), "label": (N, ...)}, already preprocessed.
     batch_size: examples per compiled call.
+    objective: the per-example loss and metrics (`dl.objectives`), e.g. `task.objective`.
 
   Returns:
-    {"loss", "accuracy"}: floats, or lists of one float per ensemble member.
+    {"loss", **objective's metrics}: floats, or lists of one float per ensemble member.
+    With an "mse" metric, also "rmse", its square root.
   """
-  eval_fn = _jitted_eval_step(model, np.ndim(state.step) == 1)
+  eval_fn = _jitted_eval_step(model, np.ndim(state.step) == 1, objective)
   totals = None
   for batch in placement.eval_batches(arrays, min(batch_size, len(arrays["label"])), state):
     sums = eval_fn(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallel.fetch(totals)
-  return {
-    "loss": _per_member(np.atleast_1d(totals["loss_sum"] / totals["count"])),
-    "accuracy": _per_member(np.atleast_1d(totals["correct"] / totals["count"])),
-  }
+  count = totals.pop("count")
+  means = {name: np.atleast_1d(total / count) for name, total in totals.items()}
+  if "mse" in means:
+    means["rmse"] = np.sqrt(means["mse"])
+  return {name: _per_member(values) for name, values in means.items()}
 
 
 @functools.cache
-def _jitted_eval_step(model: nn.Module, ensemble: bool):
-  step = functools.partial(steps.eval_step, apply_fn=model.apply)
+def _jitted_eval_step(model: nn.Module, ensemble: bool, objective: objectives.Objective):
+  step = functools.partial(steps.eval_step, apply_fn=model.apply, objective=objective)
   return jax.jit(jax.vmap(step, in_axes=(0, None)) if ensemble else step)
 
 
 def predict(task: Task, state: TrainState, inputs: np.ndarray) -> np.ndarray:
-  """Class probabilities for raw inputs in the data set's own format.
+  """Class probabilities (or, unless classifying, raw outputs) for raw inputs in the data
+  set's own format.
 
   Args:
     task: from `dl.build(config)`: says the model, the expected inputs and their scaling.
@@ -448,12 +492,15 @@ def predict(task: Task, state: TrainState, inputs: np.ndarray) -> np.ndarray:
     inputs: (N, *example_shape) in the data set's dtype, e.g. uint8 pixels for images.
 
   Returns:
-    (N, num_classes) float32 probabilities.
+    (N, num_classes) float32 probabilities when classifying; the model's outputs otherwise
+    (regression targets, or next-token logits (N, L, vocab)).
   """
   check_inputs(inputs, task.spec)
   x = task.preprocess(inputs)
-  logits = _jitted_apply(task.model)(state.params, state.model_state, x)
-  return np.asarray(jax.nn.softmax(logits))
+  outputs = _jitted_apply(task.model)(state.params, state.model_state, x)
+  if task.config.objective != "classification":
+    return np.asarray(outputs)
+  return np.asarray(jax.nn.softmax(outputs))
 
 
 @functools.cache

@@ -55,11 +55,14 @@ def read_history(path: str) -> History:
 
 
 def plot_history(history: History, path: str, *, title: str = "") -> str:
-  """Saves loss and accuracy curves (train and eval against step) as a PNG at `path`."""
+  """Saves curves of the loss and the first other eval metric (e.g. accuracy; train and
+  eval against step) as a PNG at `path`."""
   # A bare Figure (no pyplot): works headless and leaves the user's backend alone.
   fig = Figure(figsize=(10, 4))
   axes = fig.subplots(1, 2)
-  for ax, metric in zip(axes, ("loss", "accuracy")):
+  evals = history.get("eval") or [{}]
+  other = [k for k in evals[-1] if k not in ("step", "loss")] or ["accuracy"]
+  for ax, metric in zip(axes, ("loss", other[0])):
     for split, style in (("train", "-"), ("eval", "o-")):
       records = [r for r in history.get(split, []) if metric in r]
       if not records:

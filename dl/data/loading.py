@@ -16,7 +16,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer", "sp500")
+LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer", "diabetes", "sp500")
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"
@@ -53,8 +53,11 @@ class DatasetSpec:
       "features", else the first non-label tensor feature.
     input_shape: Shape of one input example, e.g. (8, 8, 1).
     input_dtype: Numpy dtype of the input, e.g. uint8.
-    num_classes: Number of label classes.
+    num_classes: The model's output size: the number of label classes, the number of
+      float targets per example (regression), or the vocabulary (next-token labels).
     splits: Split name -> number of examples.
+    objective: The objective the label fits (`dl.objectives`): "classification" for a
+      ClassLabel, "regression" for a float Tensor, "next_token" for a Sequence of ClassLabel.
   """
 
   name: str
@@ -63,6 +66,7 @@ class DatasetSpec:
   input_dtype: np.dtype
   num_classes: int
   splits: dict[str, int]
+  objective: str = "classification"
 
 
 def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
@@ -116,18 +120,20 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
     UnknownDatasetError: `name` is not a known data set.
     DatasetDownloadError: a catalog data set could not be downloaded.
     DataPackageMissingError: a local data set's source package is missing.
-    DatasetError: the data set has no class label feature `label`.
+    DatasetError: the data set has no `label` feature of a kind dl trains on.
   """
   builder = _prepared_builder(name, data_dir)
   features = builder.info.features
   input_key = _input_key(features)
+  objective, num_classes = _label_kind(features, name)
   return DatasetSpec(
     name=builder.info.name,
     input_key=input_key,
     input_shape=tuple(features[input_key].shape),
     input_dtype=np.dtype(features[input_key].np_dtype),
-    num_classes=_num_classes(features, name),
+    num_classes=num_classes,
     splits={s: split.num_examples for s, split in builder.info.splits.items()},
+    objective=objective,
   )
 
 
@@ -235,15 +241,22 @@ def _find_input_key(features: tfds.features.FeaturesDict) -> str | None:
   return None
 
 
-def _num_classes(features: tfds.features.FeaturesDict, name: str) -> int:
-  """Returns the number of classes of the `label` feature."""
+def _label_kind(features: tfds.features.FeaturesDict, name: str) -> tuple[str, int]:
+  """The objective the `label` feature fits, and the model output size it asks for."""
   label = features[_LABEL_KEY] if _LABEL_KEY in features else None
-  if not isinstance(label, tfds.features.ClassLabel):
-    raise DatasetError(
-      f"dataset '{name}' has no ClassLabel feature '{_LABEL_KEY}'; "
-      f"its features are {sorted(features.keys())}."
-    )
-  return label.num_classes
+  if isinstance(label, tfds.features.ClassLabel):
+    return "classification", label.num_classes
+  if isinstance(label, tfds.features.Sequence) and isinstance(
+    label.feature, tfds.features.ClassLabel
+  ):
+    return "next_token", label.feature.num_classes
+  if isinstance(label, tfds.features.Tensor) and np.issubdtype(label.np_dtype, np.floating):
+    return "regression", int(np.prod(label.shape, dtype=np.int64))
+  got = type(label).__name__ if label is not None else f"features {sorted(features.keys())}"
+  raise DatasetError(
+    f"dataset '{name}' needs a feature '{_LABEL_KEY}' that is a ClassLabel (classification), "
+    f"a float Tensor (regression) or a Sequence of ClassLabel (next_token); got {got}."
+  )
 
 
 def _stack(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
