@@ -181,5 +181,5 @@ def scores(targets_N: np.ndarray, predictions_N: np.ndarray) -> dict[str, float]
 
 
 def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None) -> int:
-  """How many examples a data set's split holds (preparing the data set if needed)."""
-  return len(data_lib.load(dataset, split, data_dir=data_dir)["label"])
+  """How many examples a data set's split (a plain split name) holds, e.g. to cut folds."""
+  return data_lib.info(dataset, data_dir=data_dir).splits[split]

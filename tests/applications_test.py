@@ -50,14 +50,35 @@ def test_credit_default_tiny(tmp_path):
 
 def test_learning_curves_tiny(tmp_path, capsys):
   _study("learning_curves").main(["--tiny", "--workdir", str(tmp_path)])
-  for dataset, sizes in (("digits", [144, 1437]), ("breast_cancer", [46, 455])):
+  for dataset, size in (("digits", 144), ("breast_cancer", 46)):  # 10% of the train split
     assert (tmp_path / dataset / "learning_curve.png").exists()
     curve = json.loads((tmp_path / dataset / "learning_curve.json").read_text())
-    assert curve["train_sizes"] == sizes and len(curve["values"][0]) == 2
-  assert "| breast_cancer | 455 |" in capsys.readouterr().out
+    assert curve["train_sizes"] == [size] and len(curve["values"][0]) == 2
+  assert "| breast_cancer | 46 |" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["breast_cancer_calibration", "credit_default", "learning_curves"])
+def test_sp500_forecast_tiny(tmp_path):
+  _study("sp500_forecast").main(["--tiny", "--seeds", "2", "--workdir", str(tmp_path)])
+  text = (tmp_path / "results.md").read_text()
+  rows = {r[0]: r[1:] for r in _table_rows(text)}
+  assert list(rows) == [
+    "MLP 32, dl.train (mean of 2 seeds)",
+    "MLP 32, seed 0 alone",
+    "RidgeCV (scikit-learn)",
+    "zero return (random walk)",
+    "historical mean of the training days",
+    "persistence (today's return)",
+  ]
+  assert rows["zero return (random walk)"][2] == "n/a (no direction)"
+  assert all(float(mae) > 0 for mae, _, _ in rows.values())
+  assert "2 folds x 20 test days = 40 out-of-sample days" in text
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1", "results.md"]
+
+
+STUDIES = ["breast_cancer_calibration", "credit_default", "learning_curves", "sp500_forecast"]
+
+
+@pytest.mark.parametrize("name", STUDIES)
 def test_studies_document_their_command(name):
   doc = _study(name).__doc__
   assert f"python experiments/{name}.py --workdir workdirs/" in doc

@@ -67,3 +67,43 @@ def test_forecast_scores_known_answer():
   assert np.isnan(forecasting.scores(targets, np.zeros(3))["direction_accuracy"])
   with pytest.raises(ValueError, match=r"both be \(N,\)"):
     forecasting.scores(targets, predictions[:, None])
+
+
+def _tiny_regression(**overrides):
+  config = dl.default_config()
+  config.dataset = "sp500"
+  config.objective = "regression"
+  config.model.name = "mlp"
+  config.model.width = 8
+  config.model.depth = 1
+  config.batch_size = 16
+  config.num_train_steps = 4
+  config.log_every_steps = 2
+  config.best_metric = "loss"
+  config.best_mode = "min"
+  config.progress = False
+  config.tensorboard = False
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_walk_forward_refits_per_fold_on_the_past(days, tmp_path):
+  folds = forecasting.walk_forward_folds(1253, num_folds=2, test_size=20, max_train_size=400)
+  result = forecasting.walk_forward(_tiny_regression(ensemble_size=2), folds, str(tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1"]
+  assert result.member_predictions_SxN.shape == (2, 40)
+  np.testing.assert_allclose(result.predictions_N, result.member_predictions_SxN.mean(axis=0))
+  np.testing.assert_array_equal(result.fold_N, [0] * 20 + [1] * 20)
+  np.testing.assert_allclose(result.targets_N, days["label"][1213:1253], rtol=1e-6)
+  for k, fold in enumerate(folds):  # the historical mean uses the fold's training days only
+    expected = days["label"][fold.train_range].mean()
+    np.testing.assert_allclose(result.train_means_N[result.fold_N == k], expected, rtol=1e-5)
+    # Inputs are standardised by the statistics of the fold's training days alone.
+    config = _tiny_regression(train_split=fold.train, eval_split=fold.test)
+    task = dl.build(config)
+    np.testing.assert_allclose(task.train["input"].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(task.train["input"].std(axis=0), 1.0, atol=1e-4)
+    train_x = days["features"][fold.train_range]
+    expected_test_x = (days["features"][fold.test_range] - train_x.mean(0)) / train_x.std(0)
+    np.testing.assert_allclose(task.eval["input"], expected_test_x, atol=1e-4)
