@@ -31,7 +31,7 @@ def test_breast_cancer_calibration_tiny(tmp_path):
   ]
   assert "±" in rows[0][1] and "±" not in rows[1][1]
   assert all(0 <= float(cell.split(" ")[0]) for row in rows for cell in row[1:])
-  assert "train 364 / validation 91 / test 114" in text
+  assert "train 273 / validation 182 / test 114" in text
   assert (tmp_path / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
