@@ -4,13 +4,13 @@ scikit-learn's logistic regression, on `breast_cancer` (Wisconsin diagnostic; 30
 Both models train on the first 60% of the train split (273 patients); the temperature of
 each is fitted on the other 40% (182, the validation split; with 20%, 91 patients, the models
 separated the validation labels perfectly, which leaves T without a finite optimum); all
-scores are on the 114 test patients, which nothing is fitted on. Five MLP seeds train as one vmapped ensemble; the table
-gives each score's mean ± std over them. Writes results.md and reliability.png to --workdir.
+scores are on the 114 test patients, which nothing is fitted on. Five MLP seeds train as one
+vmapped ensemble; the table gives each score's mean ± std over them. Writes results.md and
+reliability.png to --workdir.
 
 python experiments/breast_cancer_calibration.py --workdir workdirs/breast_cancer_calibration
 
-get_config() alone (one MLP, evaluated on the validation split):
-python -m dl.train --config experiments/breast_cancer_calibration.py --workdir workdirs/bc_val
+The MLP config is `mlp_config()`; tests/applications_test.py runs the study with --tiny.
 """
 
 import argparse
@@ -28,7 +28,7 @@ SCORES = ("accuracy", "roc_auc", "ece", "brier", "nll")
 MALIGNANT = 0  # the positive class for ROC-AUC
 
 
-def get_config():
+def mlp_config():
   config = dl.default_config()
   config.dataset = "breast_cancer"
   config.train_split = "train[:60%]"
@@ -144,7 +144,7 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=5, help="MLPs trained as one vmapped ensemble")
   parser.add_argument("--tiny", action="store_true", help="a few steps, for tests")
   args = parser.parse_args(argv)
-  config = get_config()
+  config = mlp_config()
   config.ensemble_size = args.seeds
   config.progress = False
   if args.tiny:

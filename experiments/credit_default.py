@@ -8,8 +8,7 @@ seeds train as one vmapped ensemble; their rows give mean ± std. Writes results
 
 python experiments/credit_default.py --workdir workdirs/credit_default
 
-get_config() alone (one MLP):
-python -m dl.train --config experiments/credit_default.py --workdir workdirs/credit_mlp
+The MLP config is `mlp_config()`; tests/applications_test.py runs the study with --tiny.
 """
 
 import argparse
@@ -29,7 +28,7 @@ DEFAULT = 0  # class "bad": the applicant defaulted
 COLUMNS = ("roc_auc", "pr_auc", "accuracy", "brier", "ece")
 
 
-def get_config():
+def mlp_config():
   config = dl.default_config()
   config.dataset = "credit"
   config.model.name = "mlp"
@@ -122,7 +121,7 @@ def main(argv=None):
   parser.add_argument("--seeds", type=int, default=5, help="MLPs trained as one vmapped ensemble")
   parser.add_argument("--tiny", action="store_true", help="a few steps, for tests")
   args = parser.parse_args(argv)
-  config = get_config()
+  config = mlp_config()
   config.ensemble_size = args.seeds
   config.progress = False
   if args.tiny:
