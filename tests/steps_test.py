@@ -133,11 +133,12 @@ def test_eval_step_masks_padding_exactly():
     ),
     (
       {"input": np.zeros((2, 4), np.float32), "label": np.zeros(3, np.int32)},
-      r"batch\['label'\] \(B,\); got shapes \(2, 4\) and \(3,\)",
+      r"batch\['label'\] \(B, ...\) with the same B; got shapes \(2, 4\) and \(3,\)",
     ),
     (
       {"input": np.zeros((2, 4), np.float32), "label": np.zeros(2, np.float32)},
-      "integer class ids; got dtype float32",
+      "'classification' needs batch\\['label'\\] of shape \\(B,\\) holding integer class ids; "
+      "got shape \\(2,\\) and dtype float32",
     ),
   ],
 )
