@@ -119,26 +119,25 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
     The concatenated out-of-sample `WalkForward` forecasts.
   """
   c = config_lib.parse(config)
-  parts = []
+  targets, members, means, fold_ids = [], [], [], []
   for k, fold in enumerate(folds):
     fold_config = ml_collections.ConfigDict(
       dataclasses.asdict(c) | {"train_split": fold.train, "eval_split": fold.test}
     )
     state, _ = trainer.train(fold_config, os.path.join(workdir, f"fold{k}"))
     task = trainer.build(fold_config)
-    member_preds_SxN = member_outputs(task, state, task.eval["input"]).reshape(
-      len(task.members), -1
-    )
-    targets_N = np.asarray(task.eval["label"], np.float64).reshape(-1)
-    parts.append(
-      (targets_N, member_preds_SxN, np.full_like(targets_N, np.mean(task.train["label"])), k)
-    )
+    outputs_SxN = member_outputs(task, state, task.eval["input"])
+    members.append(outputs_SxN.reshape(len(task.members), -1))
+    targets.append(np.asarray(task.eval["label"], np.float64).reshape(-1))
+    means.append(np.full(len(targets[-1]), np.mean(task.train["label"], dtype=np.float64)))
+    fold_ids.append(np.full(len(targets[-1]), k))
+  member_predictions_SxN = np.concatenate(members, axis=1)
   return WalkForward(
-    targets_N=np.concatenate([p[0] for p in parts]),
-    predictions_N=np.concatenate([p[1].mean(axis=0) for p in parts]),
-    train_means_N=np.concatenate([p[2] for p in parts]),
-    fold_N=np.concatenate([np.full(len(p[0]), p[3]) for p in parts]),
-    member_predictions_SxN=np.concatenate([p[1] for p in parts], axis=1),
+    targets_N=np.concatenate(targets),
+    predictions_N=member_predictions_SxN.mean(axis=0),
+    train_means_N=np.concatenate(means),
+    fold_N=np.concatenate(fold_ids),
+    member_predictions_SxN=member_predictions_SxN,
   )
 
 
