@@ -16,7 +16,15 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer", "diabetes", "sp500")
+LOCAL_DATASETS = (
+  "digits",
+  "mnist5k",
+  "breast_cancer",
+  "diabetes",
+  "movielens_100k",
+  "synthetic_digit_boxes",
+  "sp500",
+)
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"

@@ -8,11 +8,19 @@ import difflib
 
 import flax.linen as nn
 
+from dl.models.centernet import CenterNet
 from dl.models.cnn import CNN
 from dl.models.mlp import MLP
+from dl.models.recommender import MatrixFactorization, NeuMF
 from dl.models.resnet import ResNet, ResNet8, ResNet18
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet": ResNet}
+MODELS = {
+  "mlp": MLP,
+  "cnn": CNN,
+  "resnet": ResNet,
+  "matrix_factorization": MatrixFactorization,
+  "neumf": NeuMF,
+}
 
 
 def create(name: str, **kwargs) -> nn.Module:
@@ -43,4 +51,15 @@ def create(name: str, **kwargs) -> nn.Module:
   return cls(**kwargs)
 
 
-__all__ = ["CNN", "MLP", "MODELS", "ResNet", "ResNet8", "ResNet18", "create"]
+__all__ = [
+  "CNN",
+  "MLP",
+  "MODELS",
+  "CenterNet",
+  "MatrixFactorization",
+  "NeuMF",
+  "ResNet",
+  "ResNet8",
+  "ResNet18",
+  "create",
+]
