@@ -35,7 +35,7 @@ class MatrixFactorization(nn.Module):
     num_classes: outputs per pair; each has its own factors and biases (1 for ratings).
     dim: factors per user and item.
     global_bias: initial value of the global bias, e.g. the mean training rating.
-    dropout: dropout rate on the factors (0 disables it).
+    dropout: dropout rate on the user factors during training (0 disables it).
     dtype: compute dtype; the output is float32.
   """
 
