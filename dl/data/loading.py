@@ -28,6 +28,7 @@ LOCAL_DATASETS = (
   "pydoc_text",
   "movielens_100k",
   "synthetic_digit_boxes",
+  "sp500",
 )
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
