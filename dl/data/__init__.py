@@ -10,7 +10,12 @@ from dl.data.builders import credit as _credit  # noqa: F401
 from dl.data.builders import diabetes as _diabetes  # noqa: F401
 from dl.data.builders import digits as _digits  # noqa: F401
 from dl.data.builders import mnist5k as _mnist5k  # noqa: F401
+from dl.data.builders import movielens_100k as _movielens_100k  # noqa: F401
 from dl.data.builders import pydoc_text as _pydoc_text  # noqa: F401
+from dl.data.builders import rotten_tomatoes as _rotten_tomatoes  # noqa: F401
+from dl.data.builders import series as _series  # noqa: F401
+from dl.data.builders import sp500 as _sp500  # noqa: F401
+from dl.data.builders import synthetic_digit_boxes as _synthetic_digit_boxes  # noqa: F401
 from dl.data.loading import (
   LOCAL_DATASETS,
   DataPackageMissingError,

@@ -16,7 +16,20 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-LOCAL_DATASETS = ("digits", "mnist5k", "breast_cancer", "diabetes", "pydoc_text")
+LOCAL_DATASETS = (
+  "digits",
+  "mnist5k",
+  "breast_cancer",
+  "diabetes",
+  "credit",
+  "rotten_tomatoes",
+  "sunspots",
+  "co2",
+  "pydoc_text",
+  "movielens_100k",
+  "synthetic_digit_boxes",
+  "sp500",
+)
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"

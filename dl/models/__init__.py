@@ -8,15 +8,22 @@ import difflib
 
 import flax.linen as nn
 
+from dl.models.centernet import CenterNet
 from dl.models.cnn import CNN
 from dl.models.mlp import MLP
+from dl.models.recommender import MatrixFactorization, NeuMF
 from dl.models.resnet import ResNet, ResNet8, ResNet18
+from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
 from dl.models.transformer import TransformerClassifier, TransformerLM, TransformerSeq2Seq
 
 MODELS = {
   "mlp": MLP,
   "cnn": CNN,
   "resnet": ResNet,
+  "matrix_factorization": MatrixFactorization,
+  "neumf": NeuMF,
+  "text_rnn": TextRNN,
+  "series_rnn": SeriesRNN,
   "transformer": TransformerClassifier,
   "transformer_lm": TransformerLM,
 }
@@ -26,7 +33,8 @@ def create(name: str, **kwargs) -> nn.Module:
   """Builds the model called `name` with hyperparameters `kwargs`.
 
   Args:
-    name: one of `MODELS` ("mlp", "cnn", "resnet", "transformer", "transformer_lm").
+    name: one of `MODELS` ("mlp", "cnn", "resnet", "matrix_factorization", "neumf",
+      "text_rnn", "series_rnn", "transformer", "transformer_lm").
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
@@ -54,9 +62,15 @@ __all__ = [
   "CNN",
   "MLP",
   "MODELS",
+  "CenterNet",
+  "MatrixFactorization",
+  "NeuMF",
   "ResNet",
   "ResNet8",
   "ResNet18",
+  "RNNEncoder",
+  "SeriesRNN",
+  "TextRNN",
   "TransformerClassifier",
   "TransformerLM",
   "TransformerSeq2Seq",

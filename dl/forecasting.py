@@ -1,0 +1,184 @@
+"""Walk-forward evaluation of forecasts: fit on the past, test on the block that follows.
+
+A time-ordered data set (e.g. `sp500`, whose split is stored in time order) is cut into
+folds by scikit-learn's `TimeSeriesSplit`: fold k trains on examples before its test block
+(all of them, an expanding window, or the last `max_train_size`, a rolling one) and tests
+on the next `test_size`. `walk_forward` refits a fresh model per fold with `dl.train`, each
+fold's inputs standardised by the statistics of that fold's training part alone (dl's
+`normalize`), so no model or scaler ever sees a day after the one it forecasts from.
+
+  folds = dl.forecasting.walk_forward_folds(1253, num_folds=6, test_size=125)
+  result = dl.forecasting.walk_forward(config, folds, "workdirs/wf")
+  dl.forecasting.scores(result.targets, result.predictions)  # {"mae", "rmse", ...}
+"""
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from dl import config as config_lib
+from dl import data as data_lib
+from dl import trainer
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+  """One walk-forward fold: TFDS split expressions and the example indices they hold.
+
+  Attributes:
+    train: e.g. "train[0:503]": the examples the model is fitted (and scaled) on.
+    test: e.g. "train[503:628]": the block right after them, forecast out of sample.
+    train_range: indices of `train` in the split's time order.
+    test_range: indices of `test`.
+  """
+
+  train: str
+  test: str
+  train_range: range
+  test_range: range
+
+
+def walk_forward_folds(
+  num_examples: int,
+  *,
+  num_folds: int,
+  test_size: int,
+  max_train_size: int | None = None,
+  gap: int = 0,
+  split: str = "train",
+) -> list[Fold]:
+  """Folds of a time-ordered split (scikit-learn's `TimeSeriesSplit`) as TFDS slices.
+
+  Args:
+    num_examples: examples in `split`, in time order.
+    num_folds: number of test blocks; they tile the end of the split.
+    test_size: examples per test block.
+    max_train_size: None for an expanding window (all the past); else a rolling window of
+      at most this many examples.
+    gap: examples left out between a fold's training part and its test block (for labels
+      that span several steps ahead).
+    split: the split's name.
+
+  Returns:
+    The folds, oldest test block first.
+  """
+  from sklearn.model_selection import TimeSeriesSplit  # pylint: disable=import-outside-toplevel
+
+  splitter = TimeSeriesSplit(
+    n_splits=num_folds, test_size=test_size, max_train_size=max_train_size, gap=gap
+  )
+  folds = []
+  for train_idx, test_idx in splitter.split(np.arange(num_examples)):
+    train_range = range(int(train_idx[0]), int(train_idx[-1]) + 1)
+    test_range = range(int(test_idx[0]), int(test_idx[-1]) + 1)
+    folds.append(
+      Fold(
+        train=f"{split}[{train_range.start}:{train_range.stop}]",
+        test=f"{split}[{test_range.start}:{test_range.stop}]",
+        train_range=train_range,
+        test_range=test_range,
+      )
+    )
+  return folds
+
+
+@dataclasses.dataclass(frozen=True)
+class WalkForward:
+  """Out-of-sample forecasts of every fold, concatenated in time order.
+
+  Attributes:
+    targets_N: the true values of all test blocks.
+    predictions_N: the model's forecasts (mean over ensemble members).
+    train_means_N: for each test example, the mean target of its fold's training part
+      (the historical-mean forecast).
+    fold_N: the fold each test example belongs to.
+    member_predictions_SxN: each ensemble member's forecasts (S = 1 for one model).
+  """
+
+  targets_N: np.ndarray
+  predictions_N: np.ndarray
+  train_means_N: np.ndarray
+  fold_N: np.ndarray
+  member_predictions_SxN: np.ndarray
+
+
+def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
+  """Refits the config's model on each fold's training part and forecasts its test block.
+
+  Args:
+    config: a regression `dl` config (`objective="regression"`, a scalar float label) on a
+      time-ordered data set; `train_split`/`eval_split` are set per fold.
+    folds: from `walk_forward_folds`.
+    workdir: fold k trains in `workdir/fold<k>` (resumed if it holds checkpoints).
+
+  Returns:
+    The concatenated out-of-sample `WalkForward` forecasts.
+  """
+  c = config_lib.parse(config)
+  targets, members, means, fold_ids = [], [], [], []
+  for k, fold in enumerate(folds):
+    fold_config = ml_collections.ConfigDict(
+      dataclasses.asdict(c) | {"train_split": fold.train, "eval_split": fold.test}
+    )
+    state, _ = trainer.train(fold_config, os.path.join(workdir, f"fold{k}"))
+    task = trainer.build(fold_config)
+    outputs_SxN = member_outputs(task, state, task.eval["input"])
+    members.append(outputs_SxN.reshape(len(task.members), -1))
+    targets.append(np.asarray(task.eval["label"], np.float64).reshape(-1))
+    means.append(np.full(len(targets[-1]), np.mean(task.train["label"], dtype=np.float64)))
+    fold_ids.append(np.full(len(targets[-1]), k))
+  member_predictions_SxN = np.concatenate(members, axis=1)
+  return WalkForward(
+    targets_N=np.concatenate(targets),
+    predictions_N=member_predictions_SxN.mean(axis=0),
+    train_means_N=np.concatenate(means),
+    fold_N=np.concatenate(fold_ids),
+    member_predictions_SxN=member_predictions_SxN,
+  )
+
+
+def member_outputs(task: trainer.Task, state, inputs) -> np.ndarray:
+  """(S, N, ...) outputs of each ensemble member on preprocessed inputs (S = 1 for one model)."""
+
+  def apply(params, model_state):
+    return task.model.apply({"params": params, **model_state}, inputs)
+
+  if not task.ensemble:
+    return np.asarray(apply(state.params, state.model_state), np.float64)[None]
+  return np.asarray(jax.jit(jax.vmap(apply))(state.params, state.model_state), np.float64)
+
+
+def scores(targets_N: np.ndarray, predictions_N: np.ndarray) -> dict[str, float]:
+  """MAE, RMSE and directional accuracy of forecasts.
+
+  Args:
+    targets_N: true values (e.g. next-day returns).
+    predictions_N: forecasts of them.
+
+  Returns:
+    {"mae", "rmse", "direction_accuracy"}: the last is the fraction of examples whose
+    forecast has the sign of the target (nan when every forecast is exactly 0, which has
+    no direction; a zero forecast among others counts as wrong).
+  """
+  from sklearn import metrics  # pylint: disable=import-outside-toplevel  # (3 s to import)
+
+  targets_N, predictions_N = np.asarray(targets_N), np.asarray(predictions_N)
+  if targets_N.shape != predictions_N.shape or targets_N.ndim != 1:
+    raise ValueError(
+      f"targets and predictions must both be (N,); got {targets_N.shape} and {predictions_N.shape}."
+    )
+  direction = np.mean(np.sign(predictions_N) == np.sign(targets_N))
+  return {
+    "mae": float(metrics.mean_absolute_error(targets_N, predictions_N)),
+    "rmse": float(metrics.root_mean_squared_error(targets_N, predictions_N)),
+    "direction_accuracy": float(direction) if np.any(predictions_N) else float("nan"),
+  }
+
+
+def num_examples(dataset: str, split: str = "train", *, data_dir: str | None = None) -> int:
+  """How many examples a data set's split (a plain split name) holds, e.g. to cut folds."""
+  return data_lib.info(dataset, data_dir=data_dir).splits[split]
