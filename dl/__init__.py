@@ -23,6 +23,7 @@ from dl import (
   optim,
   privacy,
   recommend,
+  sampling,
   steps,
 )
 from dl.checkpoint import Checkpointer, CheckpointError
@@ -70,6 +71,7 @@ __all__ = [
   "read_history",
   "recommend",
   "restore",
+  "sampling",
   "scan_steps",
   "steps",
   "train",
