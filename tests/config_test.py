@@ -73,6 +73,8 @@ def test_configdict_from_experiment_file_parses():
   import pathlib
 
   for path in sorted(pathlib.Path(__file__).parent.parent.glob("experiments/*.py")):
+    if "def get_config(" not in path.read_text():
+      continue  # a study script, tested on its own
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
