@@ -87,20 +87,6 @@ GOLDEN = {
 }
 
 
-def test_gan_step_moves_both_networks_and_r1_is_positive():
-  _, _, state, step = _tiny_gan(spectral_norm=True)
-  step = functools.partial(step, r1_weight=1.0)
-  new_state, metrics = jax.jit(step)(state, _batch())
-  assert float(metrics["r1"]) > 0
-  for old, new in (
-    (state.gen_params, new_state.gen_params),
-    (state.disc_params, new_state.disc_params),
-  ):
-    assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.all(a == b)), old, new)))
-  changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), state.disc_state, new_state.disc_state)
-  assert any(jax.tree.leaves(changed))  # spectral norm's u vectors were updated
-
-
 def _arrays(n=32):
   rng = np.random.default_rng(0)
   return {
@@ -133,22 +119,14 @@ def test_gan_resume_is_exact(tmp_path):
   assert (tmp_path / "full" / "samples_000007.png").exists()
   history = dl.read_history(str(tmp_path / "cut" / "metrics.jsonl"))
   assert [r["step"] for r in history["train"]] == [2, 4, 6, 7]
-
-
-def test_gan_resume_differs_without_data_position(tmp_path):
-  """The resume test can fail: restarting the data order from scratch changes the result."""
-  config = gan_train.GANConfig(latent_dim=4, width=4, batch_size=8, num_steps=4, checkpoint_every=2)
-  arrays = _arrays()
-  full = gan_train.train_gan(config, arrays, str(tmp_path / "full"), num_classes=3)
-  shuffled = {k: v[::-1].copy() for k, v in arrays.items()}
-  gan_train.train_gan(
-    dataclasses.replace(config, num_steps=2), arrays, str(tmp_path / "cut"), num_classes=3
-  )
-  other = gan_train.train_gan(config, shuffled, str(tmp_path / "cut"), num_classes=3)
-  assert not np.array_equal(
-    np.asarray(jax.tree.leaves(full.gen_params)[0]),
-    np.asarray(jax.tree.leaves(other.gen_params)[0]),
-  )
+  assert all(r["r1"] > 0 for r in history["train"])
+  # Both networks moved, and spectral norm's power-iteration vectors were updated.
+  init = gan_train.build_gan(config, (8, 8, 1), 3).init_state()
+  for tree in ("gen_params", "disc_params", "disc_state", "gen_opt_state", "disc_opt_state"):
+    moved = jax.tree.map(
+      lambda a, b: bool(np.any(a != b)), getattr(init, tree), getattr(full, tree)
+    )
+    assert any(jax.tree.leaves(moved)), tree
 
 
 def test_frechet_distance_is_zero_for_a_set_and_grows_with_a_shift():

@@ -2,7 +2,7 @@
 
 Two translators, A->B and B->A, and two discriminators, one per domain. The translators
 minimise the non-saturating GAN loss of their outputs plus `cycle_weight` times the L1 error
-of A->B->A and B->A->B round trips; the discriminators the usual real-vs-translated BCE.
+of A->B->A and B->A->B round trips (and optionally an identity term); the discriminators the usual real-vs-translated BCE.
 The state is a `gan.GANState` whose `gen_params` are {"a_to_b", "b_to_a"} and whose
 `disc_params` are {"a", "b"}. Images are in [-1, 1].
 """
@@ -81,6 +81,7 @@ def train_step(
   gen_tx: optax.GradientTransformation,
   disc_tx: optax.GradientTransformation,
   cycle_weight: float = 10.0,
+  identity_weight: float = 0.0,
 ) -> tuple[gan.GANState, dict[str, jax.Array]]:
   """One update of both discriminators, then of both translators.
 
@@ -90,6 +91,9 @@ def train_step(
     translator, discriminator: the Flax modules (one definition, two parameter sets each).
     gen_tx, disc_tx: the optimizers of the translators and of the discriminators.
     cycle_weight: weight of the L1 cycle-consistency loss.
+    identity_weight: weight of the L1 identity loss |A->B(b) - b| + |B->A(a) - a|
+      (Zhu et al. use half the cycle weight; it keeps intensities and shapes that already
+      fit the target domain).
 
   Returns:
     The new state and {"disc_loss", "gen_loss", "cycle_loss"} of this batch.
@@ -124,7 +128,14 @@ def train_step(
       "b": translate(translator, params["a_to_b"], fakes["a"]),
     }
     cycle = sum(jnp.mean(jnp.abs(back[d] - real[d])) for d in real)
-    return adversarial + cycle_weight * cycle, (adversarial, cycle)
+    loss = adversarial + cycle_weight * cycle
+    if identity_weight:
+      same = {
+        "b": translate(translator, params["a_to_b"], real["b"]),
+        "a": translate(translator, params["b_to_a"], real["a"]),
+      }
+      loss += identity_weight * sum(jnp.mean(jnp.abs(same[d] - real[d])) for d in real)
+    return loss, (adversarial, cycle)
 
   (_, (gen_loss, cycle)), grads = jax.value_and_grad(gen_loss_fn, has_aux=True)(state.gen_params)
   updates, gen_opt_state = gen_tx.update(grads, state.gen_opt_state, state.gen_params)
