@@ -1,0 +1,1 @@
+"""Generative models: GANs, autoencoders and VAEs; Frechet distance; anomaly scores."""
