@@ -1,8 +1,16 @@
 """dl: functional deep learning in JAX.
 
-import dl
-config = dl.default_config()        # or an experiment's get_config()
-state, history = dl.train(config, "/tmp/run")
+Your own parts through the one loop:
+
+  import dl, optax
+  task = dl.task(model=MyModule(), objective=my_loss, optimizer=optax.adamw(1e-3),
+                 train={"input": x, "label": y})
+  state, history = dl.fit(task, "/tmp/run", num_steps=1000, batch_size=64)
+
+Or parts built from a config:
+
+  config = dl.default_config()        # or an experiment's get_config()
+  state, history = dl.train(config, "/tmp/run")
 """
 
 from dl import (
@@ -17,30 +25,38 @@ from dl import (
   forecasting,
   generative,
   grads,
+  inference,
   learning_curve,
   models,
   monitor,
   objectives,
-  optim,
   privacy,
   recommend,
   sampling,
-  steps,
+  training,
 )
 from dl.checkpoint import Checkpointer, CheckpointError
-from dl.compile import jit_step, scan_steps
 from dl.config import TrainConfig, default_config
 from dl.config import parse as parse_config
-from dl.state import TrainState, create_train_state
-from dl.steps import eval_step, train_step
-from dl.trainer import Task, build, evaluate, predict, restore, train
+from dl.from_config import build, restore, train
+from dl.inference import eval_step, evaluate, predict
+from dl.models.adapters import NNX, Linen
+from dl.training.compile import jit_step, scan_steps
+from dl.training.loop import FitConfig, Hook, fit
+from dl.training.state import TrainState, create_train_state
+from dl.training.steps import train_step
+from dl.training.task import Task, task
 from dl.writers import plot_history, read_history
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "NNX",
   "CheckpointError",
   "Checkpointer",
+  "FitConfig",
+  "Hook",
+  "Linen",
   "Task",
   "TrainConfig",
   "TrainState",
@@ -57,15 +73,16 @@ __all__ = [
   "export",
   "fairness",
   "federated",
+  "fit",
   "forecasting",
   "generative",
   "grads",
+  "inference",
   "jit_step",
   "learning_curve",
   "models",
   "monitor",
   "objectives",
-  "optim",
   "parse_config",
   "plot_history",
   "predict",
@@ -75,7 +92,8 @@ __all__ = [
   "restore",
   "sampling",
   "scan_steps",
-  "steps",
+  "task",
   "train",
   "train_step",
+  "training",
 ]

@@ -1,7 +1,11 @@
 """Training configuration: one typed, frozen dataclass; `ConfigDict`s are built from it.
 
 Experiments write `get_config()` returning `default_config()` with some fields changed;
-`parse` turns any `ConfigDict` or mapping back into a validated `TrainConfig`.
+`parse` turns any `ConfigDict` or mapping back into a validated `TrainConfig`, and
+`dl.build(config)` turns that into parts for `dl.fit`. The names a config may use are
+declared by the modules that implement them: optimizers and schedules (`dl.training.optim`),
+objectives (`dl.objectives`), compile modes (`dl.training.placement`), local data sets
+(`dl.data.builders`).
 """
 
 import dataclasses
@@ -12,11 +16,9 @@ from typing import Any
 import ml_collections
 
 from dl import objectives
+from dl.training import optim, placement
 
-SCHEDULES = ("constant", "cosine", "linear")
-PARALLEL = ("jit", "pmap", "data", "fsdp")
 DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "lamb", "lion", "rmsprop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +29,11 @@ class TrainConfig:
     dataset: TFDS name: a local one ("digits", "mnist5k", "breast_cancer") or a catalog one.
     data_dir: TFDS data directory ("" means $DL_DATA_DIR or TFDS's default).
     train_split: split to train on.
-    eval_split: split to evaluate on.
+    validation_split: split that chooses the best checkpoint ("": the data set's
+      "validation" split if it has one, else `validation_fraction` of `train_split`, held
+      out by a fixed seeded permutation, the same for every seed).
+    validation_fraction: held out of `train_split` when there is no validation split.
+    test_split: split scored once, at the end, on the best checkpoint ("": none).
     model: {"name": ..., **hyperparameters}; `num_classes` comes from the dataset (the
       number of classes, of regression targets, or the vocabulary size).
     objective: what the model is trained to do (`dl.objectives`): "classification"
@@ -37,9 +43,9 @@ class TrainConfig:
     eval_batch_size: examples per evaluation step (the last batch is padded and masked).
     num_epochs: passes over the training data, used when `num_train_steps` is 0.
     num_train_steps: total optimizer steps (0: from `num_epochs`).
-    optimizer: an optax optimizer, one of `OPTIMIZERS`.
+    optimizer: an optax optimizer, one of `dl.training.optim.OPTIMIZERS`.
     learning_rate: peak learning rate.
-    schedule: learning-rate schedule after warmup, one of `SCHEDULES`.
+    schedule: learning-rate schedule after warmup, one of `dl.training.optim.SCHEDULES`.
     warmup_steps: linear warmup from 0 to `learning_rate`.
     weight_decay: decoupled weight decay (adamw, lamb, lion) or L2 added to grads (others).
     momentum: momentum of "momentum" and "rmsprop".
@@ -52,9 +58,10 @@ class TrainConfig:
     eval_every_steps: how often to evaluate (0: once per epoch).
     checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
-    best_metric: eval metric that picks the best checkpoint: "loss" or one of the
-      objective's metrics ("": "accuracy" when classifying, else "loss").
-    best_mode: "max" or "min" of `best_metric` ("": "min" for losses and errors, else "max").
+    best_metric: validation metric that picks the best checkpoint: "loss" or one of the
+      objective's metrics ("": the objective's choice: "accuracy" when classifying, else
+      "loss").
+    best_mode: "max" or "min" of `best_metric` ("": as the objective says).
     parallel: how the step is compiled: "jit" (one device), "pmap", "data" (mesh, data
       parallel) or "fsdp" (mesh, params and optimizer state sharded).
     mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4" (-1: the rest).
@@ -77,7 +84,9 @@ class TrainConfig:
   dataset: str = "digits"
   data_dir: str = ""
   train_split: str = "train"
-  eval_split: str = "test"
+  validation_split: str = ""
+  validation_fraction: float = 0.1
+  test_split: str = "test"
   model: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "cnn"})
   objective: str = "classification"
   seed: int = 0
@@ -174,12 +183,18 @@ def _check_types(c: TrainConfig) -> None:
 
 
 def _derive_best(c: TrainConfig) -> None:
-  """Fills in `best_metric` and `best_mode` left empty ("")."""
+  """Fills in `best_metric` and `best_mode` left empty ("") from the objective."""
+  _require(
+    c.objective in objectives.OBJECTIVES,
+    "objective",
+    f"one of {tuple(objectives.OBJECTIVES)}",
+    c.objective,
+  )
+  objective = objectives.OBJECTIVES[c.objective]
   if not c.best_metric:
-    object.__setattr__(c, "best_metric", "accuracy" if c.objective == "classification" else "loss")
+    object.__setattr__(c, "best_metric", objective.select)
   if not c.best_mode:
-    lower_is_better = c.best_metric in ("loss", "mse", "mae", "rmse", "bits_per_token")
-    object.__setattr__(c, "best_mode", "min" if lower_is_better else "max")
+    object.__setattr__(c, "best_mode", objective.mode(c.best_metric))
 
 
 def _check_values(c: TrainConfig) -> None:
@@ -205,8 +220,15 @@ def _check_values(c: TrainConfig) -> None:
     _require(getattr(c, key) >= 0, key, "a number >= 0", getattr(c, key))
   _require(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
   _require(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)
-  _require(c.optimizer in OPTIMIZERS, "optimizer", f"one of {OPTIMIZERS}", c.optimizer)
-  _require(c.schedule in SCHEDULES, "schedule", f"one of {SCHEDULES}", c.schedule)
+  _require(
+    c.optimizer in optim.OPTIMIZERS, "optimizer", f"one of {tuple(optim.OPTIMIZERS)}", c.optimizer
+  )
+  _require(
+    c.schedule in optim.SCHEDULES, "schedule", f"one of {tuple(optim.SCHEDULES)}", c.schedule
+  )
+  _require(
+    0 <= c.validation_fraction < 1, "validation_fraction", "in [0, 1)", c.validation_fraction
+  )
   _require(c.ensemble_size > 0, "ensemble_size", "an integer > 0", c.ensemble_size)
   for key in ("sweep_learning_rate", "sweep_weight_decay"):
     values = getattr(c, key)
@@ -230,16 +252,10 @@ def _check_values(c: TrainConfig) -> None:
   )
   _require(c.dp_l2_clip > 0, "dp_l2_clip", "a number > 0", c.dp_l2_clip)
   _require(0 < c.dp_delta < 1, "dp_delta", "in (0, 1)", c.dp_delta)
-  _require(c.parallel in PARALLEL, "parallel", f"one of {PARALLEL}", c.parallel)
+  _require(c.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", c.parallel)
   _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)
-  _require(
-    c.objective in objectives.OBJECTIVES,
-    "objective",
-    f"one of {tuple(objectives.OBJECTIVES)}",
-    c.objective,
-  )
-  metrics = ("loss", *objectives.METRICS[c.objective])
+  metrics = ("loss", *objectives.OBJECTIVES[c.objective].metrics)
   _require(
     c.best_metric in metrics,
     "best_metric",
@@ -254,19 +270,3 @@ def _check_values(c: TrainConfig) -> None:
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:
   if not ok:
     raise ValueError(f"config.{key} must be {expected}; got {got!r}.")
-
-
-def members(c: TrainConfig) -> list[dict[str, Any]]:
-  """Per-member {"seed", "learning_rate", "weight_decay"}: one entry unless ensembling/sweeping."""
-  n = max(c.ensemble_size, len(c.sweep_learning_rate), len(c.sweep_weight_decay))
-  seeds = [c.seed + i for i in range(n)] if c.ensemble_size > 1 else [c.seed] * n
-  return [
-    {
-      "seed": seeds[i],
-      "learning_rate": float(
-        c.sweep_learning_rate[i] if c.sweep_learning_rate else c.learning_rate
-      ),
-      "weight_decay": float(c.sweep_weight_decay[i] if c.sweep_weight_decay else c.weight_decay),
-    }
-    for i in range(n)
-  ]

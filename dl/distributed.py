@@ -1,7 +1,7 @@
 """Several processes, one training run: `jax.distributed` set up from the environment.
 
 Every process runs the same program; `jax.devices()` then lists the devices of all of them,
-and a mesh over those trains one model. `python -m dl.launch` starts the processes on one
+and a mesh over those trains one model. `python -m dl.cli.launch` starts the processes on one
 machine and sets, in each one's environment:
 
   DL_COORDINATOR_ADDRESS  host:port of process 0 (the coordinator), e.g. 127.0.0.1:8476
@@ -11,7 +11,7 @@ machine and sets, in each one's environment:
 On TPU pods, SLURM and other clusters JAX finds these itself: set `DL_DISTRIBUTED=auto` and
 a bare `jax.distributed.initialize()` is called instead.
 
-`python -m dl.train` calls `initialize_from_env()` first thing. A script that trains on
+`python -m dl.cli.train` calls `initialize_from_env()` first thing. A script that trains on
 several processes calls it too, before anything touches devices (`jax.devices()`, an array):
 
   import dl

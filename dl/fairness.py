@@ -13,13 +13,13 @@ import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dl import parallel, placement
-from dl.state import TrainState
+from dl import inference, parallel
+from dl.models.adapters import Model, as_model
+from dl.training import loop
 
 GROUP_KEY = "group"
 _COLUMNS = ("count", "accuracy", "tpr", "fpr", "selection_rate")
@@ -63,10 +63,10 @@ def group_sums(
 
 
 def group_eval_step(
-  state: TrainState, batch: dict[str, jax.Array], *, apply_fn, num_groups: int
+  state: Any, batch: dict[str, jax.Array], *, model: Model, num_groups: int
 ) -> dict[str, jax.Array]:
-  """`group_sums` of the model's predictions on `batch` ({"input", "label", "group", "mask"?})."""
-  logits_BxC = apply_fn({"params": state.params, **state.model_state}, batch["input"], train=False)
+  """`group_sums` of the model's predictions on `batch` (its inputs, "label", "group", "mask"?)."""
+  logits_BxC, _ = model.apply(state.params, state.model_state, batch, train=False)
   mask_B = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
   return group_sums(logits_BxC, batch["label"], batch[GROUP_KEY], mask_B, num_groups)
 
@@ -105,8 +105,8 @@ def metrics_from_sums(sums: Mapping[str, np.ndarray], group_names: Sequence[str]
 
 
 def evaluate_groups(
-  state: TrainState,
-  model: nn.Module,
+  state: Any,
+  model: Any,
   arrays: dict[str, np.ndarray],
   group_names: Sequence[str],
   batch_size: int = 1000,
@@ -114,11 +114,11 @@ def evaluate_groups(
   """Per-group metrics of `state` on all of `arrays` (exact: padding is masked).
 
   Args:
-    state: a `TrainState` whose params fit `model`; an ensemble's stacked state (leading
-      member axis) is evaluated member by member in one vmapped program. On a mesh, batches
-      are split over it (as in `dl.evaluate`).
-    model: the Flax module.
-    arrays: {"input": (N, ...), "label": (N,), "group": (N,) ints in [0, G)}, preprocessed.
+    state: a state whose params fit `model`; an ensemble's stacked state (leading member
+      axis) is evaluated member by member in one vmapped program. On a mesh, batches are
+      split over it (as in `dl.evaluate`).
+    model: a `dl.Linen`/`dl.NNX` model or a Linen module.
+    arrays: the model's inputs, "label" (N,) and "group" (N,) ints in [0, G), preprocessed.
     group_names: the G group names.
     batch_size: examples per compiled call.
 
@@ -131,18 +131,38 @@ def evaluate_groups(
       f"group ids must lie in [0, {len(group_names)}) (one per name); got "
       f"[{groups.min()}, {groups.max()}]."
     )
-  step = _jitted_group_step(model, len(group_names), np.ndim(state.step) == 1)
+  step = _jitted_group_step(as_model(model), len(group_names), inference.is_ensemble(state))
   totals = None
-  for batch in placement.eval_batches(arrays, min(batch_size, len(groups)), state):
+  for batch in inference.eval_batches(arrays, min(batch_size, len(groups)), state):
     sums = step(state, batch)
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   return metrics_from_sums(parallel.fetch(totals), group_names)
 
 
 @functools.cache
-def _jitted_group_step(model: nn.Module, num_groups: int, ensemble: bool):
-  step = functools.partial(group_eval_step, apply_fn=model.apply, num_groups=num_groups)
+def _jitted_group_step(model: Model, num_groups: int, ensemble: bool):
+  step = functools.partial(group_eval_step, model=model, num_groups=num_groups)
   return jax.jit(jax.vmap(step, in_axes=(0, None)) if ensemble else step)
+
+
+class SliceMetrics(loop.Hook):
+  """Adds per-group metrics (`evaluate_groups`) to every evaluation of a task.
+
+  Args:
+    task: a `dl.Task` whose eval and test arrays carry "group" ids.
+    group_names: the G group names.
+    batch_size: examples per compiled call.
+  """
+
+  def __init__(self, task: Any, group_names: Sequence[str], batch_size: int = 1000):
+    self.task, self.group_names, self.batch_size = task, tuple(group_names), batch_size
+
+  def on_eval(self, state: Any, step: int, split: str) -> dict[str, Any]:
+    del step
+    arrays = {"eval": self.task.eval, "test": self.task.test}[split]
+    if arrays is None or GROUP_KEY not in arrays:
+      return {}
+    return evaluate_groups(state, self.task.model, arrays, self.group_names, self.batch_size)
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:

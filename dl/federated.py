@@ -22,11 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import objectives, steps
-from dl.compile import scan_steps
+from dl import objectives
+from dl.training import steps
+from dl.training.compile import scan_steps
 from dl.data.transforms import model_input_dtype
-from dl.state import TrainState, create_train_state
-from dl.trainer import Task, evaluate
+from dl.training.state import TrainState, create_train_state
+from dl.inference import evaluate
+from dl.training.task import Task
 
 
 def iid_split(num_examples: int, num_clients: int, *, seed: int = 0) -> list[np.ndarray]:
@@ -128,7 +130,7 @@ def fedavg_round(
   batches: dict[str, jax.Array],
   weights_M: jax.Array,
   *,
-  apply_fn: steps.ApplyFn,
+  apply_fn: Any,
   local_tx: optax.GradientTransformation,
   server_tx: optax.GradientTransformation,
   objective: objectives.Objective = objectives.classification,

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dl import objectives
-from dl.state import TrainState
+from dl.training.state import TrainState
 
 
 def per_example_grads(

@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import trainer
+from dl import from_config as trainer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,20 +2,71 @@
 
 An objective maps `(outputs, batch) -> (loss_B, metrics)` with per-example values: `loss_B`
 is (B,) and `metrics` is {name: (B,)}. `dl.train_step` averages them over the batch;
-`dl.eval_step` sums them, weighted by the batch's "mask", so that evaluation is exact over
-padded batches. Any callable with that contract can be passed to the steps, e.g. a detection
-loss in a study script.
+`dl.inference.eval_step` sums them, weighted by the batch's "mask", so that evaluation is
+exact over padded batches.
+
+`Objective` wraps such a function with what the rest of dl needs to know about it: which of
+its metrics are better when lower (choosing the best checkpoint), which one chooses the best
+checkpoint, and how outputs become predictions. Any plain function with the contract works
+too (`as_objective`): its loss is minimised and chooses the best checkpoint.
 """
 
+import dataclasses
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-Objective = Callable[[jax.Array, dict[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+ObjectiveFn = Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+def _identity(x):
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A per-example loss and metrics, and how to read them.
+
+  Attributes:
+    fn: `(outputs, batch) -> (loss_B, {name: (B,)})`.
+    metrics: the names of the metrics `fn` returns, in the order a progress bar shows them.
+    lower_is_better: metrics (besides "loss", always lower) for which smaller is better.
+    select: the eval metric that chooses the best checkpoint.
+    predictions: model outputs -> what `dl.predict` returns (e.g. softmax probabilities).
+    summarize: eval means -> eval means with derived values (e.g. rmse from mse).
+  """
+
+  fn: ObjectiveFn
+  metrics: tuple[str, ...] = ()
+  lower_is_better: frozenset[str] = frozenset()
+  select: str = "loss"
+  predictions: Callable[[jax.Array], jax.Array] = _identity
+  summarize: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = _identity
+
+  def __call__(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
+    return self.fn(outputs, batch)
+
+  def mode(self, metric: str) -> str:
+    """"min" if smaller `metric` is better, else "max"."""
+    return "min" if metric == "loss" or metric in self.lower_is_better else "max"
+
+
+def as_objective(objective: "Objective | ObjectiveFn") -> Objective:
+  """`objective` as an `Objective` (a plain function: loss minimised, chooses the best)."""
+  if isinstance(objective, Objective):
+    return objective
+  if not callable(objective):
+    raise TypeError(
+      "an objective must be a function (outputs, batch) -> (loss_B, metrics) or a "
+      f"dl.objectives.Objective; got {type(objective).__name__}."
+    )
+  return Objective(objective)
 
 
 def cross_entropy(
@@ -28,7 +79,7 @@ def cross_entropy(
   return optax.softmax_cross_entropy(logits_BxC, targets_BxC)
 
 
-def classification(
+def _classification(
   logits_BxC: jax.Array, batch: dict[str, jax.Array], *, label_smoothing: float = 0.0
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Softmax cross-entropy against `batch["label"]` (B,) integer class ids.
@@ -49,7 +100,7 @@ def classification(
   return loss_B, {"accuracy": correct_B}
 
 
-def regression(
+def _regression(
   preds: jax.Array, batch: dict[str, jax.Array]
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Mean squared error against `batch["label"]`, float (B,) or (B, ...).
@@ -77,7 +128,7 @@ def regression(
   return mse_B, {"mse": mse_B, "mae": jnp.mean(jnp.abs(error_BxN), axis=1)}
 
 
-def next_token(
+def _next_token(
   logits_BxLxV: jax.Array, batch: dict[str, jax.Array]
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Cross-entropy of each target token `batch["label"]` (B, L), averaged per example.
@@ -120,12 +171,28 @@ def _check_leading(outputs: jax.Array, labels: jax.Array, name: str, expected: s
     )
 
 
+def _with_rmse(means: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return means | {"rmse": np.sqrt(means["mse"])} if "mse" in means else means
+
+
+classification = Objective(
+  _classification,
+  metrics=("accuracy",),
+  select="accuracy",
+  predictions=jax.nn.softmax,
+)
+regression = Objective(
+  _regression,
+  metrics=("mae", "mse", "rmse"),
+  lower_is_better=frozenset({"mae", "mse", "rmse"}),
+  summarize=_with_rmse,
+)
+next_token = Objective(
+  _next_token,
+  metrics=("accuracy", "bits_per_token"),
+  lower_is_better=frozenset({"bits_per_token"}),
+)
 OBJECTIVES = {"classification": classification, "regression": regression, "next_token": next_token}
-METRICS = {
-  "classification": ("accuracy",),
-  "regression": ("mae", "mse", "rmse"),
-  "next_token": ("accuracy", "bits_per_token"),
-}
 
 
 def create(name: str, *, label_smoothing: float = 0.0) -> Objective:
@@ -137,7 +204,8 @@ def create(name: str, *, label_smoothing: float = 0.0) -> Objective:
   if name not in OBJECTIVES:
     raise ValueError(f"unknown objective {name!r}; expected one of: {', '.join(OBJECTIVES)}.")
   if name == "classification" and label_smoothing:
-    return functools.partial(classification, label_smoothing=label_smoothing)
+    fn = functools.partial(_classification, label_smoothing=label_smoothing)
+    return dataclasses.replace(classification, fn=fn)
   if label_smoothing:
     raise ValueError(
       f"label_smoothing applies to objective 'classification'; got {label_smoothing} "

@@ -18,7 +18,6 @@ from jax.sharding import PartitionSpec as P
 
 AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch dimension is split over every device
-MODES = ("jit", "pmap", "data", "fsdp")
 
 
 def parse_mesh_shape(text: str) -> dict[str, int]:

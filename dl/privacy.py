@@ -25,15 +25,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl import objectives, steps
-from dl.state import TrainState
+from dl import objectives
+from dl.models.adapters import Model
+from dl.training import loop, steps
+from dl.training.state import TrainState
 
 
 def dp_train_step(
   state: TrainState,
   batch: dict[str, jax.Array],
   *,
-  apply_fn: steps.ApplyFn,
+  model: Model,
   tx: optax.GradientTransformation,
   l2_clip: float,
   noise_multiplier: float,
@@ -46,8 +48,8 @@ def dp_train_step(
   Args:
     state: the current state; its model must have no batch statistics (BatchNorm mixes
       examples, which per-example clipping cannot bound).
-    batch: {"input": (B, ...), "label": (B, ...)}, as `objective` expects.
-    apply_fn: the model's `apply`.
+    batch: the model's inputs and what `objective` reads, e.g. {"input", "label"}.
+    model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
     tx: the optimizer; an `optax.MultiSteps` over `accum_steps` micro-batches when
       accumulating (it averages what each micro-batch passes it).
     l2_clip: each example's gradient is scaled down to at most this L2 norm.
@@ -62,8 +64,8 @@ def dp_train_step(
     The new state and {"loss", **objective's metrics, "clipped"} of this batch (before the update);
     "clipped" is the fraction of examples whose gradient norm exceeded `l2_clip`.
   """
-  steps.check_batch(batch)
-  if state.model_state:
+  steps.check_batch(batch, model.inputs)
+  if jax.tree.leaves(state.model_state):
     raise ValueError(
       "DP-SGD needs per-example gradients, so a model without batch statistics "
       f"(e.g. mlp or cnn); got model state {sorted(state.model_state)}."
@@ -71,11 +73,11 @@ def dp_train_step(
   dropout_rng, noise_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
   if axis_name is not None:
     dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
-  loss_B, metrics_B, grads_B = _per_example(state.params, batch, apply_fn, dropout_rng, objective)
+  loss_B, metrics_B, grads_B = _per_example(state.params, batch, model, dropout_rng, objective)
   grads_flat, treedef = jax.tree.flatten(grads_B)
   summed_flat, num_clipped = optax.transforms.per_example_global_norm_clip(grads_flat, l2_clip)
   summed = jax.tree.unflatten(treedef, summed_flat)
-  batch_size = batch["label"].shape[0]
+  batch_size = loss_B.shape[0]
   metrics = {
     "loss": loss_B.mean(),
     **{name: v.mean() for name, v in metrics_B.items()},
@@ -96,23 +98,52 @@ def dp_train_step(
   return new_state, metrics
 
 
-def _per_example(params, batch, apply_fn, dropout_rng, objective):
+def _per_example(params, batch, model, dropout_rng, objective):
   """Per-example losses (B,), metrics {name: (B,)} and gradients (leaves (B, ...)), train mode."""
 
   def loss_fn(params, example, index):
-    rngs = {"dropout": jax.random.fold_in(dropout_rng, index)}  # own mask per example
+    rng = jax.random.fold_in(dropout_rng, index)  # own dropout mask per example
     example_1 = jax.tree.map(lambda x: x[None], example)
-    outputs = apply_fn({"params": params}, example_1["input"], train=True, rngs=rngs)
+    outputs, _ = model.apply(params, {}, example_1, train=True, rng=rng)
     loss_1, metrics_1 = objective(outputs, example_1)
     return loss_1[0], jax.tree.map(lambda m: m[0], metrics_1)
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   examples = {k: v for k, v in batch.items() if k != "mask"}
-  indices_B = jnp.arange(batch["label"].shape[0])
+  indices_B = jnp.arange(next(iter(examples.values())).shape[0])
   (loss_B, metrics_B), grads_B = jax.vmap(grad_fn, in_axes=(None, 0, 0))(
     params, examples, indices_B
   )
   return loss_B, metrics_B, grads_B
+
+
+class BudgetHook(loop.Hook):
+  """Adds "epsilon", the privacy spent so far at `delta`, to every train record.
+
+  Args:
+    num_examples: training examples (the sampling rate is `batch_size / num_examples`).
+    batch_size: examples per logical batch (micro-batch size times `accum_steps`).
+    noise_multiplier: DP-SGD's noise standard deviation over its clipping norm.
+    delta: the delta of (epsilon, delta)-DP.
+    accum_steps: micro-steps per noisy update.
+  """
+
+  def __init__(
+    self,
+    *,
+    num_examples: int,
+    batch_size: int,
+    noise_multiplier: float,
+    delta: float,
+    accum_steps: int = 1,
+  ):
+    self.sampling_rate = min(batch_size / num_examples, 1.0)
+    self.noise_multiplier, self.delta, self.accum_steps = noise_multiplier, delta, accum_steps
+
+  def on_log(self, step: int, record: dict) -> dict:
+    del record
+    updates = step // self.accum_steps
+    return {"epsilon": epsilon(self.sampling_rate, self.noise_multiplier, updates, self.delta)}
 
 
 @functools.cache

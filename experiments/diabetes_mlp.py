@@ -1,6 +1,6 @@
 r"""MLP regression on `diabetes` (scikit-learn; 353 train / 89 test, 10 features, float target).
 
-python -m dl.train --config experiments/diabetes_mlp.py --workdir workdirs/diabetes_mlp
+python -m dl.cli.train --config experiments/diabetes_mlp.py --workdir workdirs/diabetes_mlp
 
 The target (disease progression, 25 to 346) is predicted in its own units; the eval records
 hold mse, mae and rmse. The best checkpoint is the lowest eval loss.

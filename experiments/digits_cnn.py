@@ -1,6 +1,6 @@
 r"""CNN on `digits` (scikit-learn's 1,797 8x8 handwritten digits; 1,437 train / 360 test).
 
-python -m dl.train --config experiments/digits_cnn.py --workdir workdirs/digits_cnn
+python -m dl.cli.train --config experiments/digits_cnn.py --workdir workdirs/digits_cnn
 """
 
 import dl

@@ -1,7 +1,7 @@
 r"""DP-SGD: an MLP on `digits` (1,437 train / 360 test) with differential privacy.
 
 One run (epsilon logged in metrics.jsonl):
-python -m dl.train --config experiments/dp_digits_mlp.py --workdir workdirs/dp_digits_mlp
+python -m dl.cli.train --config experiments/dp_digits_mlp.py --workdir workdirs/dp_digits_mlp
 
 The accuracy-vs-epsilon table of experiments/results_privacy.md (one run per noise level):
 python experiments/dp_digits_mlp.py --workdir workdirs/dp_digits_sweep

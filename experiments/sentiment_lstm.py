@@ -1,6 +1,6 @@
 r"""Bidirectional LSTM on `rotten_tomatoes` (10,200 train / 1,276 test review snippets).
 
-python -m dl.train --config experiments/sentiment_lstm.py --workdir workdirs/sentiment_lstm
+python -m dl.cli.train --config experiments/sentiment_lstm.py --workdir workdirs/sentiment_lstm
 
 From scratch: sentencepiece ids (8,000 pieces trained on the train snippets only, 64 ids with
 pad 0) -> 64-d embeddings -> one bidirectional LSTM layer of 64 units per direction -> mean

@@ -12,7 +12,7 @@ persistence (tomorrow's portfolio return = today's). Writes results.md to --work
 python experiments/sp500_forecast.py --workdir workdirs/sp500_forecast
 
 get_config() alone (one MLP: first 80% of days, evaluated on the last 20%):
-python -m dl.train --config experiments/sp500_forecast.py --workdir workdirs/sp500_mlp
+python -m dl.cli.train --config experiments/sp500_forecast.py --workdir workdirs/sp500_mlp
 """
 
 import argparse

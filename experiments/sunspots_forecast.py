@@ -1,7 +1,7 @@
 r"""One-step-ahead forecasts of yearly sunspot numbers: LSTM and GRU against classical baselines.
 
 One LSTM run (regression on 12-year windows; eval records hold mse/mae/rmse in scaled units):
-python -m dl.train --config experiments/sunspots_forecast.py --workdir workdirs/sunspots_lstm
+python -m dl.cli.train --config experiments/sunspots_forecast.py --workdir workdirs/sunspots_lstm
 
 The comparison of experiments/results_forecast.md (+ results_forecast.png), in one run:
 python experiments/sunspots_forecast.py --workdir workdirs/sunspots_forecast --seeds 3

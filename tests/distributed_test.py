@@ -18,11 +18,11 @@ TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
 
 
 def _launch(workdir, mode: str) -> tuple[int, str]:
-  """Trains the tiny config with `python -m dl.launch`: 2 processes, 4 fake CPU devices each."""
+  """Trains the tiny config with `python -m dl.cli.launch`: 2 processes, 4 fake CPU devices each."""
   config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
   command = [
-    *(sys.executable, "-m", "dl.launch", "--num_processes=2", "--devices_per_process=4", "--"),
-    *(sys.executable, "-m", "dl.train", f"--config={config}", f"--workdir={workdir}"),
+    *(sys.executable, "-m", "dl.cli.launch", "--num_processes=2", "--devices_per_process=4", "--"),
+    *(sys.executable, "-m", "dl.cli.train", f"--config={config}", f"--workdir={workdir}"),
     f"--config.parallel={mode}",
   ]
   launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

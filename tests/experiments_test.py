@@ -8,7 +8,7 @@ import pytest
 
 import dl
 
-# Configs for `python -m dl.train`; study scripts without `get_config` have their own tests.
+# Configs for `python -m dl.cli.train`; study scripts without `get_config` have their own tests.
 EXPERIMENTS = sorted(
   path
   for path in (pathlib.Path(__file__).parent.parent / "experiments").glob("*.py")

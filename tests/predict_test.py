@@ -18,10 +18,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _predict_cli(*args):
-  """Runs `python -m dl.predict` (a subprocess: importing dl/predict.py here would shadow
+  """Runs `python -m dl.cli.predict` (a subprocess: importing dl/predict.py here would shadow
   the function dl.predict with the module)."""
   return subprocess.run(
-    [sys.executable, "-m", "dl.predict", *args],
+    [sys.executable, "-m", "dl.cli.predict", *args],
     check=False,
     capture_output=True,
     text=True,
@@ -64,11 +64,11 @@ _DRIVER = """
 import contextlib, io, json, runpy, sys
 results = {}
 for case, argv in json.loads(sys.argv[1]).items():
-  sys.argv = ["dl.predict", *argv]
+  sys.argv = ["dl.cli.predict", *argv]
   err = io.StringIO()
   with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
     try:
-      runpy.run_module("dl.predict", run_name="__main__")
+      runpy.run_module("dl.cli.predict", run_name="__main__")
       code = 0
     except SystemExit as e:
       code = e.code
@@ -79,7 +79,7 @@ print(json.dumps(results))
 
 @functools.cache
 def _bad_input_results() -> dict:
-  """{case: [exit status, stderr]} of `python -m dl.predict` on each bad input."""
+  """{case: [exit status, stderr]} of `python -m dl.cli.predict` on each bad input."""
   *_, directory = exported_cnn()
   tmp = tempfile.mkdtemp(prefix="dl_predict_test_")
   images = dl.data.load("digits", "test")["image"][:4]

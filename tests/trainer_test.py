@@ -57,7 +57,7 @@ def _cli(workdir, *overrides):
   return [
     sys.executable,
     "-m",
-    "dl.train",
+    "dl.cli.train",
     "--config",
     os.path.join(REPO, "tests", "tiny_config.py"),
     "--workdir",

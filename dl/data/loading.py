@@ -114,7 +114,7 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
   if not len(source):
     raise DatasetError(f"split '{split}' of dataset '{name}' is empty.")
   required = {_find_input_key(builder.info.features), _LABEL_KEY} - {None}
-  batch = grain.MapDataset.source(source).batch(len(source), batch_fn=_stack)
+  batch = grain.MapDataset.source(source).batch(len(source), batch_fn=stack)
   return _keep_stackable(batch[0], required, name)
 
 
@@ -272,7 +272,7 @@ def _label_kind(features: tfds.features.FeaturesDict, name: str) -> tuple[str, i
   )
 
 
-def _stack(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
+def stack(examples: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray | None]:
   """Stacks each feature over examples; None for a feature that cannot be stacked."""
   return {key: _stack_feature([example[key] for example in examples]) for key in examples[0]}
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl.state import TrainState
+from dl.training.state import TrainState
 
 
 class Autoencoder(nn.Module):

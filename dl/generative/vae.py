@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl.state import TrainState
+from dl.training.state import TrainState
 
 
 class VAE(nn.Module):

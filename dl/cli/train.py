@@ -1,12 +1,15 @@
-r"""Command line: train and evaluate a config.
+r"""Command line: train a config, choose the best checkpoint on validation, score the test once.
 
-  python -m dl.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn \
+Prints one JSON line: the last validation record ("validation_*", at the final step) and the
+test record ("test_*", scored on the best validation checkpoint, at "test_step").
+
+  python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn \
       --config.learning_rate=0.003 --config.num_epochs=5
 
 Several processes (see `dl.launch`, `dl.distributed`):
 
-  python -m dl.launch --num_processes 2 --devices_per_process 4 -- \
-      python -m dl.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn_2x4 \
+  python -m dl.cli.launch --num_processes 2 --devices_per_process 4 -- \
+      python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn_2x4 \
       --config.parallel=fsdp
 """
 
@@ -30,9 +33,13 @@ def main(argv: list[str]) -> None:
   logging.set_verbosity(logging.WARNING)
   dl.distributed.initialize_from_env()  # Before anything touches devices.
   _, history = dl.train(_CONFIG.value, _WORKDIR.value)
-  final = history["eval"][-1]
-  metrics = {f"test_{k}": _rounded(v) for k, v in final.items() if k != "step"}
-  print(json.dumps({"workdir": _WORKDIR.value, "step": final["step"], **metrics}))
+  summary = {"workdir": _WORKDIR.value}
+  for split, prefix in (("eval", "validation_"), ("test", "test_")):
+    if history.get(split):
+      record = history[split][-1]
+      summary[f"{prefix}step"] = record["step"]
+      summary |= {f"{prefix}{k}": _rounded(v) for k, v in record.items() if k != "step"}
+  print(json.dumps(summary))
 
 
 def _rounded(value: float | list[float]) -> float | list[float]:

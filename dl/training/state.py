@@ -1,12 +1,14 @@
 """The training state: a pytree of arrays, nothing live."""
 
+from collections.abc import Mapping
 from typing import Any
 
 import flax
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+
+from dl.models.adapters import Model
 
 
 @flax.struct.dataclass
@@ -16,8 +18,8 @@ class TrainState:
   Attributes:
     step: number of train steps taken (int32 scalar).
     params: the model's trainable parameters.
-    model_state: the model's other variable collections, e.g. {"batch_stats": ...}
-      for BatchNorm; {} when there are none.
+    model_state: the model's other variables, e.g. {"batch_stats": ...} for BatchNorm;
+      {} when there are none.
     opt_state: the optax optimizer state.
     rng: base PRNG key; step `s` uses `fold_in(rng, s)`, so randomness does not
       depend on how steps are grouped into dispatches.
@@ -31,32 +33,28 @@ class TrainState:
 
 
 def create_train_state(
-  model: nn.Module,
+  model: Model,
   tx: optax.GradientTransformation,
   rng: jax.Array,
-  input_shape: tuple[int, ...],
-  input_dtype=jnp.float32,
+  example_batch: Mapping[str, jax.Array],
 ) -> TrainState:
   """Initialises a model and optimizer into a `TrainState`.
 
   Args:
-    model: a Flax module called as `model(x, train=...)`.
+    model: `dl.Linen(module, ...)` or `dl.NNX(make, ...)`.
     tx: the optax optimizer.
     rng: a PRNG key (`jax.random.PRNGKey(seed)`).
-    input_shape: shape of one example, without the batch axis.
-    input_dtype: dtype of the inputs.
+    example_batch: arrays shaped like the model's inputs (any batch size, e.g. 1).
 
   Returns:
     The initial state, step 0.
   """
   init_rng, rng = jax.random.split(rng)
-  x = jnp.zeros((1, *input_shape), input_dtype)
-  variables = model.init({"params": init_rng, "dropout": init_rng}, x, train=False)
-  model_state, params = flax.core.pop(variables, "params")
+  params, model_state = model.init(init_rng, example_batch)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
-    model_state=dict(model_state),
+    model_state=model_state,
     opt_state=tx.init(params),
     rng=rng,
   )

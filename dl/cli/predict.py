@@ -1,6 +1,6 @@
 """Predictions from an exported model on the command line.
 
-python -m dl.predict --model exports/digits --input digits.npy [--output probs.csv] [--drift]
+python -m dl.cli.predict --model exports/digits --input digits.npy [--output probs.csv] [--drift]
 
 `--input` is a `.npy` batch, a `.csv` of one example per row, or a `.png` image; bad input
 (missing file, wrong shape or dtype) exits with status 2 and a message naming what was
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m dl.predict", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(prog="python -m dl.cli.predict", description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="an export directory (dl.export.export)")
   parser.add_argument("--input", required=True, help="a .npy, .csv or .png file")
   parser.add_argument("--output", help="write probabilities to .npy, .csv or .json")

@@ -5,20 +5,22 @@
   "data"  a mesh, data parallel: params replicated, batch split (`jax.jit` + shardings).
   "fsdp"  a mesh, fully sharded: params and optimizer state split too.
 
-Each mode compiles the same `dl.train_step`; only the layout differs.
+Each mode compiles the same pure step; only the layout differs. `MODES` lists them.
 """
 
 import dataclasses
-from collections.abc import Callable, Iterator
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
-from dl import compile as compile_lib
 from dl import parallel
-from dl.data.batches import padded_batches
+from dl.training import compile as compile_lib
+
+MODES = ("jit", "pmap", "data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +28,7 @@ class Placement:
   """Compiles the step for one mode and moves state and batches to where it expects them.
 
   Attributes:
-    mode: one of `parallel.MODES`.
+    mode: one of `MODES`.
     mesh: the device mesh ("data" and "fsdp" modes), else None.
     state_shardings: a pytree of shardings matching the state ("data", "fsdp"), else None.
   """
@@ -40,6 +42,12 @@ class Placement:
     if self.mode == "jit":
       return compile_lib.jit_step(step, fused=fused)
     if self.mode == "pmap":
+      if "axis_name" not in inspect.signature(step).parameters:
+        raise ValueError(
+          "parallel='pmap' averages gradients over devices inside the step, which needs a "
+          "step taking axis_name; this one does not. Use parallel='data' (a mesh, where XLA "
+          "inserts the collectives) instead."
+        )
       return compile_lib.pmap_step(step, fused=fused)
     batch = parallel.batch_sharding(self.mesh, fused=fused)
     return compile_lib.mesh_step(step, self.state_shardings, batch, fused=fused)
@@ -87,8 +95,8 @@ class Placement:
 
 def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
   """The placement for `mode` ("jit", "pmap", "data", "fsdp") over all devices."""
-  if mode not in parallel.MODES:
-    raise ValueError(f"parallel mode must be one of {parallel.MODES}; got {mode!r}.")
+  if mode not in MODES:
+    raise ValueError(f"parallel mode must be one of {MODES}; got {mode!r}.")
   if mode in ("jit", "pmap") and jax.process_count() > 1:
     raise ValueError(
       f"config.parallel={mode!r} runs in one process; with {jax.process_count()} processes "
@@ -98,30 +106,3 @@ def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
     return Placement(mode)
   mesh = parallel.make_mesh(mode, mesh_shape)
   return Placement(mode, mesh, parallel.state_shardings(abstract_state, mesh))
-
-
-def eval_batches(
-  arrays: dict[str, np.ndarray], batch_size: int, state: Any
-) -> Iterator[dict[str, Any]]:
-  """`padded_batches` of `arrays`, each where a jitted evaluation of `state` expects it.
-
-  A state on a ("data", "fsdp") mesh gets batches split over the mesh's devices (the batch
-  size rounded up to a multiple of their number); every process must hold all of `arrays`.
-  Any other state gets the host arrays.
-  """
-  mesh = _mesh_of(state)
-  if mesh is None:
-    yield from padded_batches(arrays, batch_size)
-    return
-  sharding = parallel.batch_sharding(mesh)
-  for batch in padded_batches(arrays, -(-batch_size // mesh.size) * mesh.size):
-    yield jax.device_put(batch, sharding)
-
-
-def _mesh_of(tree: Any) -> Mesh | None:
-  """The ("data", "fsdp") mesh that `tree`'s arrays live on, if they live on one."""
-  for x in jax.tree.leaves(tree):
-    sharding = getattr(x, "sharding", None)
-    if isinstance(sharding, NamedSharding) and sharding.mesh.axis_names == parallel.AXES:
-      return sharding.mesh
-  return None

@@ -1,7 +1,7 @@
 r"""Command line: runs one training run as several processes on this machine.
 
-  python -m dl.launch --num_processes 2 --devices_per_process 4 -- \
-      python -m dl.train --config experiments/digits_cnn.py --workdir /tmp/digits_2x4 \
+  python -m dl.cli.launch --num_processes 2 --devices_per_process 4 -- \
+      python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_2x4 \
       --config.parallel=fsdp
 
 Each child runs the command after `--` with `DL_COORDINATOR_ADDRESS` (127.0.0.1 and a free
@@ -82,7 +82,7 @@ def launch(
   """Runs `command` as `num_processes` processes of one run and waits for them.
 
   Args:
-    command: the program and its arguments, e.g. ["python", "-m", "dl.train", ...].
+    command: the program and its arguments, e.g. ["python", "-m", "dl.cli.train", ...].
     num_processes: how many copies to start.
     devices_per_process: fake CPU devices per process (0: as inherited).
     port: the coordinator's port on 127.0.0.1 (0: a free one).
@@ -166,7 +166,7 @@ def _stop(children: list[subprocess.Popen], grace_seconds: float) -> None:
 def main(argv: list[str]) -> None:
   command = argv[1:]
   if not command:
-    raise app.UsageError("give the command to run after `--`, e.g. -- python -m dl.train ...")
+    raise app.UsageError("give the command to run after `--`, e.g. -- python -m dl.cli.train ...")
   # A terminated launcher stops its children (through `launch`'s cleanup).
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
   sys.exit(

@@ -1,0 +1,212 @@
+"""`dl.train(config, workdir)`: a config turned into parts, then `dl.fit`.
+
+`build(config)` reads the data set a config names, holds out validation data, fits the
+preprocessing on the training inputs alone, and makes the model, objective, optimizer and
+step (DP-SGD's when `dp_noise_multiplier` > 0) into a `dl.Task`. `train` runs it through
+the one loop with the hooks the config asks for (the privacy budget, slice metrics).
+Nothing here is needed to train user parts: `dl.fit(dl.task(...), workdir)` does that.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from dl import config as config_lib
+from dl import data as data_lib
+from dl import distributed, fairness, models, objectives, privacy, writers
+from dl.data import sources
+from dl.data.transforms import Preprocess, to_batch_format
+from dl.models.adapters import Linen
+from dl.training import loop, optim, steps
+from dl.training.task import Task, task
+
+
+def build(config) -> Task:
+  """Parses `config` and builds the task it names: model, objective, optimizer, data, step.
+
+  The validation data is the config's `validation_split`, else the data set's "validation"
+  split, else `validation_fraction` of the training split (`sources.split_validation`). The
+  test split is kept for one score at the end.
+  """
+  c = config_lib.parse(config)
+  data_dir = c.data_dir or None
+  spec = data_lib.info(c.dataset, data_dir=data_dir)
+  if spec.objective != c.objective:
+    raise ValueError(
+      f"dataset {c.dataset!r} has labels for objective {spec.objective!r}; the config asks "
+      f"for {c.objective!r}. Set config.objective={spec.objective!r}."
+    )
+  load = functools.partial(_load, c, spec)
+  train = load(c.train_split)
+  validation_split = c.validation_split or ("validation" if "validation" in spec.splits else "")
+  if validation_split:
+    validation = load(validation_split)
+  elif c.validation_fraction > 0:
+    train, validation = sources.split_validation(train, c.validation_fraction)
+  else:
+    validation = None
+  test = load(c.test_split) if c.test_split else None
+  num_steps = _num_steps(c, len(train["label"]))
+  model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
+  model_kwargs.setdefault("dtype", jnp.dtype(c.compute_dtype))
+  module = models.create(c.model["name"], num_classes=spec.num_classes, **model_kwargs)
+  tx = optim.create_optimizer(
+    c.optimizer,
+    learning_rate=c.learning_rate,
+    num_steps=max(num_steps // c.grad_accum_steps, 1),
+    schedule=c.schedule,
+    warmup_steps=c.warmup_steps,
+    weight_decay=c.weight_decay,
+    momentum=c.momentum,
+    grad_clip_norm=c.grad_clip_norm,
+    grad_accum_steps=c.grad_accum_steps,
+  )
+  return task(
+    model=Linen(module),
+    objective=objectives.create(c.objective, label_smoothing=c.label_smoothing),
+    optimizer=tx,
+    train={k: v for k, v in train.items() if k != fairness.GROUP_KEY},
+    eval=validation,
+    test=test,
+    validation_fraction=0.0,
+    preprocess={"input": Preprocess.fit(train["input"], c.normalize)},
+    train_step=_train_step(c),
+    class_names=_class_names(c, spec),
+    name=f"{c.model['name']}/{c.dataset}",
+    config=dataclasses.asdict(c),
+  )
+
+
+def _load(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str) -> dict[str, np.ndarray]:
+  """A split in the batch format, with the group ids of `group_feature` when set."""
+  arrays = data_lib.load(c.dataset, split, data_dir=c.data_dir or None)
+  batch = to_batch_format(arrays, spec.input_key)
+  if c.group_feature:
+    data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=c.data_dir or None)  # checks
+    batch[fairness.GROUP_KEY] = np.asarray(arrays[c.group_feature], np.int32)
+  return batch
+
+
+def _num_steps(c: config_lib.TrainConfig, num_train: int) -> int:
+  steps_per_epoch = num_train // c.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+      f"config.batch_size ({c.batch_size}) must be <= the number of training "
+      f"examples ({num_train}) of {c.dataset!r}."
+    )
+  return c.num_train_steps or math.ceil(c.num_epochs * steps_per_epoch)
+
+
+def _train_step(c: config_lib.TrainConfig):
+  """The pure step the config asks for: `dl.train_step`, or DP-SGD's."""
+  if c.dp_noise_multiplier == 0:
+    return steps.train_step
+  return functools.partial(
+    privacy.dp_train_step,
+    l2_clip=c.dp_l2_clip,
+    noise_multiplier=c.dp_noise_multiplier,
+    accum_steps=c.grad_accum_steps,
+  )
+
+
+def _class_names(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec) -> tuple[str, ...]:
+  if c.objective != "classification":
+    return ()
+  try:
+    return data_lib.loading.class_names(c.dataset, "label", data_dir=c.data_dir or None)
+  except data_lib.DatasetError:
+    return tuple(str(i) for i in range(spec.num_classes))
+
+
+def fit_config(config, task: Task) -> loop.FitConfig:
+  """How `dl.train` runs `task`: the loop's fields of `config`."""
+  c = config_lib.parse(config)
+  sweep = {
+    name: values
+    for name, values in (
+      ("learning_rate", c.sweep_learning_rate),
+      ("weight_decay", c.sweep_weight_decay),
+    )
+    if values
+  }
+  return loop.FitConfig(
+    num_steps=_num_steps(c, len(task.train)),
+    batch_size=c.batch_size,
+    eval_batch_size=c.eval_batch_size,
+    seed=c.seed,
+    ensemble_size=c.ensemble_size,
+    sweep=sweep,
+    steps_per_dispatch=c.steps_per_dispatch,
+    log_every=c.log_every_steps,
+    eval_every=c.eval_every_steps,
+    checkpoint_every=c.checkpoint_every_steps,
+    keep_checkpoints=c.keep_checkpoints,
+    best_metric=c.best_metric,
+    best_mode=c.best_mode,
+    parallel=c.parallel,
+    mesh_shape=c.mesh_shape,
+    progress=c.progress,
+    tensorboard=c.tensorboard,
+  )
+
+
+def hooks(config, task: Task) -> list[loop.Hook]:
+  """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics."""
+  c = config_lib.parse(config)
+  out = []
+  if c.dp_noise_multiplier > 0:
+    out.append(
+      privacy.BudgetHook(
+        num_examples=len(task.train),
+        batch_size=c.batch_size * c.grad_accum_steps,
+        noise_multiplier=c.dp_noise_multiplier,
+        delta=c.dp_delta,
+        accum_steps=c.grad_accum_steps,
+      )
+    )
+  if c.group_feature:
+    names = data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=c.data_dir or None)
+    out.append(fairness.SliceMetrics(task, names, c.eval_batch_size))
+  return out
+
+
+def train(config, workdir: str) -> tuple[Any, writers.History]:
+  """Trains and evaluates the model a config describes; resumes from `workdir` if it can.
+
+  Args:
+    config: an `ml_collections.ConfigDict` (e.g. from `dl.default_config()` or an
+      experiment's `get_config()`), a dict, or a `dl.TrainConfig`.
+    workdir: where checkpoints, `metrics.jsonl`, TensorBoard events and `curves.png` go.
+      If it holds checkpoints, training continues from the newest readable one.
+
+  Returns:
+    The final state and the history {"train", "eval", "test"} of metric records: "eval"
+    on validation data, "test" scored once at the end on the best validation checkpoint.
+
+  Raises:
+    ValueError: for a bad config or data that does not fit the model.
+    FloatingPointError: when the loss or parameters stop being finite; the last
+      good checkpoint is kept.
+  """
+  # Process 0 prepares the data set before the others read it: no two write its files.
+  with distributed.primary_first("dl.train: data prepared"):
+    built = build(config)
+  return loop.fit(built, workdir, fit_config(config, built), hooks=hooks(config, built))
+
+
+def restore(config, workdir: str, step: int | None = None) -> Any:
+  """Loads the state a `dl.train` run saved in `workdir` (newest readable step by default).
+
+  The state is laid out as `config.parallel` says, whatever the layout it was saved from: a
+  checkpoint written by an 8-device FSDP run restores onto one device, or onto another mesh.
+
+  Raises:
+    FileNotFoundError: when `workdir` holds no checkpoint.
+  """
+  built = build(config)
+  return loop.restore(built, workdir, fit_config(config, built), step=step)
+

@@ -1,0 +1,213 @@
+"""A model as two pure functions of a batch: `init` and `apply`, whatever made it.
+
+dl's steps see every model through this contract (`Model`):
+
+  params, model_state = model.init(rng, batch)
+  outputs, model_state = model.apply(params, model_state, batch, train=True, rng=rng)
+
+`params` and `model_state` (batch statistics and other non-trainable variables) are plain
+pytrees that orbax saves, a mesh shards and `jax.vmap` stacks. `model.inputs` names the batch
+keys the model reads; everything else in a batch (labels, extra targets) is the objective's.
+
+- `Linen(module, inputs=("user", "item"))` calls `module(batch["user"], batch["item"],
+  train=...)` through `module.apply`.
+- `NNX(lambda rngs: MyModel(..., rngs=rngs))` builds a Flax NNX module from `nnx.Rngs`,
+  keeps its parameters as a pure dict (`nnx.split`) and rebuilds it inside each step
+  (`nnx.merge`), so the step stays a pure function of the state.
+"""
+
+import dataclasses
+import functools
+import zlib
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Batch = Mapping[str, jax.Array]
+
+
+class Model(Protocol):
+  """What dl's steps need of a model (see the module docstring)."""
+
+  inputs: tuple[str, ...]
+
+  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]: ...
+
+  def apply(
+    self, params: Any, model_state: Any, batch: Batch, *, train: bool, rng: jax.Array | None = None
+  ) -> tuple[Any, Any]: ...
+
+
+def _keys(inputs: str | Sequence[str]) -> tuple[str, ...]:
+  keys = (inputs,) if isinstance(inputs, str) else tuple(inputs)
+  if not keys or not all(isinstance(k, str) for k in keys):
+    raise ValueError(f"inputs must name one or more batch keys, e.g. ('input',); got {inputs!r}.")
+  return keys
+
+
+def _args(batch: Batch, keys: tuple[str, ...]) -> list[jax.Array]:
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise ValueError(
+      f"the model reads batch keys {list(keys)}; the batch has {sorted(batch)} (missing "
+      f"{missing}). Say which keys feed the model with inputs=(...)."
+    )
+  return [batch[k] for k in keys]
+
+
+@dataclasses.dataclass(frozen=True)
+class Linen:
+  """A Flax Linen module as a `Model`.
+
+  Attributes:
+    module: the module; called as `module(*[batch[k] for k in inputs], **{train_arg: train})`.
+    inputs: the batch keys passed positionally, in order.
+    train_arg: the keyword that switches training behaviour (dropout, batch statistics);
+      None when the module takes none.
+    rng_streams: the module's random streams (`self.make_rng(name)`); the step's key feeds
+      the first, keys folded from it the others.
+  """
+
+  module: nn.Module
+  inputs: tuple[str, ...] = ("input",)
+  train_arg: str | None = "train"
+  rng_streams: tuple[str, ...] = ("dropout",)
+
+  def __post_init__(self):
+    if not isinstance(self.module, nn.Module):
+      raise TypeError(f"Linen wraps a flax.linen.Module; got {type(self.module).__name__}.")
+    object.__setattr__(self, "inputs", _keys(self.inputs))
+
+  def _kwargs(self, train: bool) -> dict[str, bool]:
+    return {self.train_arg: train} if self.train_arg else {}
+
+  def _rngs(self, rng: jax.Array) -> dict[str, jax.Array]:
+    return {name: rng if i == 0 else jax.random.fold_in(rng, i) for i, name in enumerate(self.rng_streams)}
+
+  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, dict[str, Any]]:
+    """(params, other variable collections) for inputs shaped like `batch`'s."""
+    variables = self.module.init(
+      {"params": rng, **self._rngs(rng)}, *_args(batch, self.inputs), **self._kwargs(False)
+    )
+    model_state, params = flax.core.pop(variables, "params")
+    return params, dict(model_state)
+
+  def apply(self, params, model_state, batch, *, train, rng=None):
+    """(outputs, model_state): collections are updated (batch statistics) only in training."""
+    mutable = list(model_state) if train else False
+    out = self.module.apply(
+      {"params": params, **model_state},
+      *_args(batch, self.inputs),
+      **self._kwargs(train),
+      rngs=None if rng is None else self._rngs(rng),
+      mutable=mutable or False,
+    )
+    if not mutable:
+      return out, model_state
+    outputs, new_state = out
+    return outputs, dict(new_state)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NNX:
+  """A Flax NNX module as a `Model`: built from `nnx.Rngs`, its state kept as pure dicts.
+
+  Attributes:
+    make: `rngs -> module`, e.g. `lambda rngs: MyModel(din, dout, rngs=rngs)`; each ensemble
+      member builds its own from its seed.
+    inputs: the batch keys passed positionally to the module's `__call__`, in order.
+
+  `params` holds the `nnx.Param` variables, `model_state` every other variable except random
+  streams (e.g. `nnx.BatchStat`). Random streams are reseeded from the step's key inside each
+  step, so dropout depends on (seed, step) alone, as with Linen models.
+  """
+
+  make: Callable[[Any], Any]
+  inputs: tuple[str, ...] = ("input",)
+
+  def __post_init__(self):
+    from flax import nnx
+
+    if isinstance(self.make, nnx.Module) or not callable(self.make):
+      raise TypeError(
+        "NNX takes a function that builds the module from nnx.Rngs, e.g. "
+        f"dl.NNX(lambda rngs: MyModel(..., rngs=rngs)); got {type(self.make).__name__}."
+      )
+    object.__setattr__(self, "inputs", _keys(self.inputs))
+
+  @functools.cached_property
+  def _structure(self):
+    """(graphdef, abstract params, abstract random streams, abstract other state)."""
+    from flax import nnx
+
+    abstract = nnx.eval_shape(lambda: self.make(nnx.Rngs(0)))
+    return nnx.split(abstract, nnx.Param, nnx.RngState, ...)
+
+  def init(self, rng, batch):
+    """(params, model_state) as pure dicts; `batch` is unused (NNX modules know their shapes)."""
+    from flax import nnx
+
+    del batch
+    _, params, _, rest = nnx.split(self.make(nnx.Rngs(rng)), nnx.Param, nnx.RngState, ...)
+    return params.to_pure_dict(), rest.to_pure_dict()
+
+  def module(self, params, model_state, rng: jax.Array | None = None):
+    """The live NNX module holding `params` and `model_state` (streams seeded from `rng`)."""
+    from flax import nnx
+
+    graphdef, abstract_params, abstract_rngs, abstract_rest = self._structure
+    states = []
+    for abstract, pure in ((abstract_params, params), (abstract_rest, model_state)):
+      state = jax.tree.map(lambda x: x, abstract)  # a fresh copy to fill in
+      nnx.replace_by_pure_dict(state, pure)
+      states.append(state)
+    key = jax.random.key(0) if rng is None else _typed(rng)
+    rngs = jax.tree.map(
+      lambda v: _stream_variable(v, key), abstract_rngs, is_leaf=lambda x: isinstance(x, nnx.Variable)
+    )
+    module = nnx.merge(graphdef, states[0], rngs, states[1])
+    return module
+
+  def apply(self, params, model_state, batch, *, train, rng=None):
+    """(outputs, model_state): the module's `__call__` in train or eval mode."""
+    from flax import nnx
+
+    module = self.module(params, model_state, rng)
+    module.train() if train else module.eval()
+    outputs = module(*_args(batch, self.inputs))
+    _, _, _, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
+    return outputs, rest.to_pure_dict()
+
+
+def _typed(rng: jax.Array) -> jax.Array:
+  """A typed key (`jax.random.key`) from either kind of key."""
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return rng
+  return jax.random.wrap_key_data(rng)
+
+
+def _stream_variable(variable, key: jax.Array):
+  """A concrete random-stream variable for an abstract one: each stream's key is folded from
+  `key` by the stream's name; counts start at 0."""
+  from flax import nnx
+
+  if isinstance(variable, nnx.RngKey):
+    return variable.replace(jax.random.fold_in(key, zlib.crc32(variable.tag.encode())))
+  return variable.replace(jnp.zeros(variable.value.shape, variable.value.dtype))
+
+
+def as_model(model) -> Model:
+  """`model` as a `Model`: a Linen module is wrapped in `Linen`; adapters pass through."""
+  if isinstance(model, nn.Module):
+    return Linen(model)
+  if hasattr(model, "init") and hasattr(model, "apply") and hasattr(model, "inputs"):
+    return model
+  raise TypeError(
+    "expected a flax.linen.Module, dl.Linen(module, inputs=...) or dl.NNX(make, inputs=...); "
+    f"got {type(model).__name__}. For an NNX module pass a function that builds it: "
+    "dl.NNX(lambda rngs: MyModel(..., rngs=rngs))."
+  )

@@ -1,0 +1,513 @@
+"""The one training loop: `fit(trainable, workdir, config)`.
+
+Everything impure lives here, once: starting or resuming from the newest readable
+checkpoint, the schedule of log, eval and checkpoint steps, fusing steps between them, the
+finiteness checks, the lifetime of the checkpointer and the metric writer, the progress bar,
+the test score at the end and the plot. What is trained is a part passed in (`Trainable`):
+a supervised `dl.Task`, a GAN, a federated round, a user's own step. Features that need the
+loop (a privacy budget in the logs, slice metrics at evaluation) come in as `Hook`s.
+"""
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+
+from dl import distributed, parallel, writers
+from dl.checkpoint import Checkpointer
+from dl.data.batches import MemberBatches
+from dl.training import optim, placement
+
+Metrics = dict[str, Any]
+
+
+class Batches(Protocol):
+  """A checkpointable stream of training batches (e.g. `dl.data.batches.ShuffledBatches`)."""
+
+  steps_per_epoch: int
+
+  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]: ...
+
+  def get_state(self) -> Any: ...
+
+  def set_state(self, state: Any) -> None: ...
+
+
+class Trainable(Protocol):
+  """What `fit` trains: a pure step over a state pytree, and the batches that feed it.
+
+  Attributes:
+    name: shown on the progress bar and the plot.
+    selection: (eval metric, "min" or "max") that picks the best checkpoint, or None.
+  """
+
+  name: str
+  selection: tuple[str, str] | None
+
+  def init(self, seed: int) -> Any:
+    """One member's initial state (a pytree with a `step`); traced by `jax.eval_shape`."""
+
+  def step(self, state: Any, batch: Any) -> tuple[Any, Metrics]:
+    """The pure step. Takes `axis_name=` too where it supports `parallel="pmap"`."""
+
+  def batches(self, batch_size: int, *, seed: int, shard_index: int, num_shards: int) -> Batches:
+    """This process's training batches for the member seeded with `seed`."""
+
+  def evaluate(self, state: Any, split: str, batch_size: int) -> Metrics | None:
+    """Metrics of `state` on "eval" (validation) or "test"; None when there is no such data."""
+
+
+class Hook:
+  """Extends the loop's records without entering the loop; override what you need."""
+
+  def on_log(self, step: int, record: Metrics) -> Metrics:
+    """Extra metrics for the train record of `step` (e.g. the privacy budget spent)."""
+    del step, record
+    return {}
+
+  def on_eval(self, state: Any, step: int, split: str) -> Metrics:
+    """Extra metrics when `state` is evaluated on `split` ("eval" or "test")."""
+    del state, step, split
+    return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class FitConfig:
+  """How `fit` runs: length, batches, schedule of events, members, compile mode.
+
+  Attributes:
+    num_steps: train steps in all (0: `num_epochs` passes over the training data).
+    num_epochs: used when `num_steps` is 0.
+    batch_size: training examples per step (per member).
+    eval_batch_size: examples per evaluation call (the last batch is padded and masked).
+    seed: seeds the init, dropout and data order of member 0.
+    ensemble_size: members trained at once, one `jax.vmap`ped program; member i uses seed
+      `seed + i` (its own init, dropout and data order).
+    sweep: {injected hyperparameter: one value per member}, e.g. {"learning_rate": (1e-3,
+      3e-3)}; members share `seed` unless `ensemble_size` > 1. The optimizer must carry the
+      hyperparameter (`optax.inject_hyperparams`).
+    steps_per_dispatch: train steps fused into one compiled call (`lax.scan`).
+    log_every: steps between train records.
+    eval_every: steps between evaluations (0: once per epoch).
+    checkpoint_every: steps between checkpoints (0: at each evaluation).
+    keep_checkpoints: the latest checkpoints kept (the best one is kept too).
+    best_metric: eval metric that picks the best checkpoint ("": the trainable's choice).
+    best_mode: "min" or "max" of `best_metric` ("": the trainable's choice, else "max").
+    parallel: "jit", "pmap", "data" or "fsdp" (`dl.training.placement.MODES`).
+    mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4".
+    progress: show a progress bar.
+    tensorboard: also write TensorBoard event files.
+  """
+
+  num_steps: int = 0
+  num_epochs: float = 10.0
+  batch_size: int = 128
+  eval_batch_size: int = 1000
+  seed: int = 0
+  ensemble_size: int = 1
+  sweep: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
+  steps_per_dispatch: int = 1
+  log_every: int = 50
+  eval_every: int = 0
+  checkpoint_every: int = 0
+  keep_checkpoints: int = 3
+  best_metric: str = ""
+  best_mode: str = ""
+  parallel: str = "jit"
+  mesh_shape: str = ""
+  progress: bool = True
+  tensorboard: bool = True
+
+  def __post_init__(self):
+    for key in ("batch_size", "eval_batch_size", "steps_per_dispatch", "log_every"):
+      _require(getattr(self, key) > 0, key, "an integer > 0", getattr(self, key))
+    for key in ("num_steps", "eval_every", "checkpoint_every"):
+      _require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
+    _require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
+    _require(self.num_steps > 0 or self.num_epochs > 0, "num_epochs", "> 0 (or num_steps > 0)", self.num_epochs)
+    _require(self.ensemble_size > 0, "ensemble_size", "an integer > 0", self.ensemble_size)
+    _require(self.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", self.parallel)
+    _require(self.best_mode in ("", "min", "max"), "best_mode", "'min', 'max' or ''", self.best_mode)
+    sizes = {len(v) for v in self.sweep.values()} | ({self.ensemble_size} - {1})
+    _require(
+      len(sizes) <= 1,
+      "sweep",
+      "one value per member (all of equal length, and equal to ensemble_size when that is > 1)",
+      (self.ensemble_size, dict(self.sweep)),
+    )
+    if sizes and self.parallel != "jit":
+      raise ValueError(
+        f"ensembles and sweeps run as one vmapped program with parallel='jit'; got "
+        f"{self.parallel!r}."
+      )
+
+  def members(self) -> list[tuple[int, dict[str, float]]]:
+    """(seed, hyperparameters) of every member: one entry unless ensembling or sweeping."""
+    n = max([self.ensemble_size, *(len(v) for v in self.sweep.values())])
+    seeds = [self.seed + i if self.ensemble_size > 1 else self.seed for i in range(n)]
+    return [(seeds[i], {k: float(v[i]) for k, v in self.sweep.items()}) for i in range(n)]
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+  if not ok:
+    raise ValueError(f"{key} must be {expected}; got {got!r}.")
+
+
+def fit(
+  trainable: Trainable,
+  workdir: str,
+  config: FitConfig | None = None,
+  *,
+  hooks: Sequence[Hook] = (),
+  **overrides,
+) -> tuple[Any, writers.History]:
+  """Trains `trainable` in `workdir`, resuming from its newest readable checkpoint.
+
+  Args:
+    trainable: what to train: a `dl.Task` (`dl.task(model=..., objective=..., ...)`), a GAN
+      (`dl.generative.gan_train`), federated rounds (`dl.federated`), or any `Trainable`.
+    workdir: where `checkpoints/`, `metrics.jsonl`, TensorBoard events and `curves.png` go.
+    config: how to run (`FitConfig`); keyword arguments override its fields, e.g.
+      `fit(task, "/tmp/run", num_steps=500, batch_size=64)`.
+    hooks: extend the records (`Hook`), e.g. `dl.privacy.BudgetHook`.
+
+  Returns:
+    The final state (members stacked on a leading axis for an ensemble) and the history
+    {"train": [...], "eval": [...], "test": [...]} of metric records. "eval" records are on
+    validation data; the "test" record is scored once, at the end, on the checkpoint that
+    was best on validation (its "step" says which).
+
+  Raises:
+    FloatingPointError: when a train metric or the parameters stop being finite; the last
+      good checkpoint is kept.
+  """
+  c = dataclasses.replace(config or FitConfig(), **overrides)
+  members = c.members()
+  primary = distributed.is_primary()
+  if c.parallel != "jit" and c.batch_size % jax.device_count():
+    raise ValueError(
+      f"batch_size ({c.batch_size}) must be divisible by the {jax.device_count()} devices "
+      f"that parallel={c.parallel!r} splits it over."
+    )
+  batches = _batches(trainable, c, members)
+  num_steps = c.num_steps or math.ceil(c.num_epochs * batches.steps_per_epoch)
+  init = functools.partial(_init_members, trainable, members)
+  abstract_state = jax.eval_shape(init)
+  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
+  selection = _selection(trainable, c)
+  os.makedirs(workdir, exist_ok=True)
+  if primary:
+    _write_json(os.path.join(workdir, "fit_config.json"), {"name": trainable.name, **dataclasses.asdict(c)})
+  ckpt = _checkpointer(workdir, c, selection)
+  state = _start(layout, ckpt, init, abstract_state, batches, members)
+  writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
+  run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members))
+  try:
+    state = run.train(state, batches)
+    run.test(state, abstract_state)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+  distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
+  history = writers.read_history(writer.path)
+  if primary:
+    writers.plot_history(history, os.path.join(workdir, "curves.png"), title=trainable.name)
+  return layout.get_state(state), history
+
+
+def restore(trainable: Trainable, workdir: str, config: FitConfig | None = None, *, step: int | None = None, **overrides) -> Any:
+  """The state `fit(trainable, workdir, config)` saved at `step` (default: the newest
+  readable one), laid out as `config.parallel` says, whatever layout it was saved from.
+
+  Raises:
+    FileNotFoundError: when `workdir` holds no checkpoint.
+  """
+  c = dataclasses.replace(config or FitConfig(), **overrides)
+  abstract_state = jax.eval_shape(functools.partial(_init_members, trainable, c.members()))
+  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
+  ckpt = _checkpointer(workdir, c, _selection(trainable, c))
+  try:
+    restored = ckpt.restore(layout.restore_target(abstract_state), step)
+  finally:
+    ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(
+      f"no checkpoint in {ckpt.directory}; train first with dl.fit (or dl.train) in {workdir!r}."
+    )
+  return restored[1]
+
+
+def _checkpointer(workdir: str, c: FitConfig, selection: tuple[str, str] | None) -> Checkpointer:
+  return Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    keep=c.keep_checkpoints,
+    best_metric=selection and selection[0],
+    best_mode=selection[1] if selection else "max",
+  )
+
+
+def _write_json(path: str, value: Any) -> None:
+  with open(path, "w") as f:
+    json.dump(value, f, indent=1, default=str)
+
+
+def _batches(trainable: Trainable, c: FitConfig, members) -> Batches:
+  """The training stream: this process's share, one stream per member for ensembles."""
+  streams = [
+    trainable.batches(
+      c.batch_size, seed=seed, shard_index=jax.process_index(), num_shards=jax.process_count()
+    )
+    for seed, _ in members
+  ]
+  return MemberBatches(streams) if len(streams) > 1 else streams[0]
+
+
+def _init_members(trainable: Trainable, members) -> Any:
+  """The initial state; for an ensemble, member states stacked on a leading axis."""
+  states = [_with_hyperparams(trainable.init(seed), hparams) for seed, hparams in members]
+  return states[0] if len(states) == 1 else jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _with_hyperparams(state: Any, hparams: dict[str, Any]) -> Any:
+  return optim.set_hyperparams(state, **hparams) if hparams else state
+
+
+def _stacked_hyperparams(members) -> dict[str, np.ndarray]:
+  """Every member's swept hyperparameters as arrays with a member axis (plain for one)."""
+  if len(members) == 1:
+    return members[0][1]
+  return {k: np.array([h[k] for _, h in members]) for k in members[0][1]}
+
+
+def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
+  if not c.best_metric:
+    return trainable.selection
+  default = trainable.selection[1] if trainable.selection and trainable.selection[0] == c.best_metric else "max"
+  return c.best_metric, c.best_mode or default
+
+
+def _start(layout, ckpt: Checkpointer, init, abstract_state, batches: Batches, members) -> Any:
+  """The state laid out for training: restored from `ckpt` if it has one, else new."""
+  restored = ckpt.restore(layout.restore_target(abstract_state))
+  if restored is None:
+    return layout.init(init)
+  _, state, position = restored
+  batches.set_state(position)
+  # Swept hyperparameters are the config's, whatever the checkpoint holds.
+  return layout.put_state(_with_hyperparams(state, _stacked_hyperparams(members)))
+
+
+class _NoWriter:
+  """The metric writer of processes other than 0, which writes for all of them."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, split: str, step: int, metrics: Metrics) -> None:
+    del split, step, metrics
+
+  def close(self) -> None:
+    pass
+
+
+@dataclasses.dataclass
+class _Run:
+  """One call of `fit`: its parts, and the steps from the current one to the last."""
+
+  trainable: Trainable
+  config: FitConfig
+  layout: placement.Placement
+  ckpt: Checkpointer
+  writer: Any
+  hooks: Sequence[Hook]
+  num_steps: int
+  num_members: int
+
+  def train(self, state: Any, batches: Batches) -> Any:
+    """Runs steps from `state.step` to `num_steps`, stopping at each event step."""
+    c = self.config
+    step_fn = self.trainable.step
+    if self.num_members > 1:
+      step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
+    one_step = self.layout.compile(step_fn, fused=False)
+    fused_steps = self.layout.compile(step_fn, fused=True)
+    events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
+    step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
+    pending, last_sync = [], (step, time.perf_counter())
+    bar = tqdm.tqdm(
+      total=self.num_steps,
+      initial=step,
+      disable=not (c.progress and distributed.is_primary()),
+      unit="step",
+      desc=self.trainable.name,
+    )
+    if step:
+      _say(bar, f"resuming at step {step} from {self.ckpt.directory}")
+    with bar:
+      while step < self.num_steps:
+        k = events.steps_until_next(step)
+        if k == 1:
+          state, metrics = one_step(state, self.layout.put_batch(batches.next(), fused=False))
+        else:
+          state, metrics = fused_steps(state, self.layout.put_batch(batches.next(k), fused=True))
+        pending.append(metrics)  # Stays on device until the next sync.
+        step += k
+        bar.update(k)
+        if not events.any(step):
+          continue
+        record = _sync(pending, step, last_sync, c.batch_size, self.num_members)
+        pending, last_sync = [], (step, time.perf_counter())
+        for hook in self.hooks:
+          record |= hook.on_log(step, record)
+        self.writer.write("train", step, record)
+        bar.set_postfix(_shown(record))
+        eval_metrics = None
+        if events.is_eval(step):
+          eval_metrics = self.evaluate(self.layout.get_state(state), step, "eval")
+          if eval_metrics is not None:
+            _say(bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
+        if events.is_checkpoint(step):
+          logical = self.layout.get_state(state)
+          _check_finite(logical, step, self.ckpt)
+          self.ckpt.save(step, logical, batches.get_state(), _mean(eval_metrics))
+    return state
+
+  def evaluate(self, state: Any, step: int, split: str) -> Metrics | None:
+    """The trainable's metrics on `split` and the hooks', written as a `split` record."""
+    metrics = self.trainable.evaluate(state, split, self.config.eval_batch_size)
+    if metrics is None:
+      return None
+    for hook in self.hooks:
+      metrics |= hook.on_eval(state, step, split)
+    self.writer.write(split, step, metrics)
+    return metrics
+
+  def test(self, state: Any, abstract_state: Any) -> None:
+    """Scores the test data once, with the checkpoint that was best on validation."""
+    self.ckpt.wait()
+    best = self.ckpt.best_step() if self.config.best_metric or self.trainable.selection else None
+    final = int(np.max(jax.device_get(self.layout.get_state(state).step)))
+    if best is not None and best != final:
+      _, state, _ = self.ckpt.restore(self.layout.restore_target(abstract_state), best)
+    metrics = self.evaluate(self.layout.get_state(state), best or final, "test")
+    if metrics is not None and distributed.is_primary() and self.config.progress:
+      where = f"the best validation checkpoint, step {best}" if best else f"step {final}"
+      print(f"test (scored once, on {where}): {_format(metrics, self.num_members)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Events:
+  """The steps at which the loop logs, evaluates and checkpoints (always at the last step)."""
+
+  log_every: int
+  eval_every: int
+  ckpt_every: int
+  steps_per_dispatch: int
+  num_steps: int
+
+  @classmethod
+  def create(cls, c: FitConfig, steps_per_epoch: int, num_steps: int) -> "_Events":
+    eval_every = c.eval_every or steps_per_epoch
+    return cls(c.log_every, eval_every, c.checkpoint_every or eval_every, c.steps_per_dispatch, num_steps)
+
+  def steps_until_next(self, step: int) -> int:
+    """How many steps to fuse: up to `steps_per_dispatch`, never past an event."""
+    intervals = (self.log_every, self.eval_every, self.ckpt_every)
+    return min(
+      self.steps_per_dispatch, self.num_steps - step, *(every - step % every for every in intervals)
+    )
+
+  def is_eval(self, step: int) -> bool:
+    return step == self.num_steps or step % self.eval_every == 0
+
+  def is_checkpoint(self, step: int) -> bool:
+    return step == self.num_steps or step % self.ckpt_every == 0
+
+  def any(self, step: int) -> bool:
+    return self.is_eval(step) or self.is_checkpoint(step) or step % self.log_every == 0
+
+
+def _say(bar: tqdm.tqdm, message: str) -> None:
+  """Prints a line above the progress bar, once per run (on process 0)."""
+  if distributed.is_primary() and not bar.disable:
+    bar.write(message)
+
+
+def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int, num_members: int) -> Metrics:
+  """Fetches the per-step metrics since the last sync, checks they are finite, averages them.
+
+  Each entry of `pending` holds, per metric, a scalar (one step) or (k,) (k fused steps),
+  with a trailing member axis for ensembles, whose records hold one value per member.
+  """
+  fetched = parallel.fetch(pending)  # Also when the metrics span several processes.
+  per_step = {
+    name: np.concatenate([np.reshape(m[name], (-1, num_members)) for m in fetched])
+    for name in fetched[0]
+  }
+  for name, values in per_step.items():
+    if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
+      first_bad_step, member = np.argwhere(~np.isfinite(values))[0]
+      which = f" (ensemble member {member})" if num_members > 1 else ""
+      raise FloatingPointError(
+        f"the training metric {name!r} became {values[first_bad_step, member]} at step "
+        f"{step - len(values) + first_bad_step + 1}{which}. Training stopped; the last good "
+        "checkpoint is kept. Try a lower learning rate or clip gradients "
+        "(optax.clip_by_global_norm; config.grad_clip_norm)."
+      )
+  record = {name: _per_member(values.mean(axis=0)) for name, values in per_step.items()}
+  prev_step, prev_time = last_sync
+  examples = (step - prev_step) * batch_size * num_members
+  record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
+  return record
+
+
+def _shown(record: Metrics) -> dict[str, str]:
+  """The first two metrics of a record, formatted (means over ensemble members)."""
+  means = _mean({k: v for k, v in record.items() if k != "examples_per_sec"})
+  return {name: f"{value:.4f}" for name, value in list(means.items())[:2]}
+
+
+def _format(metrics: Metrics, num_members: int) -> str:
+  shown = " ".join(f"{k} {v}" for k, v in _shown(metrics).items())
+  return shown + (" (mean of members)" if num_members > 1 else "")
+
+
+def _per_member(values: np.ndarray) -> float | list[float]:
+  """One float for a single model, a list of floats for an ensemble."""
+  return float(values[0]) if values.shape == (1,) else [float(v) for v in values]
+
+
+def _mean(metrics: Metrics | None) -> dict[str, float] | None:
+  """Records averaged over ensemble members (for best-checkpoint choice and the progress bar)."""
+  return metrics and {k: float(np.mean(v)) for k, v in metrics.items() if _is_number(v)}
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) or (
+    isinstance(value, list) and all(isinstance(v, (int, float)) for v in value)
+  )
+
+
+@jax.jit
+def _all_finite(tree) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _check_finite(state: Any, step: int, ckpt: Checkpointer) -> None:
+  if not bool(parallel.fetch(_all_finite(state))):
+    raise FloatingPointError(
+      f"the state (parameters or optimizer state) is not finite at step {step}; not saving it. "
+      f"The last good checkpoint (step {ckpt.latest_step()}) is kept. Try a lower learning "
+      "rate or clip gradients."
+    )

@@ -1,0 +1,195 @@
+"""A supervised run as parts: model, objective, optimizer, data, and the step that joins them.
+
+  task = dl.task(
+      model=dl.Linen(TwoTower(), inputs=("user", "item")),   # or a Linen module, or dl.NNX
+      objective=my_objective,            # (outputs, batch) -> (loss_B, {name: (B,)})
+      optimizer=optax.adamw(1e-3),
+      train={"user": u, "item": i, "label": y},   # or ("digits", "train"), or a data source
+  )
+  state, history = dl.fit(task, "/tmp/run", num_steps=500, batch_size=64)
+
+`Task` is what `dl.fit` trains (a `dl.training.loop.Trainable`); `dl.build(config)` makes
+the same from a config.
+"""
+
+import dataclasses
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dl import inference, objectives
+from dl.data import sources
+from dl.data.transforms import Preprocess
+from dl.models.adapters import Model, as_model
+from dl.training import steps
+from dl.training.state import TrainState
+
+Arrays = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+  """The parts of a supervised run, ready to train (see `task` to build one).
+
+  Attributes:
+    model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
+    objective: the per-example loss and metrics (`dl.objectives.Objective`).
+    optimizer: any optax `GradientTransformation`.
+    train: the training data (`dl.data.sources.InMemory`).
+    eval: validation arrays that choose the best checkpoint, or None.
+    test: test arrays, scored once at the end, or None.
+    inputs: the raw inputs the model takes, {key: (example shape, dtype)}, as `dl.predict`
+      and exports accept them.
+    preprocess: raw -> model input, per input key that has one.
+    train_step: the pure step, `(state, batch, *, model, tx, objective, axis_name=None) ->
+      (state, metrics)`: `dl.train_step`, or e.g. DP-SGD's (`dl.privacy.dp_train_step`).
+    class_names: one name per class, for exports (empty: indices).
+    name: shown on the progress bar and the plot.
+    config: what built the task (a config's fields), for run cards; {} for user parts.
+  """
+
+  model: Model
+  objective: objectives.Objective
+  optimizer: optax.GradientTransformation
+  train: sources.InMemory
+  eval: Arrays | None = None
+  test: Arrays | None = None
+  inputs: Mapping[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
+  preprocess: Mapping[str, Preprocess] = dataclasses.field(default_factory=dict)
+  train_step: Callable[..., tuple[Any, dict]] = steps.train_step
+  class_names: tuple[str, ...] = ()
+  name: str = "model"
+  config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  @property
+  def selection(self) -> tuple[str, str] | None:
+    """The objective's best-checkpoint metric and its direction, when there is validation."""
+    if self.eval is None:
+      return None
+    return self.objective.select, self.objective.mode(self.objective.select)
+
+  def example_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """One example of each model input, as the model sees it (after preprocessing)."""
+    return {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in self.train.arrays.items() if k in self.model.inputs}
+
+  def init(self, seed: int) -> TrainState:
+    """The initial state of the member seeded with `seed`."""
+    key = jax.random.PRNGKey(seed)
+    init_rng, rng = jax.random.split(key)
+    batch = {k: jnp.zeros(x.shape, x.dtype) for k, x in self.example_batch().items()}
+    params, model_state = self.model.init(init_rng, batch)
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      model_state=model_state,
+      opt_state=self.optimizer.init(params),
+      rng=rng,
+    )
+
+  def step(self, state: TrainState, batch, *, axis_name: str | None = None):
+    """`train_step` with this task's model, optimizer and objective bound."""
+    return self.train_step(
+      state, batch, model=self.model, tx=self.optimizer, objective=self.objective, axis_name=axis_name
+    )
+
+  def batches(self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1):
+    """Shuffled training batches of the member seeded with `seed` (this process's share)."""
+    return self.train.batches(batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards)
+
+  def evaluate(self, state, split: str = "eval", batch_size: int = 1000) -> dict | None:
+    """`dl.evaluate` on the "eval" (validation) or "test" arrays; None if there are none."""
+    arrays = {"eval": self.eval, "test": self.test}[split]
+    if arrays is None:
+      return None
+    return inference.evaluate(state, self.model, arrays, batch_size, self.objective)
+
+
+def task(
+  *,
+  model: Any,
+  objective: Any,
+  optimizer: optax.GradientTransformation,
+  train: Any,
+  eval: Any = None,  # noqa: A002  (Keras and TFDS say "eval" too)
+  test: Any = None,
+  validation_fraction: float = 0.1,
+  preprocess: Mapping[str, Preprocess] | None = None,
+  train_step: Callable[..., tuple[Any, dict]] = steps.train_step,
+  class_names: tuple[str, ...] = (),
+  name: str = "",
+  data_dir: str | None = None,
+  config: Mapping[str, Any] | None = None,
+) -> Task:
+  """Builds a `Task` from a user's parts; each may come in the form at hand.
+
+  Args:
+    model: a Flax Linen module (fed `batch["input"]`), `dl.Linen(module, inputs=(...))`
+      for other inputs, or `dl.NNX(lambda rngs: Module(..., rngs=rngs), inputs=(...))`.
+    objective: `(outputs, batch) -> (loss_B, {name: (B,)})`, or a `dl.objectives.Objective`
+      that also says which metrics are better when lower.
+    optimizer: any optax `GradientTransformation` (with its own schedule).
+    train: a dict of arrays with one leading example axis, a (TFDS name, split) pair such as
+      ("digits", "train"), or a data source (`tfds.data_source(...)`).
+    eval: validation data in the same forms. None: `validation_fraction` of `train`, held out
+      by a fixed seeded permutation (`dl.data.sources.split_validation`).
+    test: test data in the same forms, scored once at the end; None for none.
+    validation_fraction: held out of `train` when `eval` is None (0: no validation, no best
+      checkpoint).
+    preprocess: {input key: `dl.data.Preprocess`} applied to every split (and by
+      `dl.predict` and exports). None: for a TFDS name, `Preprocess.fit` of the training
+      inputs (after the validation hold-out); otherwise no preprocessing.
+    train_step: the pure step (see `Task.train_step`).
+    class_names: one name per class, for exports.
+    name: shown on the progress bar and the plot.
+    data_dir: TFDS data directory for named data sets.
+    config: what built the task, recorded in run cards.
+
+  Raises:
+    ValueError: naming the part that does not fit and what was expected.
+  """
+  model = as_model(model)
+  objective = objectives.as_objective(objective)
+  if not isinstance(optimizer, optax.GradientTransformation):
+    raise TypeError(
+      f"optimizer must be an optax GradientTransformation (e.g. optax.adamw(1e-3)); got "
+      f"{type(optimizer).__name__}."
+    )
+  load = functools.partial(sources.as_arrays, data_dir=data_dir)
+  train_arrays = load(train, "train")
+  eval_arrays = None if eval is None else load(eval, "eval")
+  if eval is None and validation_fraction > 0:
+    train_arrays, eval_arrays = sources.split_validation(train_arrays, validation_fraction)
+  test_arrays = None if test is None else load(test, "test")
+  missing = [k for k in model.inputs if k not in train_arrays]
+  if missing:
+    raise ValueError(
+      f"the model reads {list(model.inputs)}; the training data has {sorted(train_arrays)}. "
+      "Name the model's inputs with dl.Linen(module, inputs=(...)) or dl.NNX(..., inputs=(...))."
+    )
+  raw = {k: (tuple(train_arrays[k].shape[1:]), train_arrays[k].dtype) for k in model.inputs}
+  if preprocess is None:
+    named = isinstance(train, tuple)
+    preprocess = {"input": Preprocess.fit(train_arrays["input"])} if named else {}
+  return Task(
+    model=model,
+    objective=objective,
+    optimizer=optimizer,
+    train=sources.InMemory(_preprocessed(train_arrays, preprocess)),
+    eval=eval_arrays and _preprocessed(eval_arrays, preprocess),
+    test=test_arrays and _preprocessed(test_arrays, preprocess),
+    inputs=raw,
+    preprocess=dict(preprocess),
+    train_step=train_step,
+    class_names=tuple(class_names),
+    name=name or type(getattr(model, "module", model)).__name__,
+    config=dict(config or {}),
+  )
+
+
+def _preprocessed(arrays: Arrays, preprocess: Mapping[str, Preprocess]) -> Arrays:
+  return {k: preprocess[k](v) if k in preprocess else v for k, v in arrays.items()}
