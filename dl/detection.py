@@ -6,15 +6,28 @@ Boxes are [x_min, y_min, x_max, y_max] in pixels (x_max, y_max exclusive), as in
 (offset x, offset y, width, height) in grid cells.
 
 Training: `centernet_targets` turns ground-truth boxes into a batch, `centernet_objective`
-is a `dl` objective `(outputs, batch) -> (loss_B, metrics)` for `dl.train_step`.
-Inference: `decode_centernet`, then `nms`. Evaluation: `mean_average_precision`.
+is a `dl` objective `(outputs, batch) -> (loss_B, metrics)` for `dl.task`.
+Inference: `decode_centernet`, then `nms` (both in `detect`). Evaluation:
+`mean_average_precision`; `MeanAveragePrecision` reports it at each evaluation of `dl.fit`,
+so the checkpoint can be chosen by validation mAP:
+
+  task = dl.task(model=dl.models.CenterNet(num_classes=10), objective=centernet_objective,
+                 optimizer=optax.adam(1e-3), train=train, eval=validation, test=test)
+  hook = MeanAveragePrecision(task.model, {"eval": validation, "test": test}, num_classes=10)
+  dl.fit(task, workdir, hooks=[hook], best_metric="map", best_mode="max")
 """
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dl.data.batches import padded_batches
+from dl.models.adapters import Model, as_model
+from dl.training.loop import Hook
 
 INTERPOLATIONS = ("all_point", "coco_101")
 _FOCAL_ALPHA, _FOCAL_BETA = 2.0, 4.0
@@ -296,3 +309,133 @@ def _class_ap(detections, ground_truths, cls, iou_threshold, interpolation) -> f
     num_gt += len(gt_boxes)
   precision, recall = _precision_recall(np.concatenate(all_scores), np.concatenate(all_tp), num_gt)
   return average_precision(precision, recall, interpolation)
+
+
+def ground_truths(boxes_NxMx4: np.ndarray, classes_NxM: np.ndarray) -> list[dict[str, np.ndarray]]:
+  """Per image {"boxes": (G, 4), "classes": (G,)}: the padded rows whose class is >= 0."""
+  boxes_NxMx4, classes_NxM = np.asarray(boxes_NxMx4), np.asarray(classes_NxM)
+  real_NxM = classes_NxM >= 0
+  return [
+    {"boxes": boxes_NxMx4[i][real_NxM[i]], "classes": classes_NxM[i][real_NxM[i]]}
+    for i in range(len(real_NxM))
+  ]
+
+
+def detect(
+  state: Any,
+  model: Any,
+  images_NxHxWxC: np.ndarray,
+  num_classes: int,
+  *,
+  top_k: int = 20,
+  iou_threshold: float = 0.5,
+  min_score: float = 0.01,
+  batch_size: int = 256,
+) -> list[dict[str, np.ndarray]]:
+  """Detections of a CenterNet-style model: decoded peaks that survive per-class NMS.
+
+  Args:
+    state: a trained state (`params`, `model_state`) of one model, not an ensemble.
+    model: `dl.models.CenterNet` (or `dl.Linen` of it) reading "input".
+    images_NxHxWxC: model-ready images.
+    num_classes: heat-map channels.
+    top_k: candidate peaks per image (`decode_centernet`).
+    iou_threshold: per-class NMS threshold (`nms`).
+    min_score: detections scoring lower are dropped.
+    batch_size: images per compiled call (the last batch is padded).
+
+  Returns:
+    Per image {"boxes": (D, 4) pixels, "scores": (D,), "classes": (D,)}.
+  """
+  if np.ndim(state.step):
+    raise ValueError(
+      f"detect takes one model's state; got an ensemble of {np.shape(state.step)[0]} members. "
+      "Pick one with jax.tree.map(lambda x: x[i], state)."
+    )
+  run = _detector(as_model(model), num_classes, top_k, iou_threshold)
+  n = len(images_NxHxWxC)
+  detections = []
+  for batch in padded_batches({"input": images_NxHxWxC}, min(batch_size, n)):
+    decoded, keep = jax.tree.map(np.asarray, run(state.params, state.model_state, batch))
+    keep = keep & (decoded["scores"] >= min_score)
+    for i in np.flatnonzero(batch["mask"]):
+      detections.append({k: v[i][keep[i]] for k, v in decoded.items()})
+  return detections
+
+
+@functools.cache
+def _detector(model: Model, num_classes: int, top_k: int, iou_threshold: float):
+  """jit of model -> `decode_centernet` -> per-class `nms` (keep mask) for a batch."""
+
+  def run(params, model_state, batch):
+    outputs, _ = model.apply(params, model_state, {"input": batch["input"]}, train=False)
+    decoded = decode_centernet(outputs, num_classes, top_k=top_k)
+    suppress = functools.partial(nms, iou_threshold=iou_threshold)
+    keep = jax.vmap(suppress)(decoded["boxes"], decoded["scores"], classes_K=decoded["classes"])
+    return decoded, keep
+
+  return jax.jit(run)
+
+
+def map_metrics(
+  detections: Sequence[dict[str, np.ndarray]],
+  truths: Sequence[dict[str, np.ndarray]],
+  iou_threshold: float = 0.5,
+) -> dict[str, float]:
+  """{"map": all-point mAP, "map_coco_101": COCO's 101-point mAP, "ap_<class>": all-point AP}."""
+  all_point = mean_average_precision(detections, truths, iou_threshold=iou_threshold)
+  coco = mean_average_precision(
+    detections, truths, iou_threshold=iou_threshold, interpolation="coco_101"
+  )
+  per_class = {f"ap_{c}": ap for c, ap in all_point["ap"].items()}
+  return {"map": all_point["map"], "map_coco_101": coco["map"], **per_class}
+
+
+class MeanAveragePrecision(Hook):
+  """A `dl.fit` hook: the mAP of a CenterNet-style model at each evaluation of a split.
+
+  Adds `map_metrics` ("map", "map_coco_101", "ap_<class>") to the "eval" (validation) and
+  "test" records of the splits in `data`, so `best_metric="map"` chooses the checkpoint by
+  validation mAP, and the test record holds the test mAP of that checkpoint.
+
+  Args:
+    model: the detector (`dl.models.CenterNet` or `dl.Linen` of it).
+    data: {split: {"input": model-ready images, "boxes": (N, M, 4) padded boxes in pixels,
+      "classes": (N, M), -1 for padding}}, for "eval" and/or "test".
+    num_classes: heat-map channels.
+    top_k, iou_threshold, min_score, batch_size: as in `detect`.
+  """
+
+  def __init__(
+    self,
+    model: Any,
+    data: Mapping[str, Mapping[str, np.ndarray]],
+    num_classes: int,
+    *,
+    top_k: int = 20,
+    iou_threshold: float = 0.5,
+    min_score: float = 0.01,
+    batch_size: int = 256,
+  ):
+    for split, arrays in data.items():
+      missing = {"input", "boxes", "classes"} - set(arrays)
+      if missing:
+        raise ValueError(
+          f"data[{split!r}] needs 'input', 'boxes' and 'classes'; it lacks {sorted(missing)}."
+        )
+    self.model = as_model(model)
+    self.data = dict(data)
+    self.truths = {split: ground_truths(a["boxes"], a["classes"]) for split, a in data.items()}
+    self.num_classes = num_classes
+    self.options = dict(
+      top_k=top_k, iou_threshold=iou_threshold, min_score=min_score, batch_size=batch_size
+    )
+
+  def on_eval(self, state: Any, step: int, split: str) -> dict[str, float]:
+    """mAP of `state` on `split`'s images, or {} for a split without data here."""
+    del step
+    if split not in self.data:
+      return {}
+    images = self.data[split]["input"]
+    detections = detect(state, self.model, images, self.num_classes, **self.options)
+    return map_metrics(detections, self.truths[split], self.options["iou_threshold"])

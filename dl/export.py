@@ -1,23 +1,39 @@
 """Exported models: StableHLO that reloads with jax and numpy alone, a run card, drift references.
 
-`export(task, state, directory)` writes:
+`export(task, state, directory)` takes any `dl.Task` (user parts from `dl.task`, or a config's
+from `dl.build`) and writes:
 
-- `model.stablehlo`: `jax.export` of preprocessed float32 inputs (b, *input_shape) -> logits
-  (b, num_classes), params baked in, batch dimension `b` symbolic (any batch size).
-- `embed.stablehlo`: the same inputs -> penultimate features (the input of the model's last
-  Dense layer), what image and text drift checks compare.
-- `preprocess.npz` and `input_spec.json`: the raw input's shape and dtype, and the
-  preprocessing as arrays, applied in numpy exactly as `dl.predict` does.
-- `drift_reference.npz`: reference statistics of the training data (raw features for tabular
-  data, embeddings otherwise), see `dl.monitor`.
-- `run_card.json`: config, data fingerprint, seeds, metrics, library versions.
+- `model.stablehlo`: `jax.export` of the model inputs, one argument per input in
+  `task.model.inputs` order, each (b, *shape) and already preprocessed (float32 features or
+  int32 ids), -> the task's predictions (`task.objective.predictions` of the outputs: class
+  probabilities when classifying). Params are baked in; the batch dimension `b` is symbolic
+  and shared by the inputs (any batch size).
+- `embed.stablehlo`: the same inputs -> (b, D) float32 features for drift checks: the input
+  of the model's last Linen `Dense` layer (penultimate features, found with
+  `nn.intercept_methods`); for a model with no Linen `Dense` layer (e.g. a `dl.NNX` model)
+  its outputs.
+- `input_spec.json` and `preprocess.npz`: each raw input's name, shape and dtype, and its
+  preprocessing: the very `Preprocess` values training used (`task.preprocess`), saved with
+  `Preprocess.to_arrays` under "<input>/<array>" and applied in numpy exactly as `dl.predict`
+  applies them.
+- `drift_reference.npz`: reference statistics of the task's own training arrays (see Drift).
+- `run_card.json`: config, fit settings and seeds, data fingerprints, validation and test
+  metrics, slice metrics, privacy budget, library versions.
 - `saved_model/`: a TF SavedModel (jax2tf), only when TensorFlow is installed.
 
-Reloading needs no model code (`jax.export.deserialize(...).call(x)`); `load` wraps that with
-input checks, preprocessing, softmax and drift checks.
+Reloading needs no model code (`jax.export.deserialize(...).call(*inputs)`); `load` wraps
+that with input checks, preprocessing and drift checks.
+
+Drift. Tabular models (every input a vector of floats) are monitored feature by feature on
+their model inputs: the reference holds quantile bins and a sample of the preprocessed
+training features, and an incoming raw batch is preprocessed the same way before it is
+compared, so no raw training data is kept or reloaded. Standardisation is an increasing
+affine map per feature, under which a feature's quantile bins (hence its PSI) and its KS
+statistic are the same as on raw values (up to float32 rounding of near-ties), so the
+verdicts read as on raw features. Every other model (images, ids, sequences) is monitored on
+its embeddings (`embed.stablehlo`), whole vectors (MMD) and dimension by dimension.
 """
 
-import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
@@ -33,9 +49,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dl import monitor
+from dl import inference, monitor, objectives
+from dl.data.transforms import Preprocess
 
-FORMAT = "dl.export/1"
+FORMAT = "dl.export/2"
 MODEL_FILE = "model.stablehlo"
 EMBED_FILE = "embed.stablehlo"
 SPEC_FILE = "input_spec.json"
@@ -45,6 +62,8 @@ CARD_FILE = "run_card.json"
 SAVED_MODEL_DIR = "saved_model"
 _VERSIONED = ("dl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 _PRIVACY_WORDS = ("epsilon", "delta", "noise_multiplier", "privacy")
+# The gaps between groups that `dl.fairness.SliceMetrics` adds beside its "<metric>/group=<g>" keys.
+_GAP_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 
 
 def export(
@@ -61,15 +80,18 @@ def export(
   """Exports a trained model's inference function, its run card and drift references.
 
   Args:
-    task: from `dl.build(config)` (one model, not an ensemble).
-    state: the trained state, e.g. from `dl.train` or `dl.restore`.
+    task: a `dl.Task` (`dl.task(...)` or `dl.build(config)`): its model, raw inputs
+      (`task.inputs`), preprocessing, objective's predictions, class names and training
+      arrays (the drift reference) are what the export holds.
+    state: one trained model's state, e.g. from `dl.fit`, `dl.train` or `dl.restore`.
     directory: where the artifact goes (created; existing files are overwritten).
     batch_sizes: the export has a symbolic batch dimension; it is reloaded and checked to
-      give `dl.predict`'s probabilities exactly at each of these batch sizes.
-    workdir: the run's workdir: its `metrics.jsonl` supplies the card's metrics (the last
-      eval record, slice metrics and privacy budget when present). Without it, the card
-      holds `dl.evaluate` on the eval split.
-    class_names: one name per class (default: the data set's label names).
+      give `dl.predict`'s predictions exactly at each of these batch sizes.
+    workdir: the run's workdir: its `fit_config.json` (seeds, steps) and `metrics.jsonl`
+      (last validation record, test record, slice metrics, privacy budget) go into the card.
+      Without it, the card holds `dl.evaluate` on the task's validation and test arrays.
+    class_names: one name per class (default `task.class_names`; none: outputs that are not
+      class scores).
     platforms: `jax.export` lowering platforms, e.g. ("cpu", "cuda") (default: this
       backend, which the list must include for the check against `dl.predict`).
     saved_model: also write a TF SavedModel: None when TensorFlow is installed, True
@@ -79,33 +101,29 @@ def export(
     `directory`.
 
   Raises:
-    ValueError: for an ensemble, or class names that do not match the classes.
+    ValueError: for an ensemble, or class names that do not match the model's outputs.
     RuntimeError: if the reloaded export does not reproduce `dl.predict`.
   """
-  from dl import trainer  # Training sits below export in the house plan; imported on use.
-
-  if task.ensemble:
-    raise ValueError(f"export takes one model; got an ensemble of {len(task.members)} members.")
+  if inference.is_ensemble(state):
+    raise ValueError(
+      f"export takes one model; got an ensemble of {np.shape(state.step)[0]} members. Export "
+      "one member (jax.tree.map(lambda x: x[i], state)) or train a single model."
+    )
   if saved_model and not importlib.util.find_spec("tensorflow"):
     raise ImportError("saved_model=True needs TensorFlow (pip install tensorflow); not installed.")
-  spec, c = task.spec, task.config
-  raw_train = _raw_inputs(c, c.train_split)
-  preprocessing = _preprocessing(raw_train, c.normalize)
-  if not np.array_equal(_preprocess(preprocessing, raw_train), task.train["input"]):
-    raise RuntimeError("the saved preprocessing does not reproduce task.preprocess on train data.")
-  names = list(class_names) if class_names is not None else _class_names(c, spec)
-  if len(names) != spec.num_classes:
-    raise ValueError(f"expected {spec.num_classes} class names; got {len(names)}: {names}.")
+  predict_fn, embed_fn = _serving_functions(task, state)
+  args = _export_args(task)
+  outputs = jax.eval_shape(predict_fn, *_concrete_batch(args, 1))
+  names = _class_names(task, class_names, outputs)
   os.makedirs(directory, exist_ok=True)
-  logits_fn, embed_fn = _serving_functions(task.model, state)
-  for name, fn in ((MODEL_FILE, logits_fn), (EMBED_FILE, embed_fn)):
-    exported = _export_fn(fn, spec.input_shape, platforms)
+  for name, fn in ((MODEL_FILE, predict_fn), (EMBED_FILE, embed_fn)):
+    exported = jax.export.export(jax.jit(fn), platforms=platforms)(*args)
     with open(os.path.join(directory, name), "wb") as f:
       f.write(exported.serialize())
-  np.savez(os.path.join(directory, PREPROCESS_FILE), **preprocessing)
-  input_spec = _input_spec(spec, preprocessing, names)
-  _write_json(os.path.join(directory, SPEC_FILE), input_spec)
-  ref = _drift_reference(input_spec, raw_train, preprocessing, jax.jit(embed_fn))
+  arrays = {f"{k}/{a}": v for k, p in task.preprocess.items() for a, v in p.to_arrays().items()}
+  np.savez(os.path.join(directory, PREPROCESS_FILE), **arrays)
+  _write_json(os.path.join(directory, SPEC_FILE), _input_spec(task, args, outputs, names))
+  ref = _drift_reference(task, jax.jit(embed_fn))
   ref.save(os.path.join(directory, REFERENCE_FILE))
   card = run_card(task, state, workdir=workdir)
   card["export"] = {
@@ -115,65 +133,66 @@ def export(
     "drift_reference": {"kind": ref.kind, "num_features": len(ref.names)},
   }
   if saved_model or (saved_model is None and importlib.util.find_spec("tensorflow")):
-    _write_saved_model(logits_fn, spec.input_shape, os.path.join(directory, SAVED_MODEL_DIR))
+    _write_saved_model(predict_fn, args, os.path.join(directory, SAVED_MODEL_DIR))
     card["export"]["saved_model"] = SAVED_MODEL_DIR
   _write_json(os.path.join(directory, CARD_FILE), card)
-  _verify(directory, task, state, raw_train, batch_sizes, trainer.predict)
+  _verify(directory, task, state, batch_sizes)
   card["export"]["verified_batch_sizes"] = [int(n) for n in batch_sizes]
   _write_json(os.path.join(directory, CARD_FILE), card)
   return directory
 
 
-@dataclasses.dataclass(frozen=True)
 class ExportedModel:
-  """A reloaded export: call it on raw inputs for class probabilities.
+  """A reloaded export: call it on raw inputs for the model's predictions.
+
+  It has what `dl.inference.prepare_inputs` reads of a task (`inputs`, `preprocess`), so
+  inputs are checked and preprocessed by the same code as in `dl.predict`.
 
   Attributes:
     directory: where it was loaded from.
-    spec: the input spec (`input_spec.json`): input shape and dtype, preprocessing, classes.
+    spec: the input spec (`input_spec.json`): inputs, preprocessing, outputs, classes.
     card: the run card (`run_card.json`).
     reference: the drift reference statistics.
+    inputs: {name: (example shape, raw dtype)} in the order the exported function takes them.
+    preprocess: {name: `Preprocess`} of the inputs that have one.
   """
 
-  directory: str
-  spec: dict[str, Any]
-  card: dict[str, Any]
-  reference: monitor.Reference
-  _logits: Any
-  _embed: Any
-  _preprocessing: dict[str, np.ndarray]
+  def __init__(self, directory: str, spec: dict, card: dict, reference: monitor.Reference,
+               predict, embed, preprocess: dict[str, Preprocess]):
+    self.directory, self.spec, self.card, self.reference = directory, spec, card, reference
+    self._predict, self._embed = predict, embed
+    self.inputs = input_specs(spec)
+    self.preprocess = preprocess
+    self._model_dtypes = [np.dtype(i["model_dtype"]) for i in spec["inputs"]]
 
   @property
   def class_names(self) -> list[str]:
+    """One name per class; empty when the outputs are not class scores."""
     return self.spec["class_names"]
 
-  def __call__(self, inputs: np.ndarray) -> np.ndarray:
-    """(N, *input_shape) raw inputs -> (N, num_classes) float32 probabilities, as `dl.predict`."""
-    return np.asarray(jax.nn.softmax(self.logits(inputs)))
+  def __call__(self, inputs: Any) -> np.ndarray:
+    """Raw inputs ((N, ...) for one input, {name: (N, ...)} for several) -> (N, ...)
+    predictions, e.g. (N, num_classes) float32 probabilities, exactly as `dl.predict`."""
+    return np.asarray(self._predict.call(*self.model_inputs(inputs)))
 
-  def logits(self, inputs: np.ndarray) -> jax.Array:
-    """(N, *input_shape) raw inputs -> (N, num_classes) logits."""
-    return self._logits.call(self.preprocess(inputs))
+  def embed(self, inputs: Any) -> np.ndarray:
+    """Raw inputs -> (N, D) embeddings (see `embed.stablehlo`)."""
+    return np.asarray(self._embed.call(*self.model_inputs(inputs)))
 
-  def embed(self, inputs: np.ndarray) -> np.ndarray:
-    """(N, *input_shape) raw inputs -> (N, D) penultimate features."""
-    return np.asarray(self._embed.call(self.preprocess(inputs)))
+  def model_inputs(self, inputs: Any) -> list[np.ndarray]:
+    """Checks raw inputs against the spec and preprocesses them as in training: the
+    exported function's arguments, in order."""
+    prepared = inference.prepare_inputs(self, inputs)
+    return [np.asarray(prepared[k], d) for k, d in zip(self.inputs, self._model_dtypes)]
 
-  def preprocess(self, inputs: np.ndarray) -> np.ndarray:
-    """Checks raw inputs against the spec and scales them as in training."""
-    check_inputs(inputs, self.spec)
-    return _preprocess(self._preprocessing, np.asarray(inputs))
-
-  def drift_features(self, inputs: np.ndarray) -> np.ndarray:
-    """What the drift reference describes: raw features (tabular) or embeddings."""
+  def drift_features(self, inputs: Any) -> np.ndarray:
+    """What the drift reference describes: (N, F) model inputs of tabular models, else
+    (N, D) embeddings."""
     if self.reference.kind == "embeddings":
       return self.embed(inputs)
-    check_inputs(inputs, self.spec)
-    return np.asarray(inputs).reshape(len(inputs), -1)
+    return np.concatenate([x.reshape(len(x), -1) for x in self.model_inputs(inputs)], axis=1)
 
-  def check_drift(
-    self, inputs: np.ndarray, thresholds: monitor.Thresholds | None = None
-  ) -> monitor.DriftReport:
+  def check_drift(self, inputs: Any, thresholds: monitor.Thresholds | None = None) -> monitor.DriftReport:
     """Compares a batch of raw inputs with the training data's reference statistics."""
     return monitor.check(self.reference, self.drift_features(inputs), thresholds)
 
@@ -193,73 +212,69 @@ def load(directory: str) -> ExportedModel:
     raise FileNotFoundError(
       f"{directory!r} is not a dl export: expected {', '.join(paths)}; missing {', '.join(missing)}."
     )
+  spec = _read_json(paths[SPEC_FILE])
+  if spec.get("format") != FORMAT:
+    raise ValueError(
+      f"{directory!r} holds a {spec.get('format')!r} export; this dl reads {FORMAT!r}. Export again."
+    )
   with np.load(paths[PREPROCESS_FILE], allow_pickle=False) as f:
-    preprocessing = dict(f)
+    stored = dict(f)
+  preprocess = {}
+  for name in input_specs(spec):
+    arrays = {k.split("/", 1)[1]: v for k, v in stored.items() if k.split("/", 1)[0] == name}
+    if arrays:
+      preprocess[name] = Preprocess.from_arrays(arrays)
   return ExportedModel(
-    directory=directory,
-    spec=_read_json(paths[SPEC_FILE]),
-    card=_read_json(paths[CARD_FILE]),
-    reference=monitor.Reference.load(paths[REFERENCE_FILE]),
-    _logits=_deserialize(paths[MODEL_FILE]),
-    _embed=_deserialize(paths[EMBED_FILE]),
-    _preprocessing=preprocessing,
+    directory,
+    spec,
+    _read_json(paths[CARD_FILE]),
+    monitor.Reference.load(paths[REFERENCE_FILE]),
+    _deserialize(paths[MODEL_FILE]),
+    _deserialize(paths[EMBED_FILE]),
+    preprocess,
   )
 
 
-def check_inputs(inputs: np.ndarray, spec: Mapping[str, Any]) -> None:
-  """Raises a ValueError naming the expected shape and dtype when `inputs` do not match."""
-  inputs = np.asarray(inputs)
-  shape = tuple(spec["input_shape"])
-  expected = f"(batch, {', '.join(map(str, shape))})"
-  if inputs.ndim != len(shape) + 1 or inputs.shape[1:] != shape:
-    raise ValueError(
-      f"inputs for {spec['dataset']!r} must have shape {expected}; got {inputs.shape}."
-    )
-  if inputs.dtype != np.dtype(spec["input_dtype"]):
-    raise ValueError(
-      f"inputs for {spec['dataset']!r} must have dtype {spec['input_dtype']}; got {inputs.dtype}."
-    )
+def input_specs(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+  """{name: (example shape, raw dtype)} of an `input_spec.json`, in the model's order."""
+  return {i["name"]: (tuple(i["shape"]), np.dtype(i["dtype"])) for i in spec["inputs"]}
 
 
 def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
   """The machine-readable record of what was trained on what, and how well.
 
   Args:
-    task: from `dl.build(config)`.
+    task: a `dl.Task`; its `config` (the config's fields; {} for user parts) is recorded.
     state: the trained state.
-    workdir: the run's workdir; its `metrics.jsonl` supplies metrics when present.
+    workdir: the run's workdir: `fit_config.json` (written by `dl.fit`: seed, steps, batch
+      size...) and `metrics.jsonl` supply the fit settings and the metrics when present.
 
   Returns:
-    {"config", "data" (name, splits, sizes, sha256 fingerprints of the arrays used),
-    "seeds", "step", "metrics", "slice_metrics", "privacy", "versions", "created"}.
+    {"created", "name", "config", "fit_config", "data" (sizes and sha256 fingerprints of
+    the model-ready arrays), "seeds", "step", "metrics" ({"validation": last "eval" record,
+    "test": the "test" record}), "slice_metrics" (the same, per-group keys and gaps from
+    `dl.fairness.SliceMetrics`), "privacy" (budget spent and DP-SGD settings), "versions"}.
   """
-  c = task.config
-  metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else None
+  config = dict(task.config)
+  fit_config = {}
+  if workdir and os.path.exists(os.path.join(workdir, "fit_config.json")):
+    fit_config = _read_json(os.path.join(workdir, "fit_config.json"))
+  metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else ""
   if metrics_path and os.path.exists(metrics_path):
-    run_metrics = _run_metrics(metrics_path)
+    metrics = _run_metrics(metrics_path)
   else:
-    from dl import trainer
-
-    evaluated = trainer.evaluate(state, task.model, task.eval, c.eval_batch_size)
-    run_metrics = {"metrics": {"source": "dl.evaluate at export", **evaluated}}
+    metrics = _evaluated_metrics(task, state, fit_config.get("eval_batch_size", 1000))
+  seed = fit_config.get("seed", config.get("seed"))
   return {
     "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    "config": _jsonable(dataclasses.asdict(c)),
-    "data": {
-      "name": task.spec.name,
-      "train_split": c.train_split,
-      "eval_split": c.eval_split,
-      "num_train_examples": len(task.train["label"]),
-      "num_eval_examples": len(task.eval["label"]),
-      "fingerprint": data_fingerprint(task.train),
-      "eval_fingerprint": data_fingerprint(task.eval),
-    },
-    "seeds": {"seed": c.seed},
+    "name": task.name,
+    "config": _jsonable(config),
+    "fit_config": _jsonable(fit_config),
+    "data": _data_card(task, config),
+    "seeds": {} if seed is None else {"seed": seed},
     "step": int(np.asarray(state.step)),
-    "metrics": {},
-    "slice_metrics": {},
-    "privacy": {},
-    **run_metrics,
+    **metrics,
+    "privacy": {**metrics["privacy"], **_privacy_settings(config)},
     "versions": _versions(),
   }
 
@@ -274,35 +289,53 @@ def data_fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
   return "sha256:" + h.hexdigest()
 
 
-def read_inputs(path: str, spec: Mapping[str, Any]) -> np.ndarray:
-  """Reads a batch of raw inputs from `.npy`, `.csv` or `.png` as the spec expects.
+def read_inputs(path: str, spec: Mapping[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
+  """Reads a batch of raw inputs from `.npz`, `.npy`, `.csv` or `.png` as the spec expects.
 
-  `.npy`: (N, *input_shape), or one example of `input_shape`. `.csv`: one example per row,
-  `prod(input_shape)` numeric columns, an optional header row. `.png`: one image of
-  `input_shape` (uint8 image models only).
+  `.npz`: one array per input name, each (N, *shape) (the form for several inputs).
+  A model with one input also reads: `.npy`, (N, *shape) or one example of `shape`;
+  `.csv`, one example per row, `prod(shape)` numeric columns, an optional header row;
+  `.png`, one image of `shape` (uint8 image models only).
+
+  Returns:
+    The array for a model with one input, else {name: array}.
 
   Raises:
     FileNotFoundError: no file at `path`.
-    ValueError: unknown format, or contents whose shape or dtype do not fit `spec`.
+    ValueError: unknown format, or contents whose names, shapes or dtypes do not fit `spec`.
   """
   if not os.path.isfile(path):
     raise FileNotFoundError(f"input file {path!r} does not exist.")
+  inputs = input_specs(spec)
   ext = os.path.splitext(path)[1].lower()
-  readers = {".npy": _read_npy, ".csv": _read_csv, ".png": _read_png}
+  readers = {".npz": _read_npz, ".npy": _read_npy, ".csv": _read_csv, ".png": _read_png}
   if ext not in readers:
     raise ValueError(f"input must be one of {', '.join(readers)}; got {ext or 'no extension'!r}.")
-  inputs = readers[ext](path, spec)
-  check_inputs(inputs, spec)
-  return inputs
+  if ext != ".npz" and len(inputs) > 1:
+    raise ValueError(
+      f"this model takes inputs {list(inputs)}: pass a .npz file with one array per name; got {ext!r}."
+    )
+  if ext == ".npz":
+    batch = _read_npz(path)
+  else:
+    (name, (shape, dtype)), = inputs.items()
+    batch = {name: readers[ext](path, shape, dtype)}
+  inference.check_inputs(batch, inputs)
+  return batch if len(inputs) > 1 else next(iter(batch.values()))
 
 
-def _read_npy(path: str, spec: Mapping[str, Any]) -> np.ndarray:
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as f:
+    return dict(f)
+
+
+def _read_npy(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+  del dtype
   x = np.load(path, allow_pickle=False)
-  return x[np.newaxis] if x.shape == tuple(spec["input_shape"]) else x
+  return x[np.newaxis] if x.shape == shape else x
 
 
-def _read_csv(path: str, spec: Mapping[str, Any]) -> np.ndarray:
-  shape, dtype = tuple(spec["input_shape"]), np.dtype(spec["input_dtype"])
+def _read_csv(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
   with open(path) as f:
     lines = [line for line in f.read().splitlines() if line.strip()]
   if lines and not _is_numeric_row(lines[0]):
@@ -333,10 +366,9 @@ def _is_numeric_row(line: str) -> bool:
   return True
 
 
-def _read_png(path: str, spec: Mapping[str, Any]) -> np.ndarray:
+def _read_png(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
   from PIL import Image
 
-  shape, dtype = tuple(spec["input_shape"]), np.dtype(spec["input_dtype"])
   if dtype != np.uint8 or len(shape) != 3:
     raise ValueError(f"png inputs need a uint8 image model; this one takes {dtype} {shape}.")
   with Image.open(path) as image:
@@ -351,14 +383,23 @@ def _read_png(path: str, spec: Mapping[str, Any]) -> np.ndarray:
   return pixels[np.newaxis]
 
 
-def _serving_functions(model, state):
-  """(logits_fn, embed_fn) of preprocessed inputs, with the params closed over (baked in)."""
-  variables = {"params": state.params, **state.model_state}
+def _serving_functions(task, state):
+  """(predict_fn, embed_fn) of the model inputs in order, with the params closed over."""
+  model, keys = task.model, task.model.inputs
+  predictions = objectives.as_objective(task.objective).predictions
 
-  def logits_fn(x):
-    return model.apply(variables, x)
+  def outputs(*xs):
+    # The params are baked in as constants; the barrier keeps XLA from specialising the
+    # program on their values (constant folding changes last bits), so the export computes
+    # exactly what `dl.predict` does with params as arguments.
+    params, model_state = jax.lax.optimization_barrier((state.params, state.model_state))
+    out, _ = model.apply(params, model_state, dict(zip(keys, xs)), train=False)
+    return out
 
-  def embed_fn(x):
+  def predict_fn(*xs):
+    return predictions(outputs(*xs))
+
+  def embed_fn(*xs):
     dense_inputs = []
 
     def record_dense_inputs(next_fun, args, kwargs, context):
@@ -366,129 +407,175 @@ def _serving_functions(model, state):
         dense_inputs.append(args[0])
       return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record_dense_inputs):
-      logits = model.apply(variables, x)
-    features = dense_inputs[-1] if dense_inputs else logits
-    return features.reshape(features.shape[0], -1).astype(jnp.float32)
+    with nn.intercept_methods(record_dense_inputs):  # Linen only; NNX models fall through.
+      out = outputs(*xs)
+    features = dense_inputs[-1] if dense_inputs else out
+    return jnp.reshape(features, (features.shape[0], -1)).astype(jnp.float32)
 
-  return logits_fn, embed_fn
-
-
-def _export_fn(fn, input_shape: Sequence[int], platforms: Sequence[str] | None):
-  """`jax.export` of `fn` on float32 (b, *input_shape), b symbolic."""
-  dims = ", ".join(["b", *map(str, input_shape)])
-  x = jax.ShapeDtypeStruct(jax.export.symbolic_shape(dims), jnp.float32)
-  return jax.export.export(jax.jit(fn), platforms=platforms)(x)
+  return predict_fn, embed_fn
 
 
-def _deserialize(path: str):
-  with open(path, "rb") as f:
-    return jax.export.deserialize(bytearray(f.read()))
+def _model_dtype(task, key: str) -> np.dtype:
+  """The dtype the model sees for input `key` (e.g. float32, int32), as jit canonicalises it."""
+  return np.dtype(jax.dtypes.canonicalize_dtype(task.train.arrays[key].dtype))
 
 
-def _raw_inputs(c, split: str) -> np.ndarray:
-  """The split's raw inputs, as stored in the data set."""
-  from dl import data
-
-  spec = data.info(c.dataset, data_dir=c.data_dir or None)
-  return data.load(c.dataset, split, data_dir=c.data_dir or None)[spec.input_key]
-
-
-def _preprocessing(raw_train: np.ndarray, normalize: bool) -> dict[str, np.ndarray]:
-  """The training preprocessing as arrays (mirrors `dl.data.transforms.normalizer`)."""
-  if not normalize:
-    return {"kind": np.array("cast")}
-  if raw_train.dtype == np.uint8:
-    return {"kind": np.array("scale"), "divisor": np.array(255.0)}
-  mean = raw_train.mean(axis=0, dtype=np.float64)
-  std = raw_train.std(axis=0, dtype=np.float64)
-  return {"kind": np.array("standardize"), "mean": mean, "std": np.where(std > 0, std, 1.0)}
+def _export_args(task) -> list[jax.ShapeDtypeStruct]:
+  """The exported function's arguments: each model input as (b, *shape), one symbolic b."""
+  (b,) = jax.export.symbolic_shape("b")
+  return [
+    jax.ShapeDtypeStruct((b, *task.train.arrays[k].shape[1:]), _model_dtype(task, k))
+    for k in task.model.inputs
+  ]
 
 
-def _preprocess(preprocessing: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
-  """Raw inputs -> float32 model inputs, bit for bit as in training."""
-  kind = str(preprocessing["kind"])
-  if kind == "scale":
-    return np.asarray(x, np.float32) / float(preprocessing["divisor"])
-  if kind == "standardize":
-    z = (np.asarray(x, np.float64) - preprocessing["mean"]) / preprocessing["std"]
-    return z.astype(np.float32)
-  return np.asarray(x, np.float32)
+def _concrete_batch(args, n: int) -> list[jax.ShapeDtypeStruct]:
+  return [jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype) for a in args]
 
 
-def _input_spec(spec, preprocessing: Mapping[str, np.ndarray], class_names: list[str]) -> dict:
-  kind = str(preprocessing["kind"])
-  how = {
-    "scale": "float32(x) / 255",
-    "standardize": f"float32((float64(x) - mean) / std), mean and std in {PREPROCESS_FILE}",
-    "cast": "float32(x)",
-  }[kind]
+def _class_names(task, class_names: Sequence[str] | None, outputs) -> list[str]:
+  names = list(task.class_names if class_names is None else class_names)
+  if names and (outputs.ndim != 2 or outputs.shape[1] != len(names)):
+    raise ValueError(
+      f"expected one class name per output column; the model's predictions are "
+      f"{outputs.shape[1:]} per example and there are {len(names)} names: {names}."
+    )
+  return names
+
+
+def _input_spec(task, args, outputs, class_names: list[str]) -> dict[str, Any]:
+  inputs = []
+  for key, arg in zip(task.model.inputs, args):
+    shape, dtype = task.inputs[key]
+    pre = task.preprocess.get(key)
+    inputs.append({
+      "name": key,
+      "shape": list(shape),
+      "dtype": np.dtype(dtype).name,
+      "model_dtype": np.dtype(arg.dtype).name,
+      "preprocessing": {
+        "kind": pre.kind if pre else "none",
+        "formula": (pre.formula if pre else "x") + ", then cast to model_dtype",
+        "arrays": f"{PREPROCESS_FILE}: '{key}/<name>'" if pre else "",
+      },
+    })
   return {
     "format": FORMAT,
-    "dataset": spec.name,
-    "input_shape": list(spec.input_shape),
-    "input_dtype": np.dtype(spec.input_dtype).name,
-    "preprocessing": {"kind": kind, "formula": how, "arrays": PREPROCESS_FILE},
-    "num_classes": spec.num_classes,
+    "name": task.name,
+    "inputs": inputs,
+    "outputs": {"shape": list(outputs.shape[1:]), "dtype": np.dtype(outputs.dtype).name},
     "class_names": class_names,
     "model_file": MODEL_FILE,
-    "model_signature": "float32 (b, *input_shape) preprocessed -> float32 (b, num_classes) "
-    "logits; probabilities = jax.nn.softmax(logits)",
+    "model_signature": "the inputs' model arrays, in order, each model_dtype (b, *shape) -> "
+    "predictions (b, *outputs.shape): class probabilities when class_names are given",
     "embed_file": EMBED_FILE,
-    "embedding": "input of the model's last Dense layer (penultimate features), float32 (b, D)",
+    "embedding": "the same inputs -> float32 (b, D): the input of the model's last Linen Dense "
+    "layer, or the model's outputs when it has none (e.g. NNX models)",
   }
 
 
-def _drift_reference(input_spec, raw_train, preprocessing, embed) -> monitor.Reference:
-  """Raw features for tabular (1-D float) inputs, embeddings for images and text."""
-  if len(input_spec["input_shape"]) == 1 and np.issubdtype(raw_train.dtype, np.floating):
-    return monitor.reference(raw_train, kind="features")
-  x = _preprocess(preprocessing, raw_train)
-  embeddings = np.concatenate([np.asarray(embed(x[i : i + 1000])) for i in range(0, len(x), 1000)])
-  return monitor.reference(embeddings, kind="embeddings")
+def _drift_reference(task, embed) -> monitor.Reference:
+  """Per-feature model inputs of tabular models, embeddings of every other (see the module
+  docstring); from the task's training arrays."""
+  keys = task.model.inputs
+  arrays = [task.train.arrays[k] for k in keys]
+  tabular = all(
+    len(shape) == 1 and np.issubdtype(dtype, np.floating) for shape, dtype in task.inputs.values()
+  )
+  if tabular:
+    names = [f"feature_{i}" if len(keys) == 1 else f"{k}_{i}" for k, a in zip(keys, arrays) for i in range(a.shape[1])]
+    return monitor.reference(np.concatenate(arrays, axis=1), kind="features", names=names)
+  chunks = [embed(*(a[i : i + 1000] for a in arrays)) for i in range(0, len(arrays[0]), 1000)]
+  return monitor.reference(np.concatenate([np.asarray(c) for c in chunks]), kind="embeddings")
 
 
-def _verify(directory, task, state, raw_train, batch_sizes, predict) -> None:
+def _verification_inputs(task, n: int) -> dict[str, np.ndarray]:
+  """n raw inputs to check the export with, drawn from the training arrays (no raw data
+  is reloaded): ids and float features as they are, uint8 pixels at random."""
+  rng = np.random.default_rng(0)
+  index = np.arange(n) % len(task.train)
+  out = {}
+  for key, (shape, dtype) in task.inputs.items():
+    if np.dtype(dtype) == np.uint8:
+      out[key] = rng.integers(0, 256, (n, *shape), dtype=np.uint8)
+    else:
+      out[key] = np.asarray(task.train.arrays[key][index]).astype(dtype)
+  return out
+
+
+def _verify(directory: str, task, state, batch_sizes: Sequence[int]) -> None:
   """Reloads the export and checks it against `dl.predict` at each batch size."""
   model = load(directory)
   for n in batch_sizes:
-    x = np.resize(raw_train, (n, *raw_train.shape[1:]))
-    got, want = model(x), predict(task, state, x)
-    if not np.array_equal(got, want):
+    inputs = _verification_inputs(task, n)
+    got, want = model(inputs), inference.predict(task, state, inputs)
+    if got.shape != want.shape or not np.array_equal(got, want):
       raise RuntimeError(
         f"the reloaded export differs from dl.predict at batch size {n}: expected identical "
-        f"probabilities; got max |difference| {np.abs(got - want).max():.3g}."
+        f"predictions {want.shape}; got {got.shape}, max |difference| "
+        f"{np.abs(got.astype(np.float64) - want).max() if got.shape == want.shape else 'n/a'}."
       )
 
 
-def _class_names(c, spec) -> list[str]:
-  import tensorflow_datasets as tfds
+def _data_card(task, config: Mapping[str, Any]) -> dict[str, Any]:
+  """Sizes and fingerprints of the model-ready (preprocessed) arrays of each split."""
+  card = {k: config[k] for k in ("dataset", "train_split", "validation_split", "test_split") if k in config}
+  card |= {"num_train_examples": len(task.train), "fingerprint": data_fingerprint(task.train.arrays)}
+  for split, arrays in (("validation", task.eval), ("test", task.test)):
+    if arrays is not None:
+      card[f"num_{split}_examples"] = len(next(iter(arrays.values())))
+      card[f"{split}_fingerprint"] = data_fingerprint(arrays)
+  return card
 
-  try:
-    builder = tfds.builder(spec.name, data_dir=c.data_dir or os.environ.get("DL_DATA_DIR"))
-    names = builder.info.features["label"].names
-  except (KeyError, AttributeError, ValueError, OSError):  # A nicety: fall back to indices.
-    names = None
-  return list(names) if names else [str(i) for i in range(spec.num_classes)]
+
+def _evaluated_metrics(task, state, batch_size: int) -> dict[str, dict[str, Any]]:
+  """Card metrics without a workdir: `dl.evaluate` on the validation and test arrays."""
+  metrics = {"source": "dl.evaluate at export"}
+  for split, name in (("eval", "validation"), ("test", "test")):
+    evaluated = task.evaluate(state, split, batch_size)
+    if evaluated is not None:
+      metrics[name] = evaluated
+  return {"metrics": metrics, "slice_metrics": {}, "privacy": {}}
 
 
 def _run_metrics(path: str) -> dict[str, dict[str, Any]]:
-  """Card metrics from `metrics.jsonl`: last eval record, its slice metrics, privacy budget."""
+  """Card metrics from `metrics.jsonl`: the last validation record and the test record,
+  each split into overall and slice metrics; the privacy budget spent."""
   from dl import writers
 
   history = writers.read_history(path)
-  last_eval = dict(history["eval"][-1]) if history.get("eval") else {}
-  privacy = {}
+  metrics, slices, privacy = {"source": "metrics.jsonl"}, {}, {}
   for split in sorted(history):
     for record in history[split]:
       privacy.update({k: v for k, v in record.items() if _is_privacy_key(k)})
-  metrics = {k: v for k, v in last_eval.items() if not _is_privacy_key(k)}
-  slices = {k: metrics.pop(k) for k in list(metrics) if "slice" in k.lower()}
+  for split, name in (("eval", "validation"), ("test", "test")):
+    if not history.get(split):
+      continue
+    record = {k: v for k, v in history[split][-1].items() if not _is_privacy_key(k)}
+    sliced = {k: record.pop(k) for k in list(record) if _is_slice_key(k)}
+    metrics[name] = record
+    if sliced:
+      slices[name] = {"step": record["step"], **sliced}
   return {"metrics": metrics, "slice_metrics": slices, "privacy": privacy}
+
+
+def _is_slice_key(key: str) -> bool:
+  return "/group=" in key or key in _GAP_METRICS
 
 
 def _is_privacy_key(key: str) -> bool:
   return any(word in key.lower() for word in _PRIVACY_WORDS)
+
+
+def _privacy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+  """DP-SGD's settings from a config that trained with it (noise multiplier > 0)."""
+  if not config.get("dp_noise_multiplier"):
+    return {}
+  return {
+    "noise_multiplier": config["dp_noise_multiplier"],
+    "l2_clip": config.get("dp_l2_clip"),
+    "delta": config.get("dp_delta"),
+  }
 
 
 def _versions() -> dict[str, str]:
@@ -501,8 +588,8 @@ def _versions() -> dict[str, str]:
   return versions
 
 
-def _write_saved_model(logits_fn, input_shape: Sequence[int], path: str) -> None:
-  """A TF SavedModel of preprocessed inputs -> logits, through jax2tf (needs TensorFlow)."""
+def _write_saved_model(predict_fn, args, path: str) -> None:
+  """A TF SavedModel of model inputs -> predictions, through jax2tf (needs TensorFlow)."""
   try:
     import tensorflow as tf
     from jax.experimental import jax2tf
@@ -512,11 +599,16 @@ def _write_saved_model(logits_fn, input_shape: Sequence[int], path: str) -> None
     ) from e
   module = tf.Module()
   module.serve = tf.function(
-    jax2tf.convert(logits_fn, polymorphic_shapes=["(b, ...)"], with_gradient=False),
+    jax2tf.convert(predict_fn, polymorphic_shapes=["(b, ...)"] * len(args), with_gradient=False),
     autograph=False,
-    input_signature=[tf.TensorSpec((None, *input_shape), tf.float32)],
+    input_signature=[tf.TensorSpec((None, *a.shape[1:]), tf.as_dtype(a.dtype)) for a in args],
   )
   tf.saved_model.save(module, path)
+
+
+def _deserialize(path: str):
+  with open(path, "rb") as f:
+    return jax.export.deserialize(bytearray(f.read()))
 
 
 def _jsonable(value):

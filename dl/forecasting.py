@@ -5,7 +5,9 @@ folds by scikit-learn's `TimeSeriesSplit`: fold k trains on examples before its 
 (all of them, an expanding window, or the last `max_train_size`, a rolling one) and tests
 on the next `test_size`. `walk_forward` refits a fresh model per fold with `dl.train`, each
 fold's inputs standardised by the statistics of that fold's training part alone (dl's
-`normalize`), so no model or scaler ever sees a day after the one it forecasts from.
+`normalize`), so no model or scaler ever sees a day after the one it forecasts from. Each
+fold trains its configured number of steps with no validation hold-out (nothing is chosen:
+the final model forecasts the block, scored once as the fold's test split).
 
   folds = dl.forecasting.walk_forward_folds(1253, num_folds=6, test_size=125)
   result = dl.forecasting.walk_forward(config, folds, "workdirs/wf")
@@ -22,7 +24,7 @@ import numpy as np
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import from_config as trainer
+from dl import from_config, inference
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +113,7 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
 
   Args:
     config: a regression `dl` config (`objective="regression"`, a scalar float label) on a
-      time-ordered data set; `train_split`/`eval_split` are set per fold.
+      time-ordered data set; `train_split`/`test_split` are set per fold.
     folds: from `walk_forward_folds`.
     workdir: fold k trains in `workdir/fold<k>` (resumed if it holds checkpoints).
 
@@ -121,15 +123,13 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
   c = config_lib.parse(config)
   targets, members, means, fold_ids = [], [], [], []
   for k, fold in enumerate(folds):
-    fold_config = ml_collections.ConfigDict(
-      dataclasses.asdict(c) | {"train_split": fold.train, "eval_split": fold.test}
-    )
-    state, _ = trainer.train(fold_config, os.path.join(workdir, f"fold{k}"))
-    task = trainer.build(fold_config)
-    outputs_SxN = member_outputs(task, state, task.eval["input"])
-    members.append(outputs_SxN.reshape(len(task.members), -1))
-    targets.append(np.asarray(task.eval["label"], np.float64).reshape(-1))
-    means.append(np.full(len(targets[-1]), np.mean(task.train["label"], dtype=np.float64)))
+    fold_config = ml_collections.ConfigDict(dataclasses.asdict(c) | fold_splits(fold))
+    state, _ = from_config.train(fold_config, os.path.join(workdir, f"fold{k}"))
+    task = from_config.build(fold_config)
+    outputs_SxN = member_outputs(task, state, task.test["input"])
+    members.append(outputs_SxN.reshape(len(outputs_SxN), -1))
+    targets.append(np.asarray(task.test["label"], np.float64).reshape(-1))
+    means.append(np.full(len(targets[-1]), np.mean(task.train.arrays["label"], dtype=np.float64)))
     fold_ids.append(np.full(len(targets[-1]), k))
   member_predictions_SxN = np.concatenate(members, axis=1)
   return WalkForward(
@@ -141,13 +141,23 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
   )
 
 
-def member_outputs(task: trainer.Task, state, inputs) -> np.ndarray:
+def fold_splits(fold: Fold) -> dict[str, object]:
+  """The config fields that train on `fold.train` (no hold-out) and test on `fold.test`."""
+  return {
+    "train_split": fold.train,
+    "validation_split": "",
+    "validation_fraction": 0.0,
+    "test_split": fold.test,
+  }
+
+
+def member_outputs(task, state, inputs) -> np.ndarray:
   """(S, N, ...) outputs of each ensemble member on preprocessed inputs (S = 1 for one model)."""
 
   def apply(params, model_state):
-    return task.model.apply({"params": params, **model_state}, inputs)
+    return task.model.apply(params, model_state, {"input": inputs}, train=False)[0]
 
-  if not task.ensemble:
+  if not inference.is_ensemble(state):
     return np.asarray(apply(state.params, state.model_state), np.float64)[None]
   return np.asarray(jax.jit(jax.vmap(apply))(state.params, state.model_state), np.float64)
 

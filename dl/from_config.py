@@ -198,8 +198,9 @@ def train(config, workdir: str) -> tuple[Any, writers.History]:
   return loop.fit(built, workdir, fit_config(config, built), hooks=hooks(config, built))
 
 
-def restore(config, workdir: str, step: int | None = None) -> Any:
-  """Loads the state a `dl.train` run saved in `workdir` (newest readable step by default).
+def restore(config, workdir: str, step: int | str | None = None) -> Any:
+  """Loads the state a `dl.train` run saved in `workdir`: the newest readable step, "best"
+  (the best on validation, the one the test was scored on), or a step number.
 
   The state is laid out as `config.parallel` says, whatever the layout it was saved from: a
   checkpoint written by an 8-device FSDP run restores onto one device, or onto another mesh.

@@ -29,7 +29,7 @@ def eval_step(
   objective: objectives.Objective = objectives.classification,
 ) -> dict[str, jax.Array]:
   """Sums of the loss and of each metric over the unmasked examples of `batch`, and "count"."""
-  outputs, _ = model.apply(state.params, state.model_state, batch, train=False)
+  outputs, _ = as_model(model).apply(state.params, state.model_state, batch, train=False)
   loss_B, metrics_B = objective(outputs, batch)
   mask_B = batch.get("mask", jnp.ones(loss_B.shape, jnp.float32))
   sums = {name: jnp.sum(v * mask_B) for name, v in {"loss": loss_B, **metrics_B}.items()}
@@ -109,8 +109,29 @@ def predict(task: Any, state: Any, inputs: Any) -> np.ndarray:
     ValueError: naming the expected shape and dtype when `inputs` do not fit.
   """
   batch = prepare_inputs(task, inputs)
-  fn = _jitted_predict(task.model, objectives.as_objective(task.objective), is_ensemble(state))
+  predictions = objectives.as_objective(task.objective).predictions
+  fn = _jitted_apply(task.model, predictions, is_ensemble(state))
   return np.asarray(fn(state.params, state.model_state, batch))
+
+
+def outputs(state: Any, model: Any, batch: Mapping[str, np.ndarray]) -> np.ndarray:
+  """The model's raw outputs (eval mode) on model-ready inputs, e.g. logits.
+
+  Args:
+    state: a trained state; an ensemble's stacked state gives one output per member.
+    model: a `dl.Linen`/`dl.NNX` model or a Linen module.
+    batch: the model's inputs, already preprocessed, e.g. `{"input": task.test["input"]}`.
+
+  Returns:
+    (N, ...) outputs; (M, N, ...) for an ensemble of M members.
+  """
+  model = as_model(model)
+  fn = _jitted_apply(model, _identity, is_ensemble(state))
+  return np.asarray(fn(state.params, state.model_state, {k: batch[k] for k in model.inputs}))
+
+
+def _identity(x):
+  return x
 
 
 def prepare_inputs(task: Any, inputs: Any) -> dict[str, np.ndarray]:
@@ -125,10 +146,12 @@ def prepare_inputs(task: Any, inputs: Any) -> dict[str, np.ndarray]:
 
 
 @functools.cache
-def _jitted_predict(model: Model, objective: objectives.Objective, ensemble: bool):
+def _jitted_apply(model: Model, transform, ensemble: bool):
+  """jit of `transform(model outputs)` in eval mode, vmapped over members for ensembles."""
+
   def run(params, model_state, batch):
     outputs, _ = model.apply(params, model_state, batch, train=False)
-    return objective.predictions(outputs)
+    return transform(outputs)
 
   return jax.jit(jax.vmap(run, in_axes=(0, 0, None)) if ensemble else run)
 

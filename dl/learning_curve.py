@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 
 from dl import config as config_lib
 from dl import data as data_lib
-from dl import from_config as trainer
+from dl import from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,13 +78,14 @@ def learning_curve(
 
   Args:
     config: a `dl` config (ConfigDict, dict or `dl.TrainConfig`) whose `train_split` is a plain
-      split name ("train"); `eval_split` is the split every model is scored on.
+      split name ("train"); `test_split` is the split every model is scored on (once, with
+      the final model: nothing is chosen, so nothing is held out for validation).
     fractions: increasing fractions of the training split in (0, 1].
     seeds: models per size, trained together as one vmapped ensemble (seeds
       `config.seed` .. `config.seed + seeds - 1`).
     workdir: each size trains in `workdir/n<size>` (resumed if it holds checkpoints); the
       plot and the numbers go to `workdir/learning_curve.png` and `learning_curve.json`.
-    metric: the eval metric to record.
+    metric: the test metric to record.
 
   Returns:
     The `LearningCurve`.
@@ -101,8 +102,8 @@ def learning_curve(
   values = []
   for size in sizes_F:
     member_config = _sized_config(c, int(size), num_steps, seeds)
-    _, history = trainer.train(member_config, os.path.join(workdir, f"n{size}"))
-    values.append(np.atleast_1d(history["eval"][-1][metric]))
+    _, history = from_config.train(member_config, os.path.join(workdir, f"n{size}"))
+    values.append(np.atleast_1d(history["test"][-1][metric]))
   curve = LearningCurve(c.dataset, metric, sizes_F, np.array(values, np.float64), num_steps)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "learning_curve.json"), "w") as f:
@@ -137,6 +138,9 @@ def _sized_config(
       "checkpoint_every_steps": num_steps,
       "log_every_steps": min(c.log_every_steps, num_steps),
       "ensemble_size": seeds,
+      # Nothing is chosen (fixed steps, the final model): no validation hold-out.
+      "validation_split": "",
+      "validation_fraction": 0.0,
     }
   )
 

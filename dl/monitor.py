@@ -1,6 +1,6 @@
 """Drift checks: incoming batches compared with reference statistics saved at export.
 
-Every monitored feature (a column of tabular inputs, or one dimension of a model's
+Every monitored feature (a column of a tabular model's inputs, or one dimension of a model's
 embeddings for images and text) is compared with its reference two ways: the population
 stability index (PSI) over the reference's decile bins, and the two-sample
 Kolmogorov-Smirnov test against a stored sample of the reference. A feature drifts when its
@@ -12,6 +12,12 @@ Embeddings are also compared as whole vectors: the maximum mean discrepancy (MMD
 kernel, bandwidth the reference's median pairwise distance) between the batch and the
 reference sample, with a permutation-test p-value; an embedding batch drifts when that
 p-value is below `Thresholds.mmd_pvalue`, or by the per-feature rule above.
+
+Both per-feature tests depend on the order of values alone: the bins are the reference's
+quantiles and KS compares empirical CDFs. An increasing map of a feature (such as the
+standardisation of `dl.data.transforms.Preprocess`) moves the bin edges with the values and
+leaves the PSI and the KS statistic as they were, so exports (`dl.export`) monitor tabular
+models on their preprocessed inputs and need no raw training data.
 """
 
 import dataclasses
@@ -48,7 +54,8 @@ class Reference:
   """Reference statistics of F features.
 
   Attributes:
-    kind: "features" (raw tabular columns) or "embeddings" (model features).
+    kind: "features" (tabular columns, e.g. a model's preprocessed inputs) or "embeddings"
+      (a model's features).
     names: one name per feature.
     edges_FxE: interior bin edges per feature (reference deciles), padded with +inf.
     proportions_FxB: the reference's share of examples in each bin (B = E + 1).

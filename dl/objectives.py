@@ -87,7 +87,7 @@ def _classification(
   Returns:
     (B,) losses and {"accuracy": (B,) 0/1}.
   """
-  labels_B = batch["label"]
+  labels_B = _label(batch, "classification")
   if labels_B.ndim != 1 or not jnp.issubdtype(labels_B.dtype, jnp.integer):
     raise ValueError(
       f"objective 'classification' needs batch['label'] of shape (B,) holding integer class "
@@ -110,7 +110,7 @@ def _regression(
   Returns:
     (B,) mean squared errors and {"mse", "mae"}, each (B,).
   """
-  labels = batch["label"]
+  labels = _label(batch, "regression")
   if not jnp.issubdtype(labels.dtype, jnp.floating):
     raise ValueError(
       f"objective 'regression' needs float targets in batch['label']; got dtype "
@@ -139,7 +139,7 @@ def _next_token(
   Returns:
     (B,) mean per-token losses (nats) and {"accuracy", "bits_per_token"}, each (B,).
   """
-  labels_BxL = batch["label"]
+  labels_BxL = _label(batch, "next_token")
   if labels_BxL.ndim != 2 or not jnp.issubdtype(labels_BxL.dtype, jnp.integer):
     raise ValueError(
       "objective 'next_token' needs batch['label'] of shape (B, L) holding integer token ids; "
@@ -161,6 +161,14 @@ def _next_token(
   )
   correct_BxL = (jnp.argmax(logits_BxLxV, -1) == labels_BxL).astype(jnp.float32)
   return loss_B, {"accuracy": per_example(correct_BxL), "bits_per_token": loss_B / math.log(2)}
+
+
+def _label(batch, name: str) -> jax.Array:
+  if "label" not in batch:
+    raise ValueError(
+      f"objective {name!r} reads batch['label']; the batch has keys {sorted(batch)}."
+    )
+  return batch["label"]
 
 
 def _check_leading(outputs: jax.Array, labels: jax.Array, name: str, expected: str) -> None:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from dl import objectives
-from dl.models.adapters import Model
+from dl.models.adapters import Model, as_model
 from dl.training import loop, steps
 from dl.training.state import TrainState
 
@@ -64,6 +64,7 @@ def dp_train_step(
     The new state and {"loss", **objective's metrics, "clipped"} of this batch (before the update);
     "clipped" is the fraction of examples whose gradient norm exceeded `l2_clip`.
   """
+  model = as_model(model)
   steps.check_batch(batch, model.inputs)
   if jax.tree.leaves(state.model_state):
     raise ValueError(

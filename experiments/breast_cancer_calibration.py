@@ -32,7 +32,8 @@ def mlp_config():
   config = dl.default_config()
   config.dataset = "breast_cancer"
   config.train_split = "train[:60%]"
-  config.eval_split = "train[60%:]"  # validation: temperatures are fitted here, never on test
+  # Validation chooses the checkpoint and fits the temperatures, never the test split.
+  config.validation_split = "train[60%:]"
   config.model.name = "mlp"
   config.model.width = 64
   config.model.depth = 2
@@ -47,13 +48,8 @@ def mlp_config():
 
 def member_logits(task, state, inputs_NxD) -> np.ndarray:
   """(S, N, C) logits of each ensemble member (S = 1 for a single model)."""
-
-  def apply(params, model_state):
-    return task.model.apply({"params": params, **model_state}, inputs_NxD)
-
-  if not task.ensemble:
-    return np.asarray(apply(state.params, state.model_state))[None]
-  return np.asarray(jax.jit(jax.vmap(apply))(state.params, state.model_state))
+  logits = dl.inference.outputs(state, task.model, {"input": inputs_NxD})
+  return logits if dl.inference.is_ensemble(state) else logits[None]
 
 
 def scores_before_after(val_logits, val_labels, test_logits, test_labels) -> dict[str, float]:
@@ -92,23 +88,24 @@ def table(rows: dict[str, list[dict[str, float]]]) -> str:
 def run(config, workdir: str) -> str:
   """Trains both models, fits temperatures, writes results.md and reliability.png."""
   start = time.perf_counter()
-  state, _ = dl.train(config, os.path.join(workdir, "mlp"))
+  dl.train(config, os.path.join(workdir, "mlp"))
+  state = dl.restore(config, os.path.join(workdir, "mlp"), step="best")  # chosen on validation
   task = dl.build(config)
-  test = dl.data.load(config.dataset, "test")
-  x_test, y_test = task.preprocess(test["features"]), np.asarray(test["label"])
+  x_test, y_test = task.test["input"], task.test["label"]
   x_val, y_val = task.eval["input"], task.eval["label"]
   val_logits, test_logits = member_logits(task, state, x_val), member_logits(task, state, x_test)
   mlp = [scores_before_after(v, y_val, t, y_test) for v, t in zip(val_logits, test_logits)]
   mlp_seconds = time.perf_counter() - start
 
   # The same standardised features and training rows as the MLP.
-  logreg = LogisticRegression(max_iter=1000).fit(task.train["input"], task.train["label"])
+  train = task.train.arrays
+  logreg = LogisticRegression(max_iter=1000).fit(train["input"], train["label"])
 
   def logreg_logits(x):
     return np.stack([np.zeros(len(x)), logreg.decision_function(x)], axis=1)
 
   lr = [scores_before_after(logreg_logits(x_val), y_val, logreg_logits(x_test), y_test)]
-  seeds = len(task.members)
+  seeds = len(val_logits)
   rows = {f"MLP 64x2, dl.train ({seeds} seeds)": mlp, "LogisticRegression (scikit-learn)": lr}
   text = table(rows)
   png = calibration.reliability_diagram(
@@ -122,7 +119,7 @@ def run(config, workdir: str) -> str:
     title=f"breast_cancer test split ({len(y_test)} patients)",
   )
   footer = (
-    f"\n\ntrain {len(task.train['label'])} / validation {len(y_val)} / test {len(y_test)}; "
+    f"\n\ntrain {len(task.train)} / validation {len(y_val)} / test {len(y_test)}; "
     f"{int(np.max(state.step))} steps; MLP wall time {mlp_seconds:.0f} s (with compilation); "
     f"ECE over 10 equal-width bins; {png}."
   )

@@ -45,13 +45,9 @@ def mlp_config():
 
 def member_probs(task, state, inputs_NxD) -> np.ndarray:
   """(S, N, C) class probabilities of each ensemble member (S = 1 for a single model)."""
-
-  def apply(params, model_state):
-    return jax.nn.softmax(task.model.apply({"params": params, **model_state}, inputs_NxD))
-
-  if not task.ensemble:
-    return np.asarray(apply(state.params, state.model_state))[None]
-  return np.asarray(jax.jit(jax.vmap(apply))(state.params, state.model_state))
+  logits = dl.inference.outputs(state, task.model, {"input": inputs_NxD})
+  probs = np.asarray(jax.nn.softmax(logits))
+  return probs if dl.inference.is_ensemble(state) else probs[None]
 
 
 def _cell(values) -> str:
@@ -79,17 +75,20 @@ def _timed(fn):
 
 def run(config, workdir: str, *, tiny: bool = False) -> str:
   """Trains the MLPs and the scikit-learn peers on one split; writes results.md."""
-  (state, _), mlp_seconds = _timed(lambda: dl.train(config, os.path.join(workdir, "mlp")))
+  _, mlp_seconds = _timed(lambda: dl.train(config, os.path.join(workdir, "mlp")))
+  state = dl.restore(config, os.path.join(workdir, "mlp"), step="best")  # chosen on validation
   task = dl.build(config)
-  x_train, y_train = task.train["input"], task.train["label"]  # standardised by train stats
-  x_test, y_test = task.eval["input"], task.eval["label"]
+  # The MLP's training rows (the validation rows held out), standardised by their statistics.
+  x_train, y_train = task.train.arrays["input"], task.train.arrays["label"]
+  x_test, y_test = task.test["input"], task.test["label"]
+  probs_SxNx2 = member_probs(task, state, x_test)
 
   def score(probs_Nx2):
     return calibration.binary_scores(probs_Nx2, y_test, positive=DEFAULT)
 
   rows = {
-    f"MLP 64x2, dl.train ({len(task.members)} seeds)": (
-      [score(p) for p in member_probs(task, state, x_test)],
+    f"MLP 64x2, dl.train ({len(probs_SxNx2)} seeds)": (
+      [score(p) for p in probs_SxNx2],
       mlp_seconds,
     )
   }
@@ -106,7 +105,8 @@ def run(config, workdir: str, *, tiny: bool = False) -> str:
     rows[name] = ([score(fitted.predict_proba(x_test))], seconds)
   default_rate = float(np.mean(y_test == DEFAULT))
   text = table(rows) + (
-    f"\n\ntrain {len(y_train)} / test {len(y_test)} applicants; default rate on test "
+    f"\n\ntrain {len(y_train)} / validation {len(task.eval['label'])} (chooses the MLP's "
+    f"checkpoint) / test {len(y_test)} applicants; default rate on test "
     f"{default_rate:.4f} (the PR-AUC of a random ranking); {int(np.max(state.step))} MLP steps; "
     "wall s: training (the MLP's with start-up and compilation; scikit-learn's on one thread)."
   )

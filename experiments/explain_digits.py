@@ -33,12 +33,13 @@ def explain_digits(workdir: str, num_examples: int = 8, layer: str = "Conv_1") -
   """Trains (or restores) the CNN, writes the PNGs to `workdir`, returns the checks' figures."""
   config = get_config()
   config.progress = False
-  state, _ = dl.train(config, workdir)  # returns at once when the run is complete
+  dl.train(config, workdir)  # returns at once when the run is complete
+  state = dl.restore(config, workdir, step="best")  # the model chosen on validation
   task = dl.build(config)
   variables = {"params": state.params, **state.model_state}
-  x_BxHxWxC = jnp.asarray(task.eval["input"][:num_examples])
-  y_B = jnp.asarray(task.eval["label"][:num_examples])
-  maps = _maps(task.model, variables, x_BxHxWxC, y_B, layer)
+  x_BxHxWxC = jnp.asarray(task.test["input"][:num_examples])
+  y_B = jnp.asarray(task.test["label"][:num_examples])
+  maps = _maps(task.model.module, variables, x_BxHxWxC, y_B, layer)
   titles = [f"label {int(y)}" for y in y_B]
   for name, file in (("Grad-CAM", "grad_cam.png"), ("SmoothGrad", "smoothgrad.png")):
     explain.save_overlays(os.path.join(workdir, file), x_BxHxWxC, {name: maps[name]}, titles=titles)
@@ -59,16 +60,15 @@ def _maps(model, variables, x, y, layer: str) -> dict[str, jax.Array]:
 
 def _checks(task, variables, x, y, maps, layer: str) -> dict:
   """IG completeness error, and rank correlation of each map with a random model's."""
-  ig = explain.integrated_gradients(task.model, variables, x, y, num_steps=128)
-  gap = explain.class_scores(task.model, variables, x, y) - explain.class_scores(
-    task.model, variables, jnp.zeros_like(x), y
+  module = task.model.module
+  ig = explain.integrated_gradients(module, variables, x, y, num_steps=128)
+  gap = explain.class_scores(module, variables, x, y) - explain.class_scores(
+    module, variables, jnp.zeros_like(x), y
   )
   rel_error = jnp.abs(ig.sum(axis=(1, 2, 3)) - gap) / jnp.abs(gap)
-  random_state = dl.create_train_state(
-    task.model, task.tx, jax.random.PRNGKey(1), task.spec.input_shape
-  )
+  random_state = task.init(seed=1)
   random_vars = {"params": random_state.params, **random_state.model_state}
-  random_maps = _maps(task.model, random_vars, x, y, layer)
+  random_maps = _maps(module, random_vars, x, y, layer)
   corr = {
     name: float(jnp.mean(explain.rank_correlation(maps[name], random_maps[name]))) for name in maps
   }

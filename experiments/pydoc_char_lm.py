@@ -32,7 +32,7 @@ PROMPTS = ('The "while" statement\n', "A list comprehension ", "def ")
 def get_config():
   config = dl.default_config()
   config.dataset = "pydoc_text"
-  config.eval_split = "validation"
+  config.test_split = ""  # pydoc_text has train and validation only: the figure is validation's
   config.objective = "next_token"
   config.model.name = "transformer_lm"
   config.model.width = 128
@@ -97,10 +97,11 @@ def main():
   state, history = dl.train(config, args.workdir)
   wall = time.perf_counter() - start
   task = dl.build(config)
-  unigram = unigram_bits_per_char(task.train["label"], task.eval["label"], task.spec.num_classes)
+  vocab = task.model.module.num_classes
+  unigram = unigram_bits_per_char(task.train.arrays["label"], task.eval["label"], vocab)
   final = history["eval"][-1]
   texts = write_samples(
-    state, task.model, os.path.join(args.workdir, "samples.txt"), num_tokens=100
+    state, task.model.module, os.path.join(args.workdir, "samples.txt"), num_tokens=100
   )
   result = {
     "steps": final["step"],

@@ -33,7 +33,8 @@ def get_config():
   config.dataset = "sp500"
   config.objective = "regression"
   config.train_split = "train[:80%]"  # time order: the last 20% of days come after
-  config.eval_split = "train[80%:]"
+  config.validation_split = "train[80%:]"
+  config.test_split = ""  # sp500 has one split; the study's folds test out of sample
   config.model.name = "mlp"
   config.model.width = 32
   config.model.depth = 1

@@ -8,6 +8,7 @@ python experiments/sunspots_forecast.py --workdir workdirs/sunspots_forecast --s
 
 Every forecaster sees the same thing: the 12 previous years, all inside the held-out segment
 (test: 1969-2008, so targets 1981-2008). The networks train on the train windows (1700-1928);
+The checkpoint with the lowest validation loss (windows of 1929-1968) forecasts.
 AutoReg (lags chosen by AIC up to 12) and ARIMA(2,0,1) are fitted on the same train years and
 then filtered over the test segment with their parameters fixed (`results.apply`), giving
 one-step-ahead forecasts; persistence predicts last year's value. MAE and RMSE are in
@@ -34,7 +35,6 @@ def get_config():
   config = dl.default_config()
   config.dataset = "sunspots"
   config.objective = "regression"
-  config.eval_split = "validation"
   config.model.name = "series_rnn"
   config.model.cell = "lstm"
   config.model.hidden = 32
@@ -89,7 +89,9 @@ def _network_forecasts(args, test_inputs: np.ndarray) -> dict[str, list[np.ndarr
     for seed in range(args.seeds):
       config.seed = seed
       start = time.perf_counter()
-      state, _ = dl.train(config, os.path.join(args.workdir, f"{cell}_seed{seed}"))
+      workdir = os.path.join(args.workdir, f"{cell}_seed{seed}")
+      dl.train(config, workdir)
+      state = dl.restore(config, workdir, step="best")  # chosen on the validation windows
       forecasts[name].append(dl.predict(dl.build(config), state, test_inputs)[:, 0])
       print(f"{cell} seed {seed}: trained in {time.perf_counter() - start:.0f} s", flush=True)
   return forecasts

@@ -4,24 +4,23 @@ python experiments/translate_digits.py --workdir workdirs/translate_digits
 
 Domain A: the UCI digits in scikit-learn (8x8, 1,437 train / 360 test). Domain B: mnist5k
 (real MNIST) downsampled to 8x8 (antialiased; 4,000 / 1,000). A CycleGAN pair
-(`dl.generative.cyclegan`) learns A->B and B->A from unpaired images. To check that the
-translation keeps the digit, a CNN trained with `dl.train_step` on domain B alone labels
+(`dl.generative.cyclegan.CycleGAN`, trained with `dl.fit` on batches zipped from one
+shuffled stream per domain) learns A->B and B->A from unpaired images. To check that the
+translation keeps the digit, a CNN trained (a `dl.task`, `dl.fit`) on domain B alone labels
 domain-A test images as they are and after A->B translation. Writes `samples.png` (rows: A,
-A->B, A->B->A, B, B->A) and `results.md` in the workdir. `--tiny`: a few steps.
+A->B, A->B->A, B, B->A), `classifier/` and `cyclegan/` (checkpoints, metrics.jsonl) and
+`results.md` in the workdir. `--tiny`: a few steps.
 """
 
 import argparse
-import functools
 import os
 import time
 
-import jax
 import numpy as np
 import optax
 
 import dl
-from dl.data.batches import ShuffledBatches
-from dl.generative import cyclegan, datasets, dcgan, frechet, images, loop
+from dl.generative import cyclegan, datasets, dcgan, frechet, images
 
 
 def load_domains() -> dict[str, dict[str, dict[str, np.ndarray]]]:
@@ -32,39 +31,39 @@ def load_domains() -> dict[str, dict[str, dict[str, np.ndarray]]]:
   }
 
 
-def train_classifier(arrays, *, num_steps: int, features: int):
-  """A dl CNN trained on `arrays` with `dl.train_step`; returns (model, variables)."""
-  model = dl.models.create("cnn", num_classes=10, features=features, hidden=8 * features)
-  tx = optax.adam(3e-3)
-  state = dl.create_train_state(model, tx, jax.random.PRNGKey(0), arrays["input"].shape[1:])
-  step = functools.partial(dl.train_step, apply_fn=model.apply, tx=tx)
-  state, _ = loop.fit(step, state, ShuffledBatches(arrays, 64, seed=0), num_steps=num_steps)
-  return model, {"params": state.params, **state.model_state}
-
-
-def train_translators(domains, *, num_steps: int, width: int):
-  """The CycleGAN pair trained on the two train splits (images scaled to [-1, 1])."""
-  translator = cyclegan.Translator(width=width)
-  discriminator = dcgan.Discriminator(width=width)
-  tx = optax.adam(2e-4, b1=0.5)
-  state = cyclegan.create_state(
-    translator, discriminator, tx, tx, jax.random.PRNGKey(0), image_shape=(8, 8, 1)
+def train_classifier(arrays, workdir: str, *, num_steps: int, features: int):
+  """A dl CNN trained on `arrays` (all of them) with `dl.fit`; returns (model, variables)."""
+  task = dl.task(
+    model=dl.models.create("cnn", num_classes=10, features=features, hidden=8 * features),
+    objective=dl.objectives.classification,
+    optimizer=optax.adam(3e-3),
+    train=arrays,
+    validation_fraction=0.0,
+    name="cnn on domain B",
   )
-  streams = {
-    d: ShuffledBatches({"input": domains[d]["train"]["input"] * 2 - 1}, 64, seed=i)
-    for i, d in enumerate("ab")
-  }
-  step = functools.partial(
-    cyclegan.train_step,
-    translator=translator,
-    discriminator=discriminator,
+  state, _ = dl.fit(
+    task, workdir, num_steps=num_steps, batch_size=64, progress=False, tensorboard=False
+  )
+  return task.model, {"params": state.params, **state.model_state}
+
+
+def train_translators(domains, workdir: str, *, num_steps: int, width: int):
+  """The CycleGAN pair trained on the two train splits (images scaled to [-1, 1])."""
+  tx = optax.adam(2e-4, b1=0.5)
+  cycle = cyclegan.CycleGAN(
+    translator=cyclegan.Translator(width=width),
+    discriminator=dcgan.Discriminator(width=width),
     gen_tx=tx,
     disc_tx=tx,
+    train={d: domains[d]["train"]["input"] * 2 - 1 for d in "ab"},
+    test={d: domains[d]["test"]["input"] * 2 - 1 for d in "ab"},
     cycle_weight=10.0,
     identity_weight=5.0,
   )
-  state, history = loop.fit(step, state, loop.ZippedBatches(streams), num_steps=num_steps)
-  return translator, state, history
+  state, history = dl.fit(
+    cycle, workdir, num_steps=num_steps, batch_size=64, progress=False, tensorboard=False
+  )
+  return cycle.translator, state, history
 
 
 def main():
@@ -76,9 +75,14 @@ def main():
   domains = load_domains()
   clf_steps, gan_steps, width = (4, 4, 4) if args.tiny else (1500, 3000, 32)
   model, variables = train_classifier(
-    domains["b"]["train"], num_steps=clf_steps, features=4 if args.tiny else 16
+    domains["b"]["train"],
+    os.path.join(args.workdir, "classifier"),
+    num_steps=clf_steps,
+    features=4 if args.tiny else 16,
   )
-  translator, state, history = train_translators(domains, num_steps=gan_steps, width=width)
+  translator, state, history = train_translators(
+    domains, os.path.join(args.workdir, "cyclegan"), num_steps=gan_steps, width=width
+  )
 
   def to_b(x):  # [0, 1] domain-A images -> [0, 1] domain-B style
     out = cyclegan.translate(translator, state.gen_params["a_to_b"], x * 2 - 1)
@@ -98,13 +102,13 @@ def main():
   lines = [
     f"CycleGAN digits (A) <-> mnist5k 8x8 (B): {gan_steps} steps, width {width}, cycle weight 10, "
     f"identity weight 5; domain-B CNN {clf_steps} steps; "
-    f"final cycle L1 {history[-1]['cycle_loss']:.3f}; {time.perf_counter() - start:.0f} s in all.",
+    f"cycle L1 on the test images {history['test'][-1]['cycle_loss']:.3f}; "
+    f"{time.perf_counter() - start:.0f} s in all.",
     "",
     "| images | accuracy of the domain-B CNN |",
     "|---|---|",
     *(f"| {k} | {v:.1%} |" for k, v in accuracy.items()),
   ]
-  os.makedirs(args.workdir, exist_ok=True)
   with open(os.path.join(args.workdir, "results.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines))

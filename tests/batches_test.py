@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dl.data.batches import ShuffledBatches, padded_batches
-from dl.data.transforms import normalizer
+from dl.data.transforms import Preprocess
 
 
 def _arrays(n=10):
@@ -53,8 +53,8 @@ def test_padded_batches_cover_everything_once():
 
 def test_normalizer_uses_train_statistics_only():
   train = np.array([[0.0, 10.0], [2.0, 10.0]], np.float32)
-  norm = normalizer(train)
+  norm = Preprocess.fit(train)
   np.testing.assert_allclose(norm(train), [[-1, 0], [1, 0]])  # constant column stays finite
   np.testing.assert_allclose(norm(np.array([[4.0, 12.0]])), [[3, 2]])
-  images = normalizer(np.array([[0, 255]], np.uint8))
+  images = Preprocess.fit(np.array([[0, 255]], np.uint8))
   np.testing.assert_allclose(images(np.array([[51, 255]], np.uint8)), [[0.2, 1.0]])

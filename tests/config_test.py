@@ -2,6 +2,7 @@ import ml_collections
 import pytest
 
 import dl
+from dl.training import optim
 from dl import config as config_lib
 
 
@@ -47,22 +48,30 @@ def test_bad_values_are_named(values, message):
 
 
 def test_schedules_and_optimizers_build():
-  for schedule in config_lib.SCHEDULES:
-    for optimizer in config_lib.OPTIMIZERS:
-      config = config_lib.TrainConfig(
+  for schedule in optim.SCHEDULES:
+    for optimizer in optim.OPTIMIZERS:
+      config_lib.TrainConfig(schedule=schedule, optimizer=optimizer)  # the config accepts it
+      tx = optim.create_optimizer(
+        optimizer,
+        learning_rate=1e-3,
+        num_steps=20,
         schedule=schedule,
-        optimizer=optimizer,
         warmup_steps=5,
         grad_clip_norm=1.0,
         grad_accum_steps=2,
       )
-      tx = dl.optim.create_optimizer(config, num_steps=20)
       assert hasattr(tx, "update")
 
 
+def test_names_a_config_accepts_come_from_their_modules():
+  with pytest.raises(ValueError, match="optimizer must be one of .*'lion'"):
+    config_lib.TrainConfig(optimizer="adamax")
+  with pytest.raises(ValueError, match="parallel must be one of .*'fsdp'"):
+    config_lib.TrainConfig(parallel="tpu")
+
+
 def test_warmup_then_cosine():
-  config = config_lib.TrainConfig(learning_rate=1.0, warmup_steps=10, schedule="cosine")
-  lr = dl.optim.create_schedule(config, num_steps=110)
+  lr = optim.schedule_shape("cosine", num_steps=110, warmup_steps=10)
   assert float(lr(0)) == 0.0
   assert float(lr(10)) == pytest.approx(1.0)
   assert float(lr(110)) == pytest.approx(0.0, abs=1e-6)

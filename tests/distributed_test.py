@@ -12,7 +12,8 @@ import pytest
 from tiny_config import tiny_config
 
 import dl
-from dl import distributed, launch
+from dl import distributed
+from dl.cli import launch
 
 TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
 

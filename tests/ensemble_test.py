@@ -35,7 +35,7 @@ def test_ensemble_of_8_equals_8_separate_runs(tmp_path):
 def test_learning_rate_sweep_members_match_single_runs(tmp_path):
   rates = (0.003, 0.03)
   sweep, _ = dl.train(tiny_config(sweep_learning_rate=rates), str(tmp_path / "sweep"))
-  lrs = dl.optim.get_hyperparam(sweep.opt_state, "learning_rate")
+  lrs = dl.training.optim.get_hyperparam(sweep.opt_state, "learning_rate")
   np.testing.assert_allclose(lrs, rates, rtol=1e-6)
   for i, rate in enumerate(rates):
     alone, _ = dl.train(tiny_config(learning_rate=rate), str(tmp_path / f"lr{i}"))

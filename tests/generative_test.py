@@ -1,7 +1,13 @@
-"""dl.generative: GAN networks and step, exact GAN resume, Frechet distance, VAE, anomaly scores."""
+"""dl.generative: GAN networks and step, GANs, VAEs, autoencoders and CycleGANs through dl.fit
+(exact resume, also after kill -9; a mesh), Frechet distance, anomaly scores."""
 
-import dataclasses
 import functools
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import chex
 import jax
@@ -22,6 +28,9 @@ from dl.generative import (
   networks,
   vae,
 )
+from dl.training import loop
+
+QUIET = {"progress": False, "tensorboard": False}
 
 
 def _tiny_gan(spectral_norm=False, num_classes=3):
@@ -45,6 +54,18 @@ def _tiny_gan(spectral_norm=False, num_classes=3):
 def _batch(n=6):
   x = jnp.sin(jnp.arange(n * 64, dtype=jnp.float32)).reshape((n, 8, 8, 1))
   return {"input": x, "label": jnp.arange(n, dtype=jnp.int32) % 3}
+
+
+def _arrays(n=32):
+  rng = np.random.default_rng(0)
+  return {
+    "input": rng.uniform(-1, 1, (n, 8, 8, 1)).astype(np.float32),
+    "label": (np.arange(n) % 3).astype(np.int32),
+  }
+
+
+def _moved(before, after) -> bool:
+  return any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.any(a != b)), before, after)))
 
 
 def test_generator_and_discriminator_shapes():
@@ -87,46 +108,110 @@ GOLDEN = {
 }
 
 
-def _arrays(n=32):
-  rng = np.random.default_rng(0)
-  return {
-    "input": rng.uniform(-1, 1, (n, 8, 8, 1)).astype(np.float32),
-    "label": (np.arange(n) % 3).astype(np.int32),
-  }
+def _gan_part(**kwargs) -> gan_train.GAN:
+  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True, r1_weight=1.0)
+  return gan_train.build_gan(config, _arrays(), num_classes=3, **kwargs)
 
 
-def test_gan_resume_is_exact(tmp_path):
+def test_gan_through_fit_scores_draws_samples_and_resumes_exactly(tmp_path):
   """k steps, stop, resume to N == N steps straight: both nets, both optimizers, rng, data."""
-  config = gan_train.GANConfig(
-    latent_dim=4,
-    width=4,
-    spectral_norm=True,
-    r1_weight=1.0,
-    batch_size=8,
-    num_steps=7,
-    checkpoint_every=2,
-  )
-  arrays = _arrays()  # 4 batches per epoch: the run crosses epochs
-  full = gan_train.train_gan(config, arrays, str(tmp_path / "full"), num_classes=3)
-  gan_train.train_gan(
-    dataclasses.replace(config, num_steps=4), arrays, str(tmp_path / "cut"), num_classes=3
-  )
-  resumed = gan_train.train_gan(config, arrays, str(tmp_path / "cut"), num_classes=3)
+
+  def score(model, state):
+    z, labels = model.fixed_noise(2)
+    return {"sample_mean": float(jnp.mean(model.sample(state, z, labels)))}
+
+  model = _gan_part(score=score)
+  config = dl.FitConfig(num_steps=7, batch_size=8, eval_every=2, log_every=2, **QUIET)
+  full, _ = dl.fit(model, str(tmp_path / "full"), config)
+  cut = str(tmp_path / "cut")
+  dl.fit(model, cut, config, num_steps=4, hooks=[gan_train.SampleGrid(model, cut, per_class=2)])
+  # 4 batches per epoch: the resumed run crosses into the second epoch.
+  resumed, history = dl.fit(model, cut, config, hooks=[gan_train.SampleGrid(model, cut)])
   assert int(resumed.step) == 7
   chex.assert_trees_all_equal(full, resumed)
-  _, restored = gan_train.restore_gan(config, (8, 8, 1), 3, str(tmp_path / "cut"), step=6)
-  assert int(restored.step) == 6
-  assert (tmp_path / "full" / "samples_000007.png").exists()
-  history = dl.read_history(str(tmp_path / "cut" / "metrics.jsonl"))
   assert [r["step"] for r in history["train"]] == [2, 4, 6, 7]
+  assert [r["step"] for r in history["eval"]] == [2, 4, 6, 7]
   assert all(r["r1"] > 0 for r in history["train"])
+  assert all(np.isfinite(r["sample_mean"]) for r in history["eval"])
+  pngs = sorted(p for p in os.listdir(cut) if p.startswith("samples_"))
+  assert pngs == [f"samples_{s:06d}.png" for s in (2, 4, 6, 7)]
+  restored = loop.restore(model, cut, step=6)
+  assert int(restored.step) == 6
   # Both networks moved, and spectral norm's power-iteration vectors were updated.
-  init = gan_train.build_gan(config, (8, 8, 1), 3).init_state()
+  init = model.init(0)
   for tree in ("gen_params", "disc_params", "disc_state", "gen_opt_state", "disc_opt_state"):
-    moved = jax.tree.map(
-      lambda a, b: bool(np.any(a != b)), getattr(init, tree), getattr(full, tree)
-    )
-    assert any(jax.tree.leaves(moved)), tree
+    assert _moved(getattr(init, tree), getattr(full, tree)), tree
+
+
+def test_gan_runs_on_a_mesh_and_under_pmap(tmp_path):
+  """The same pure step, laid out by the loop: a data-parallel mesh of 8 devices, and pmap."""
+  model = _gan_part()
+  config = dl.FitConfig(num_steps=2, batch_size=8, **QUIET)
+  on_one, _ = dl.fit(model, str(tmp_path / "jit"), config)
+  on_mesh, history = dl.fit(model, str(tmp_path / "data"), config, parallel="data")
+  assert {d for x in jax.tree.leaves(on_mesh.gen_params) for d in x.devices()} == set(jax.devices())
+  chex.assert_trees_all_close(on_one, on_mesh, rtol=1e-4, atol=1e-5)
+  on_pmap, history = dl.fit(model, str(tmp_path / "pmap"), config, parallel="pmap")
+  assert int(on_pmap.step) == 2 and np.isfinite(history["train"][-1]["disc_loss"])
+  assert _moved(on_one.gen_params, on_pmap.gen_params)  # each device drew its own noise
+
+
+GAN_SCRIPT = '''
+import sys
+
+import numpy as np
+
+import dl
+from dl.generative import gan_train
+
+CONFIG = dl.FitConfig(
+  num_steps=600, batch_size=8, eval_every=300, checkpoint_every=25, progress=False,
+  tensorboard=False,
+)
+
+
+def build():
+  rng = np.random.default_rng(0)
+  arrays = {
+    "input": rng.uniform(-1, 1, (40, 8, 8, 1)).astype(np.float32),
+    "label": (np.arange(40) % 3).astype(np.int32),
+  }
+  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True, r1_weight=1.0)
+  return gan_train.build_gan(config, arrays, num_classes=3)
+
+
+if __name__ == "__main__":
+  dl.fit(build(), sys.argv[1], CONFIG)
+'''
+
+
+def test_gan_exact_resume_after_process_kill(tmp_path):
+  """SIGKILL a GAN run after a checkpoint, rerun, and end bit-identical to an uninterrupted run."""
+  script = tmp_path / "train_gan.py"
+  script.write_text(GAN_SCRIPT)
+  spec = importlib.util.spec_from_file_location("train_gan", script)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  killed = tmp_path / "killed"
+  proc = subprocess.Popen(
+    [sys.executable, str(script), str(killed)],
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  first = killed / "checkpoints" / "50"
+  deadline = time.time() + 180
+  while not first.exists() and proc.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  proc.send_signal(signal.SIGKILL)
+  assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
+  killed_at = max(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
+  assert killed_at < 600
+  subprocess.run([sys.executable, str(script), str(killed)], check=True, capture_output=True)
+  model = module.build()
+  full, _ = dl.fit(model, str(tmp_path / "full"), module.CONFIG)
+  resumed = loop.restore(model, str(killed), module.CONFIG)
+  assert int(resumed.step) == 600
+  chex.assert_trees_all_equal(full, resumed)
 
 
 def test_frechet_distance_is_zero_for_a_set_and_grows_with_a_shift():
@@ -144,9 +229,11 @@ def test_features_of_a_classifier_layer_and_conditional_accuracy():
   model = dl.models.create("cnn", num_classes=3, features=4, hidden=8)
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(10, 8, 8, 1)), jnp.float32)
   variables = model.init(jax.random.PRNGKey(0), x)
-  assert frechet.features(model, variables, np.asarray(x), layer="Dense_0", batch_size=4).shape == (
-    10,
-    8,
+  features = frechet.features(model, variables, np.asarray(x), layer="Dense_0", batch_size=4)
+  assert features.shape == (10, 8)
+  # A task's dl.Linen model works as well as the bare module.
+  np.testing.assert_array_equal(
+    frechet.features(dl.Linen(model), variables, np.asarray(x), layer="Dense_0"), features
   )
   logits = model.apply(variables, x)
   predicted = np.asarray(jnp.argmax(logits, -1))
@@ -156,28 +243,54 @@ def test_features_of_a_classifier_layer_and_conditional_accuracy():
     frechet.features(model, variables, np.asarray(x), layer="Dense_7")
 
 
-def test_vae_elbo_sanity():
-  model = vae.VAE(*networks.encoder_decoder("conv", (8, 8, 1), 2 * 2, 4))
-  tx = optax.adam(1e-2)
-  state = vae.create_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
-  x = (_batch(16)["input"] + 1) / 2
-  rng = jax.random.PRNGKey(3)
-  terms = vae.elbo(model, state.params, x, rng)
-  np.testing.assert_allclose(terms["elbo"], -(terms["reconstruction"] + terms["kl"]), rtol=1e-6)
-  assert bool(jnp.all(terms["kl"] >= 0))
-  # The rng is explicit: the same key, the same estimate; another key, another one.
-  np.testing.assert_array_equal(vae.elbo(model, state.params, x, rng)["elbo"], terms["elbo"])
-  assert not np.allclose(
-    vae.elbo(model, state.params, x, jax.random.PRNGKey(4))["elbo"], terms["elbo"]
+def _images(n=16):
+  return np.asarray((_batch(n)["input"] + 1) / 2)  # [0, 1]
+
+
+def test_vae_objective_draws_from_the_latent_stream():
+  module = vae.VAE(*networks.encoder_decoder("conv", (8, 8, 1), 2 * 2, 4))
+  x = _images()
+  params = module.init({"params": jax.random.PRNGKey(0)}, x)["params"]
+
+  def terms(key, train=True):
+    outputs = module.apply({"params": params}, x, train=train, rngs={vae.LATENT: key})
+    loss_B, metrics = vae.objective(outputs, {"input": x})
+    return loss_B, metrics
+
+  loss_B, metrics = terms(jax.random.PRNGKey(3))
+  np.testing.assert_allclose(metrics["elbo"], -(metrics["reconstruction"] + metrics["kl"]), rtol=1e-6)
+  np.testing.assert_array_equal(loss_B, -metrics["elbo"])
+  assert bool(jnp.all(metrics["kl"] >= 0))
+  # The same key, the same estimate; another key, another one; evaluation: a fixed key.
+  np.testing.assert_array_equal(terms(jax.random.PRNGKey(3))[0], loss_B)
+  assert not np.allclose(terms(jax.random.PRNGKey(4))[0], loss_B)
+  np.testing.assert_array_equal(
+    terms(jax.random.PRNGKey(4), train=False)[0], terms(jax.random.PRNGKey(5), train=False)[0]
   )
   assert float(vae.kl_to_standard_normal(jnp.zeros((1, 3)), jnp.zeros((1, 3)))[0]) == 0.0
-  before = vae.evaluate(model, state.params, np.asarray(x), rng)["elbo"]
-  step = jax.jit(functools.partial(vae.train_step, model=model, tx=tx))
-  for _ in range(30):
-    state, metrics = step(state, {"input": x})
-  after = vae.evaluate(model, state.params, np.asarray(x), rng)["elbo"]
-  assert after > before + 1.0
-  assert vae.interpolate(model, state.params, x[:2], x[2:4], num_steps=5).shape == (2, 5, 8, 8, 1)
+  with pytest.raises(ValueError, match="rng_streams"):
+    module.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.PRNGKey(0)})
+
+
+def test_vae_task_trains_through_fit_without_labels(tmp_path):
+  """Unsupervised data ({"input"} only): validation is carved out, evaluated, and improves."""
+  module = vae.VAE(*networks.encoder_decoder("dense", (8, 8, 1), 2 * 2, 16))
+  task = dl.task(
+    model=dl.Linen(module, rng_streams=(vae.LATENT,)),
+    objective=vae.objective,
+    optimizer=optax.adam(1e-2),
+    train={"input": np.tile(_images(), (4, 1, 1, 1))},  # 64 images, 6 held out
+  )
+  assert task.selection == ("loss", "min")
+  state, history = dl.fit(task, str(tmp_path), num_steps=40, batch_size=8, eval_every=20, **QUIET)
+  first, last = history["eval"][0], history["eval"][-1]
+  assert set(last) >= {"loss", "elbo", "reconstruction", "kl"}
+  assert last["elbo"] > first["elbo"] + 1.0
+  assert task.evaluate(state)["elbo"] == task.evaluate(state)["elbo"]  # a fixed key
+  x = _images(4)
+  lines = vae.interpolate(module, state.params, x[:2], x[2:4], num_steps=5)
+  assert lines.shape == (2, 5, 8, 8, 1)
+  assert vae.sample(module, state.params, jax.random.PRNGKey(0), 3, 2).shape == (3, 8, 8, 1)
 
 
 def test_reparameterize_has_the_right_moments():
@@ -189,13 +302,22 @@ def test_reparameterize_has_the_right_moments():
   np.testing.assert_allclose(z.std(axis=(0, 1)), [2.0, 0.5], rtol=0.03)
 
 
-def test_autoencoder_scores_and_detection_metrics():
-  model = autoencoder.Autoencoder(*networks.encoder_decoder("dense", (8, 8, 1), 2, 8))
-  tx = optax.adam(1e-2)
-  state = autoencoder.create_state(model, tx, jax.random.PRNGKey(0), (8, 8, 1))
-  x = np.asarray((_batch(16)["input"] + 1) / 2)
-  scores = autoencoder.reconstruction_error(model, state.params, x, batch_size=5)
+def test_autoencoder_task_scores_and_detection_metrics(tmp_path):
+  module = autoencoder.Autoencoder(*networks.encoder_decoder("dense", (8, 8, 1), 2, 8))
+  x = _images()
+  task = dl.task(
+    model=dl.Linen(module, train_arg=None),
+    objective=autoencoder.objective,
+    optimizer=optax.adam(1e-2),
+    train={"input": x},
+    validation_fraction=0.25,
+  )
+  state, history = dl.fit(task, str(tmp_path), num_steps=6, batch_size=4, eval_every=3, **QUIET)
+  assert [r["step"] for r in history["eval"]] == [3, 6]
+  scores = autoencoder.reconstruction_error(task, state, x, batch_size=5)
   assert scores.shape == (16,) and np.all(scores >= 0)
+  recon = module.apply({"params": state.params}, x)
+  np.testing.assert_allclose(scores, np.mean((recon - x) ** 2, axis=(1, 2, 3)), rtol=1e-5)
   labels = np.array([0] * 14 + [1] * 2)
   assert anomaly.detection_metrics(np.arange(16.0), labels) == {
     "roc_auc": 1.0,
@@ -207,25 +329,48 @@ def test_autoencoder_scores_and_detection_metrics():
     anomaly.detection_metrics(np.arange(4.0), np.zeros(4))
 
 
-def test_cyclegan_step_updates_all_four_networks():
-  translator, disc = cyclegan.Translator(width=4, depth=1), dcgan.Discriminator(width=4)
+def _cyclegan(**kwargs) -> cyclegan.CycleGAN:
   tx = optax.adam(1e-3)
-  state = cyclegan.create_state(
-    translator, disc, tx, tx, jax.random.PRNGKey(0), image_shape=(8, 8, 1)
+  a, b = _arrays(24)["input"], -_arrays(16)["input"]
+  return cyclegan.CycleGAN(
+    cyclegan.Translator(width=4, depth=1),
+    dcgan.Discriminator(width=4),
+    tx,
+    tx,
+    train={"a": a, "b": b},
+    **kwargs,
   )
-  batch = {"a": _batch(4)["input"], "b": -_batch(6)["input"]}
-  step = functools.partial(
-    cyclegan.train_step, translator=translator, discriminator=disc, gen_tx=tx, disc_tx=tx
-  )
-  new_state, metrics = jax.jit(step)(state, batch)
-  assert set(new_state.gen_params) == {"a_to_b", "b_to_a"} and set(new_state.disc_params) == {
-    "a",
-    "b",
-  }
+
+
+def test_cyclegan_step_updates_all_four_networks():
+  cycle = _cyclegan()
+  state = cycle.init(0)
+  batch = {"a": _batch(4)["input"], "b": -_batch(4)["input"]}
+  new_state, metrics = jax.jit(cycle.step)(state, batch)
+  assert set(new_state.gen_params) == {"a_to_b", "b_to_a"}
+  assert set(new_state.disc_params) == {"a", "b"}
   for tree in ("gen_params", "disc_params"):
     for name, params in getattr(new_state, tree).items():
-      old = getattr(state, tree)[name]
-      assert any(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.any(a != b)), old, params))), (
-        name
-      )
+      assert _moved(getattr(state, tree)[name], params), name
   assert float(metrics["cycle_loss"]) > 0
+
+
+def test_cyclegan_through_fit_resumes_exactly_with_zipped_batches(tmp_path):
+  """The position of both domains' streams is checkpointed: 3 + 3 fused steps == 6 straight."""
+  held_out = {"a": _arrays(5)["input"], "b": _arrays(7)["input"]}
+  cycle = _cyclegan(test=held_out)
+  config = dl.FitConfig(num_steps=6, batch_size=8, steps_per_dispatch=2, **QUIET)
+  full, _ = dl.fit(cycle, str(tmp_path / "full"), config)
+  dl.fit(cycle, str(tmp_path / "cut"), config, num_steps=3)
+  resumed, history = dl.fit(cycle, str(tmp_path / "cut"), config)
+  chex.assert_trees_all_equal(full, resumed)
+  test = history["test"][-1]
+  assert test["cycle_loss"] == pytest.approx(test["cycle_a"] + test["cycle_b"])
+  batches = cycle.batches(8, seed=0)
+  assert batches.steps_per_epoch == 3  # of the longer domain
+  assert {k: v.shape for k, v in batches.next(2).items()} == {
+    "a": (2, 8, 8, 8, 1),
+    "b": (2, 8, 8, 8, 1),
+  }
+  with pytest.raises(ValueError, match="both domains"):
+    _cyclegan(eval={"a": held_out["a"]})

@@ -5,6 +5,7 @@ from tiny_export import exported_cnn
 
 import dl
 from dl import export, monitor
+from dl.data.transforms import Preprocess
 
 
 def _noisy(images, sigma, seed=0):
@@ -44,8 +45,10 @@ def test_tabular_export_standardises_exactly_and_flags_shifted_features(tmp_path
   model = export.load(str(tmp_path / "export"))
   features = dl.data.load("breast_cancer", "test")["features"]
   np.testing.assert_array_equal(model(features), dl.predict(task, state, features))
-  assert model.spec["preprocessing"]["kind"] == "standardize"
+  assert model.spec["inputs"][0]["preprocessing"]["kind"] == "standardize"
   assert model.reference.kind == "features" and len(model.reference.names) == 30
+  # The reference describes the model's (standardised) inputs, from the task's own arrays.
+  np.testing.assert_allclose(model.reference.sample_NxF.mean(0), 0.0, atol=0.2)
   clean = model.check_drift(features)
   assert not clean.drifted, str(clean)
   shifted = features.copy()
@@ -54,6 +57,18 @@ def test_tabular_export_standardises_exactly_and_flags_shifted_features(tmp_path
   assert report.drifted, str(report)
   assert set(report.drifted_features) <= {"feature_0", "feature_7"}
   assert report.drifted_features
+
+
+def test_feature_drift_is_the_same_on_standardised_features():
+  rng = np.random.default_rng(0)
+  raw = rng.normal(50.0, [1.0, 10.0, 1000.0], size=(800, 3))
+  batch = raw[:200] * [1.0, 1.3, 1.0] + [0.0, 0.0, 800.0]  # two features shifted
+  standardize = Preprocess.fit(raw)
+  on_raw = monitor.check(monitor.reference(raw), batch)
+  on_model_inputs = monitor.check(monitor.reference(standardize(raw)), standardize(batch))
+  np.testing.assert_allclose(on_model_inputs.psi_F, on_raw.psi_F, atol=1e-3)
+  np.testing.assert_allclose(on_model_inputs.ks_statistic_F, on_raw.ks_statistic_F, atol=1e-2)
+  assert on_raw.drifted_features == on_model_inputs.drifted_features == ("feature_1", "feature_2")
 
 
 def test_reference_round_trips_and_identical_data_has_zero_psi(tmp_path):

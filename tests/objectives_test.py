@@ -71,14 +71,14 @@ def test_regression_train_step_fits_a_linear_map():
   x = rng.normal(size=(64, 3)).astype(np.float32)
   batch = {"input": x, "label": (x @ rng.normal(size=(3, 2))).astype(np.float32)}
   step = jax.jit(
-    functools.partial(dl.train_step, apply_fn=model.apply, tx=tx, objective=objectives.regression)
+    functools.partial(dl.train_step, model=model, tx=tx, objective=objectives.regression)
   )
   _, first = step(state, batch)
   for _ in range(200):
     state, metrics = step(state, batch)
   assert set(metrics) == {"loss", "mse", "mae"}
   assert metrics["loss"] < 0.02 * first["loss"]
-  sums = dl.eval_step(state, batch, apply_fn=model.apply, objective=objectives.regression)
+  sums = dl.eval_step(state, batch, model=model, objective=objectives.regression)
   np.testing.assert_allclose(sums["mse"] / sums["count"], metrics["loss"], rtol=0.2)
 
 

@@ -31,7 +31,7 @@ def _problem():
 
 def _run_jit():
   model, tx, state, batches = _problem()
-  step = dl.jit_step(functools.partial(dl.train_step, apply_fn=model.apply, tx=tx))
+  step = dl.jit_step(functools.partial(dl.train_step, model=model, tx=tx))
   losses = []
   for batch in batches:
     state, metrics = step(state, batch)
@@ -42,7 +42,7 @@ def _run_jit():
 def _run_pmap():
   model, tx, state, batches = _problem()
   n = jax.local_device_count()
-  step = dl.compile.pmap_step(functools.partial(dl.train_step, apply_fn=model.apply, tx=tx))
+  step = dl.training.compile.pmap_step(functools.partial(dl.train_step, model=model, tx=tx))
   state = parallel.replicate(state)
   losses = []
   for batch in batches:
@@ -57,8 +57,8 @@ def _run_mesh(mode):
   shardings = parallel.state_shardings(state, mesh)
   state = jax.device_put(state, shardings)
   batch_sharding = parallel.batch_sharding(mesh)
-  step = dl.compile.mesh_step(
-    functools.partial(dl.train_step, apply_fn=model.apply, tx=tx), shardings, batch_sharding
+  step = dl.training.compile.mesh_step(
+    functools.partial(dl.train_step, model=model, tx=tx), shardings, batch_sharding
   )
   losses = []
   for batch in batches:
@@ -107,8 +107,8 @@ def collective_counts(mode):
   mesh = parallel.make_mesh(mode)
   shardings = parallel.state_shardings(state, mesh)
   batch_sharding = parallel.batch_sharding(mesh)
-  step = dl.compile.mesh_step(
-    functools.partial(dl.train_step, apply_fn=model.apply, tx=tx), shardings, batch_sharding
+  step = dl.training.compile.mesh_step(
+    functools.partial(dl.train_step, model=model, tx=tx), shardings, batch_sharding
   )
   hlo = step.lower(state, batches[0]).compile().as_text()
   return {

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pytest
 from PIL import Image
-from tiny_export import exported_cnn
+from tiny_export import exported_cnn, exported_two_inputs, two_input_arrays
 
 import dl
 from dl import export
@@ -18,8 +18,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _predict_cli(*args):
-  """Runs `python -m dl.cli.predict` (a subprocess: importing dl/predict.py here would shadow
-  the function dl.predict with the module)."""
+  """Runs `python -m dl.cli.predict` in a fresh process, as a user would."""
   return subprocess.run(
     [sys.executable, "-m", "dl.cli.predict", *args],
     check=False,
@@ -51,8 +50,13 @@ def test_cli_predicts_and_writes_csv(tmp_path):
 _BAD_INPUTS = {
   "missing_file": (["--input", "{tmp}/nothing.npy"], r"input file .*nothing.npy' does not exist"),
   "wrong_shape": (["--input", "{tmp}/big.npy"], r"shape \(batch, 8, 8, 1\); got \(4, 28, 28, 1\)"),
-  "wrong_dtype": (["--input", "{tmp}/float.npy"], "must have dtype uint8; got float64"),
-  "wrong_format": (["--input", "{tmp}/x.txt"], "input must be one of .npy, .csv, .png; got '.txt'"),
+  "wrong_dtype": (["--input", "{tmp}/float.npy"], "must have dtype uint8 .*; got float64"),
+  "wrong_format": (["--input", "{tmp}/x.txt"], "input must be one of .npz, .npy, .csv, .png; got '.txt'"),
+  "npz_names": (["--input", "{tmp}/named.npz"], r"must have keys \['input'\]; got \['image'\]"),
+  "two_inputs_npy": (
+    ["--model", "{two_inputs}", "--input", "{tmp}/big.npy"],
+    r"takes inputs \['user', 'item'\]: pass a .npz file with one array per name; got '.npy'",
+  ),
   "csv_columns": (["--input", "{tmp}/x.csv"], r"expected 64 columns .*; got 3"),
   "png_size": (
     ["--input", "{tmp}/big.png"],
@@ -81,8 +85,10 @@ print(json.dumps(results))
 def _bad_input_results() -> dict:
   """{case: [exit status, stderr]} of `python -m dl.cli.predict` on each bad input."""
   *_, directory = exported_cnn()
+  *_, two_inputs = exported_two_inputs()
   tmp = tempfile.mkdtemp(prefix="dl_predict_test_")
   images = dl.data.load("digits", "test")["image"][:4]
+  np.savez(f"{tmp}/named.npz", image=images)
   np.save(f"{tmp}/big.npy", np.zeros((4, 28, 28, 1), np.uint8))
   np.save(f"{tmp}/float.npy", images.astype(np.float64))
   with open(f"{tmp}/x.txt", "w") as f:
@@ -91,7 +97,7 @@ def _bad_input_results() -> dict:
     f.write("1,2,3\n4,5,6\n")
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(f"{tmp}/big.png")
   argvs = {
-    case: ["--model", directory, *(a.format(tmp=tmp) for a in argv)]
+    case: ["--model", directory, *(a.format(tmp=tmp, two_inputs=two_inputs) for a in argv)]
     for case, (argv, _) in _BAD_INPUTS.items()
   }
   result = subprocess.run(
@@ -102,6 +108,20 @@ def _bad_input_results() -> dict:
     check=True,
   )
   return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_cli_predicts_for_a_model_with_two_inputs(tmp_path):
+  task, state, _, directory = exported_two_inputs()
+  pairs = two_input_arrays(10, seed=4)
+  inputs = {"user": pairs["user"], "item": pairs["item"]}
+  np.savez(tmp_path / "x.npz", **inputs)
+  result = _predict_cli("--model", directory, "--input", str(tmp_path / "x.npz"), "--drift")
+  assert result.returncode == 0, result.stderr
+  rows = result.stdout.splitlines()[:11]
+  assert rows[0] == "index,prediction"
+  assert "of 16 embeddings drifted (10 examples" in result.stdout  # the drift report
+  expected = dl.predict(task, state, inputs)
+  np.testing.assert_allclose([float(r.split(",")[1]) for r in rows[1:]], expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(_BAD_INPUTS))

@@ -32,7 +32,7 @@ def _state(tx):
 
 
 def _step(tx, **kw):
-  return functools.partial(privacy.dp_train_step, apply_fn=MODEL.apply, tx=tx, **kw)
+  return functools.partial(privacy.dp_train_step, model=MODEL, tx=tx, **kw)
 
 
 def _norms(tree_N):
@@ -143,7 +143,7 @@ def test_train_logs_the_accountants_epsilon_with_accumulation(tmp_path):
   accum = 2
   config = tiny_config(dp_noise_multiplier=1.0, grad_accum_steps=accum, steps_per_dispatch=10)
   _, history = dl.train(config, str(tmp_path))
-  num_train = len(dl.build(config).train["label"])
+  num_train = len(dl.build(config).train)
   for record in history["train"]:
     expected = _accountant_epsilon(
       32 * accum / num_train, 1.0, record["step"] // accum, 1e-5, rdp.RdpAccountant()
@@ -168,7 +168,7 @@ def test_dp_rejects_batch_norm_and_bad_config():
   model = WithBatchNorm()
   state = dl.create_train_state(model, tx, jax.random.PRNGKey(0), (4,))
   step = functools.partial(
-    privacy.dp_train_step, apply_fn=model.apply, tx=tx, l2_clip=1.0, noise_multiplier=1.0
+    privacy.dp_train_step, model=model, tx=tx, l2_clip=1.0, noise_multiplier=1.0
   )
   batch = _inputs(2)
   with pytest.raises(ValueError, match=r"without batch statistics.*\['batch_stats'\]"):

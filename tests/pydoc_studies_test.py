@@ -5,6 +5,7 @@ import pathlib
 
 import numpy as np
 
+import dl
 from dl.data.builders import pydoc_text
 
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
@@ -17,20 +18,25 @@ def _module(name):
   return module
 
 
-def test_reverse_words_pairs_and_tiny_training():
+def test_reverse_words_pairs_and_tiny_training(tmp_path):
   study = _module("pydoc_reverse_words")
   assert study.reverse_words("is equivalent to the") == "the to equivalent is"
   arrays = study.to_arrays(["a bc def", "xy z"])
-  sources_NxL, targets_in_NxL = arrays["input"][:, 0], arrays["input"][:, 1]
-  assert pydoc_text.decode(sources_NxL[0]) == "a bc def"
+  assert pydoc_text.decode(arrays["source"][0]) == "a bc def"
   assert pydoc_text.decode(arrays["label"][0]) == "def bc a"
-  assert targets_in_NxL[0, 0] == study.START_ID
-  np.testing.assert_array_equal(targets_in_NxL[0, 1:9], arrays["label"][0, :8])
+  assert arrays["target_in"][0, 0] == study.START_ID
+  np.testing.assert_array_equal(arrays["target_in"][0, 1:9], arrays["label"][0, :8])
   assert arrays["weights"][1].sum() == len("z xy") + 1  # the characters and the end marker
-  model = study.make_model(width=16, depth=1)
-  state, last = study.train(model, arrays, steps=2, batch_size=2)
-  assert int(state.step) == 2 and np.isfinite(last["loss"])
-  # `evaluate` decodes with `dl.sampling.translate`, tested in tests/transformer_test.py.
+  # Two-input model through dl.fit: 20 train chunks (2 held out for validation), 8 test.
+  result = study.run(
+    str(tmp_path), steps=2, batch_size=4, width=16, depth=1, limit=20, progress=False
+  )
+  assert result["train_chunks"] == 18 and result["validation_chunks"] == 2
+  assert result["best_step"] in (2,) and 0.0 <= result["test_exact_match"] <= 1.0
+  assert np.isfinite(result["final_train_loss"]) and 0.0 <= result["test_char_accuracy"] <= 1.0
+  history = dl.read_history(str(tmp_path / "metrics.jsonl"))
+  assert [r["step"] for r in history["eval"]] == [2] and "exact_match" in history["test"][-1]
+  assert (tmp_path / "result.json").exists()
 
 
 def test_unigram_baseline_is_the_cross_entropy_of_train_frequencies():

@@ -1,8 +1,14 @@
-"""Recommendation: leave-one-out, negatives, ranking metrics, popularity, models, the builder."""
+"""Recommendation: leave-one-out, negatives, ranking metrics, popularity, models, the builder,
+and training on negatives resampled each epoch through dl.fit, resumed exactly."""
 
+import dataclasses
+import json
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import sklearn.metrics
 
@@ -90,6 +96,70 @@ def test_implicit_objective_is_per_example_binary_cross_entropy():
   expected = [np.log1p(np.exp(-2.0)), np.log1p(np.exp(-1.0)), np.log1p(np.exp(0.5))]
   np.testing.assert_allclose(loss_B, expected, rtol=1e-5)
   np.testing.assert_array_equal(metrics["accuracy"], [1.0, 1.0, 0.0])
+  assert set(metrics) == {"accuracy"}  # no candidates to rank
+
+
+def test_implicit_objective_ranks_candidates_as_ranking_metrics_do():
+  scores_UxC = np.random.default_rng(0).normal(size=(40, 30)).astype(np.float32)
+  scores_UxC[:5, 0] = 10.0  # some held-out items ranked first
+  scores_UxC[5, :] = 1.0  # a tie counts against the held-out item
+  batch = recommend.ranking_arrays(np.arange(40), np.zeros((40, 30), np.int32))
+  loss_B, metrics = recommend.implicit_objective(jnp.asarray(scores_UxC)[..., None], batch)
+  expected = recommend.ranking_metrics(scores_UxC, k=10)
+  assert float(metrics["hr@10"].mean()) == pytest.approx(expected["hr@10"])
+  assert float(metrics["ndcg@10"].mean()) == pytest.approx(expected["ndcg@10"], rel=1e-6)
+  assert loss_B.shape == (40,) and float(metrics["hr@10"][5]) == 0.0
+  assert recommend.implicit_objective.mode(recommend.implicit_objective.select) == "max"
+
+
+def test_sampled_negatives_are_redrawn_each_epoch_and_resume_exactly():
+  ids = np.array([[0, 0], [0, 1], [1, 2], [1, 3], [2, 4], [2, 0]], np.int32)
+  seen = recommend.interactions(ids, 3, 9)
+  pairs = recommend.SampledNegatives(ids, seen, num_negatives=3)
+  assert len(pairs) == 24
+  stream = pairs.batches(8, seed=5)
+  assert stream.steps_per_epoch == 3
+  epochs = [stream.next(3) for _ in range(2)]
+  for epoch in epochs:
+    users, items = epoch["input"][..., 0].ravel(), epoch["input"][..., 1].ravel()
+    labels = epoch["label"].ravel()
+    assert labels.sum() == 6 and not seen[users[labels == 0], items[labels == 0]].any()
+  assert not np.array_equal(epochs[0]["input"], epochs[1]["input"])  # redrawn
+  again = pairs.batches(8, seed=5)
+  again.set_state(json.loads(json.dumps({"epoch": 1, "index": 1})))
+  np.testing.assert_array_equal(again.next()["input"], epochs[1]["input"][1])
+  other_seed = pairs.batches(8, seed=6).next(3)
+  assert not np.array_equal(other_seed["input"], epochs[0]["input"])
+  shard = pairs.batches(8, seed=5, shard_index=1, num_shards=2).next()
+  np.testing.assert_array_equal(shard["input"], epochs[0]["input"][0, 4:])
+
+
+def _implicit_task(seed=0):
+  rng = np.random.default_rng(seed)
+  ids = np.stack([rng.integers(0, 6, 40), rng.integers(0, 30, 40)], 1).astype(np.int32)
+  seen = recommend.interactions(ids, 6, 30)
+  pairs = recommend.SampledNegatives(ids, seen, num_negatives=2)  # 120 pairs: 3 steps of 32
+  candidates = recommend.candidates(ids[:6, 1], recommend.sample_negatives(ids[:6, 0], seen, 9))
+  task = dl.task(
+    model=MatrixFactorization(num_users=6, num_items=30, dim=4),
+    objective=recommend.implicit_objective,
+    optimizer=optax.adam(1e-2),
+    train=pairs.arrays,
+    eval=recommend.ranking_arrays(ids[:6, 0], candidates),
+  )
+  return dataclasses.replace(task, train=pairs)
+
+
+def test_fit_on_resampled_negatives_resumes_exactly(tmp_path):
+  task = _implicit_task()
+  config = dl.FitConfig(batch_size=32, progress=False, tensorboard=False, log_every=1)
+  full, history = dl.fit(task, str(tmp_path / "full"), config, num_steps=5)
+  assert {"hr@10", "ndcg@10"} <= set(history["eval"][-1]) and task.selection == ("ndcg@10", "max")
+  dl.fit(task, str(tmp_path / "resumed"), config, num_steps=2)  # stops inside epoch 0
+  resumed, _ = dl.fit(task, str(tmp_path / "resumed"), config, num_steps=5)  # into epoch 1
+  assert int(resumed.step) == 5
+  chex.assert_trees_all_equal(full.params, resumed.params)
+  chex.assert_trees_all_equal(full.opt_state, resumed.opt_state)
 
 
 def _random_params(model, ids, seed=0):
@@ -106,8 +176,15 @@ def test_recommender_shapes(cls):
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), ids)
   assert jax.eval_shape(model.apply, shapes, ids).shape == (3, 1)
   assert jax.eval_shape(model.apply, shapes, ids.astype(jnp.float32)).dtype == jnp.float32
-  with pytest.raises(ValueError, match=r"ids of shape \(B, 2\); got shape \(3,\)"):
+  with pytest.raises(ValueError, match=r"ids of shape \(B, 2\) or \(B, ..., 2\); got shape \(3,\)"):
     jax.eval_shape(model.apply, shapes, ids[:, 0])
+  # Each user's candidates at once: (B, C, 2) ids give (B, C, 1), the same scores as pairs.
+  params = _random_params(model, ids)
+  candidates_BxCx2 = jnp.stack([ids, ids[::-1]], axis=1)
+  apply = jax.jit(model.apply)
+  out_BxCx1 = apply(params, candidates_BxCx2)
+  assert out_BxCx1.shape == (3, 2, 1)
+  np.testing.assert_allclose(out_BxCx1[:, 0], apply(params, ids), rtol=1e-6)
 
 
 def test_matrix_factorization_is_bias_plus_dot_product():

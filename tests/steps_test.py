@@ -23,7 +23,7 @@ def _setup(model=None, batch_size=8, num_batches=6, tx=None):
     }
     for _ in range(num_batches)
   ]
-  step = functools.partial(dl.train_step, apply_fn=model.apply, tx=tx)
+  step = functools.partial(dl.train_step, model=model, tx=tx)
   return state, batches, step
 
 
@@ -37,7 +37,7 @@ def test_golden_single_step():
   tx = optax.sgd(0.1)
   state = dl.create_train_state(model, tx, jax.random.PRNGKey(42), (3,))
   batch = {"input": jnp.array([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5]]), "label": jnp.array([0, 1])}
-  new_state, metrics = jax.jit(functools.partial(dl.train_step, apply_fn=model.apply, tx=tx))(
+  new_state, metrics = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(
     state, batch
   )
   assert int(new_state.step) == 1
@@ -101,7 +101,7 @@ def test_batch_norm_state_is_updated():
     "input": np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype(np.float32),
     "label": np.array([0, 1, 2, 0], np.int32),
   }
-  new_state, _ = jax.jit(functools.partial(dl.train_step, apply_fn=model.apply, tx=tx))(
+  new_state, _ = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(
     state, batch
   )
   assert set(new_state.model_state) == {"batch_stats"}
@@ -116,10 +116,10 @@ def test_eval_step_masks_padding_exactly():
   del step
   model = models.MLP(num_classes=3, width=16, depth=1, dropout=0.1)
   batch = batches[0]
-  full = dl.eval_step(state, batch, apply_fn=model.apply)
+  full = dl.eval_step(state, batch, model=model)
   padded = {k: np.concatenate([v, np.zeros_like(v[:3])]) for k, v in batch.items()}
   padded["mask"] = np.concatenate([np.ones(8), np.zeros(3)]).astype(np.float32)
-  masked = dl.eval_step(state, padded, apply_fn=model.apply)
+  masked = dl.eval_step(state, padded, model=model)
   chex.assert_trees_all_close(full, masked, rtol=1e-6)
   assert float(masked["count"]) == 8
 
@@ -129,11 +129,15 @@ def test_eval_step_masks_padding_exactly():
   [
     (
       {"image": np.zeros((2, 4), np.float32), "label": np.zeros(2, np.int32)},
-      "keys 'input' and 'label'; got \\['image', 'label'\\]",
+      r"the model reads batch keys \['input'\]; got \['image', 'label'\]",
+    ),
+    (
+      {"input": np.zeros((2, 4), np.float32), "grade": np.zeros(2, np.int32)},
+      r"objective 'classification' reads batch\['label'\]; the batch has keys \['grade', 'input'\]",
     ),
     (
       {"input": np.zeros((2, 4), np.float32), "label": np.zeros(3, np.int32)},
-      r"batch\['label'\] \(B, ...\) with the same B; got shapes \(2, 4\) and \(3,\)",
+      r"same leading \(batch\) axis; got shapes \{'input': \(2, 4\), 'label': \(3,\)\}",
     ),
     (
       {"input": np.zeros((2, 4), np.float32), "label": np.zeros(2, np.float32)},

@@ -2,9 +2,11 @@
 
 python -m dl.cli.predict --model exports/digits --input digits.npy [--output probs.csv] [--drift]
 
-`--input` is a `.npy` batch, a `.csv` of one example per row, or a `.png` image; bad input
-(missing file, wrong shape or dtype) exits with status 2 and a message naming what was
-expected and what came.
+`--input` is a `.npz` with one array per input name (any model, and the form for models with
+several inputs), or for a model with one input a `.npy` batch, a `.csv` of one example per
+row or a `.png` image. A classifier's predictions are printed as the predicted class and its
+probability; other models' as their values. Bad input (missing file, wrong names, shape or
+dtype) exits with status 2 and a message naming what was expected and what came.
 """
 
 import argparse
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     model = export.load(args.model)
     inputs = export.read_inputs(args.input, model.spec)
-    probs = model(inputs)
+    predictions = model(inputs)
     report = None
     if args.drift:
       thresholds = monitor.Thresholds(
@@ -33,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"dl.predict: error: {e}", file=sys.stderr)
     return 2
   if args.output:
-    _write(args.output, probs, model.class_names)
+    _write(args.output, predictions, model.class_names)
   else:
-    _print(probs, model.class_names)
+    _print(predictions, model.class_names)
   if report is not None:
     print(report)
   return 0
@@ -44,8 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="python -m dl.cli.predict", description=__doc__.split("\n")[0])
   parser.add_argument("--model", required=True, help="an export directory (dl.export.export)")
-  parser.add_argument("--input", required=True, help="a .npy, .csv or .png file")
-  parser.add_argument("--output", help="write probabilities to .npy, .csv or .json")
+  parser.add_argument("--input", required=True, help="a .npz, .npy, .csv or .png file")
+  parser.add_argument("--output", help="write predictions to .npy, .csv or .json")
   parser.add_argument("--drift", action="store_true", help="also check the batch for drift")
   parser.add_argument("--psi", type=float, default=monitor.Thresholds.psi)
   parser.add_argument("--ks_pvalue", type=float, default=monitor.Thresholds.ks_pvalue)
@@ -53,27 +55,50 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _print(probs: np.ndarray, class_names: list[str]) -> None:
-  print("index,predicted,probability")
-  for i, row in enumerate(probs):
-    print(f"{i},{class_names[row.argmax()]},{row.max():.4f}")
+def _columns(predictions: np.ndarray) -> list[str]:
+  """Column names of a model's predictions that are not class probabilities."""
+  width = int(np.prod(predictions.shape[1:]))
+  return ["prediction"] if predictions.ndim == 1 else [f"output_{i}" for i in range(width)]
 
 
-def _write(path: str, probs: np.ndarray, class_names: list[str]) -> None:
-  predicted = [class_names[i] for i in probs.argmax(axis=1)]
+def _print(predictions: np.ndarray, class_names: list[str]) -> None:
+  if class_names:
+    print("index,predicted,probability")
+    for i, row in enumerate(predictions):
+      print(f"{i},{class_names[row.argmax()]},{row.max():.4f}")
+    return
+  print(",".join(["index", *_columns(predictions)]))
+  for i, row in enumerate(predictions.reshape(len(predictions), -1)):
+    print(",".join([str(i), *(f"{v:.6g}" for v in row)]))
+
+
+def _write(path: str, predictions: np.ndarray, class_names: list[str]) -> None:
   if path.endswith(".npy"):
-    np.save(path, probs)
+    np.save(path, predictions)
+  elif class_names:
+    predicted = [class_names[i] for i in predictions.argmax(axis=1)]
+    rows = zip(predicted, predictions)
+    if path.endswith(".json"):
+      _write_json(path, [{"predicted": p, "probabilities": r.tolist()} for p, r in rows])
+    else:
+      _write_csv(path, ["predicted", *class_names], ([p, *(f"{v:.8g}" for v in r)] for p, r in rows))
   elif path.endswith(".json"):
-    rows = [{"predicted": p, "probabilities": r.tolist()} for p, r in zip(predicted, probs)]
-    with open(path, "w") as f:
-      json.dump(rows, f)
+    _write_json(path, [{"prediction": r.tolist()} for r in predictions])
   else:
-    with open(path, "w") as f:
-      f.write(",".join(["predicted", *class_names]) + "\n")
-      f.writelines(
-        ",".join([p, *(f"{v:.8g}" for v in row)]) + "\n" for p, row in zip(predicted, probs)
-      )
-  print(f"wrote {len(probs)} predictions to {path}")
+    flat = predictions.reshape(len(predictions), -1)
+    _write_csv(path, _columns(predictions), ([f"{v:.8g}" for v in r] for r in flat))
+  print(f"wrote {len(predictions)} predictions to {path}")
+
+
+def _write_json(path: str, rows: list) -> None:
+  with open(path, "w") as f:
+    json.dump(rows, f)
+
+
+def _write_csv(path: str, header: list[str], rows) -> None:
+  with open(path, "w") as f:
+    f.write(",".join(header) + "\n")
+    f.writelines(",".join(row) + "\n" for row in rows)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,16 @@
 """Autoencoders: an encoder to a bottleneck, a decoder back; trained on reconstruction error.
 
-  model = autoencoder.Autoencoder(*networks.encoder_decoder("dense", (28, 28, 1), 16, 128))
-  state = autoencoder.create_state(model, optax.adam(1e-3), key, (28, 28, 1))
-  state, metrics = jax.jit(functools.partial(autoencoder.train_step, model=model, tx=tx))(
-      state, {"input": x_BxHxWxC})
-  scores_N = autoencoder.reconstruction_error(model, state.params, x_NxHxWxC)
+An autoencoder is an ordinary model with an objective that reads no label, so it trains as a
+`dl.task` through `dl.fit`:
+
+  module = autoencoder.Autoencoder(*networks.encoder_decoder("dense", (28, 28, 1), 16, 128))
+  task = dl.task(model=dl.Linen(module, train_arg=None), objective=autoencoder.objective,
+                 optimizer=optax.adam(1e-3), train={"input": x_NxHxWxC})
+  state, history = dl.fit(task, workdir, num_steps=1500, batch_size=64)
+  scores_N = autoencoder.reconstruction_error(task, state, x_NxHxWxC)
 
 Inputs are images in [0, 1]; the decoder's logits pass through a sigmoid.
 """
-
-import functools
 
 import flax.linen as nn
 import jax
@@ -17,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl.training.state import TrainState
+from dl import inference, objectives
 
 
 class Autoencoder(nn.Module):
@@ -37,48 +38,34 @@ class Autoencoder(nn.Module):
     return jax.nn.sigmoid(self.decoder(z_BxZ))
 
 
-def create_state(
-  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]
-) -> TrainState:
-  """A `dl.TrainState` (step 0) for an autoencoder on images of `image_shape`."""
-  init_rng, rng = jax.random.split(rng)
-  params = model.init(init_rng, jnp.zeros((1, *image_shape)))["params"]
-  return TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), rng)
+def squared_error(reconstructions: jax.Array, x: jax.Array) -> jax.Array:
+  """Per-example mean squared error (B,) over all non-batch axes."""
+  return jnp.mean(optax.squared_error(reconstructions, x), axis=tuple(range(1, x.ndim)))
 
 
-def squared_error(model: nn.Module, params, x_BxHxWxC: jax.Array) -> jax.Array:
-  """Per-example mean squared reconstruction error (B,)."""
-  recon = model.apply({"params": params}, x_BxHxWxC)
-  return optax.squared_error(recon, x_BxHxWxC).mean(axis=tuple(range(1, x_BxHxWxC.ndim)))
+def _reconstruction(reconstructions, batch):
+  """The loss of each example: its mean squared reconstruction error of batch["input"]."""
+  return squared_error(reconstructions, batch["input"]), {}
 
 
-def train_step(
-  state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx
-) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer step on the batch's mean squared reconstruction error ("input" only)."""
-  loss, grads = jax.value_and_grad(lambda p: squared_error(model, p, batch["input"]).mean())(
-    state.params
-  )
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
-  )
-  return new_state, {"loss": loss}
+objective = objectives.Objective(_reconstruction)
+"""Mean squared reconstruction error of batch["input"] per example; reads no label."""
 
 
 def reconstruction_error(
-  model: nn.Module, params, x_NxHxWxC: np.ndarray, *, batch_size: int = 1000
+  task, state, x_NxHxWxC: np.ndarray, *, batch_size: int = 1000
 ) -> np.ndarray:
-  """Per-example mean squared reconstruction error (N,): an anomaly score."""
-  fn = _jitted_error(model)
-  return np.concatenate(
-    [
-      np.asarray(fn(params, x_NxHxWxC[i : i + batch_size]))
-      for i in range(0, len(x_NxHxWxC), batch_size)
-    ]
-  )
+  """Per-example mean squared reconstruction error (N,): an anomaly score.
 
-
-@functools.cache
-def _jitted_error(model: nn.Module):
-  return jax.jit(functools.partial(squared_error, model))
+  Args:
+    task: the autoencoder's `dl.Task` (its model reads "input" alone).
+    state: a trained state of it (e.g. from `dl.fit`).
+    x_NxHxWxC: raw images, as the task takes them (`task.inputs`).
+    batch_size: images per compiled call.
+  """
+  scores = []
+  for i in range(0, len(x_NxHxWxC), batch_size):
+    raw = x_NxHxWxC[i : i + batch_size]
+    x = inference.prepare_inputs(task, raw)["input"]  # What the model saw: preprocessed.
+    scores.append(np.asarray(squared_error(inference.predict(task, state, raw), x)))
+  return np.concatenate(scores)

@@ -1,4 +1,8 @@
-"""Image data sets as float arrays in [0, 1], the scale the generative models work in."""
+"""Image data sets as float arrays in [0, 1], the scale the generative models work in, and
+batch streams of several data sets zipped into one (the two domains of a CycleGAN)."""
+
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import numpy as np
@@ -30,3 +34,27 @@ def load_images(
     shape = (len(x), size, size, x.shape[-1])
     x = np.clip(np.asarray(jax.image.resize(x, shape, "linear", antialias=True)), 0.0, 1.0)
   return {"input": x, "label": arrays["label"]}
+
+
+class ZippedBatches:
+  """Several batch streams as one: `next()` is {name: stream.next()["input"]}.
+
+  A checkpointable stream for `dl.fit` (`dl.training.loop.Batches`): its position is every
+  stream's position, so a resumed run draws the batches an uninterrupted one would. An
+  epoch is one of the longest stream.
+  """
+
+  def __init__(self, streams: Mapping[str, Any]):
+    self._streams = dict(streams)
+    self.steps_per_epoch = max(s.steps_per_epoch for s in self._streams.values())
+
+  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch of every stream; `num_batches` of them stacked on a leading axis."""
+    return {name: stream.next(num_batches)["input"] for name, stream in self._streams.items()}
+
+  def get_state(self) -> dict[str, Any]:
+    return {name: stream.get_state() for name, stream in self._streams.items()}
+
+  def set_state(self, state: Mapping[str, Any]) -> None:
+    for name, stream in self._streams.items():
+      stream.set_state(state[name])

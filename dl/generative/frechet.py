@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
+from dl.models.adapters import Linen
+
 
 def features(
-  model: nn.Module,
+  model: nn.Module | Linen,
   variables: dict[str, Any],
   images_NxHxWxC: np.ndarray,
   *,
@@ -31,7 +33,8 @@ def features(
   """The output of the submodule `layer` (e.g. "Dense_0", the CNN's hidden layer), flattened.
 
   Args:
-    model: a dl classifier, called as `model.apply(variables, x, train=False)`.
+    model: a dl classifier (a Linen module, or a task's `dl.Linen` model), called as
+      `module.apply(variables, x, train=False)`.
     variables: {"params": ..., **model_state}.
     images_NxHxWxC: inputs in the classifier's scale (e.g. [0, 1] for uint8 data sets).
     layer: path of the submodule, "/"-separated for nested ones.
@@ -40,12 +43,16 @@ def features(
   Returns:
     (N, F) float64 features.
   """
-  fn = _jitted_features(model, layer)
+  fn = _jitted_features(_module(model), layer)
   out = [
     np.asarray(fn(variables, jnp.asarray(images_NxHxWxC[i : i + batch_size])))
     for i in range(0, len(images_NxHxWxC), batch_size)
   ]
   return np.concatenate(out).astype(np.float64)
+
+
+def _module(model: nn.Module | Linen) -> nn.Module:
+  return model.module if isinstance(model, Linen) else model
 
 
 @functools.cache
@@ -108,7 +115,7 @@ def set_distance(features1_NxF: np.ndarray, features2_MxF: np.ndarray) -> float:
 
 
 def conditional_accuracy(
-  model: nn.Module,
+  model: nn.Module | Linen,
   variables: dict[str, Any],
   images_NxHxWxC: np.ndarray,
   labels_N: np.ndarray,
@@ -116,7 +123,7 @@ def conditional_accuracy(
   batch_size: int = 500,
 ) -> float:
   """The fraction of images the classifier assigns to the class they were generated for."""
-  fn = _jitted_predict(model)
+  fn = _jitted_predict(_module(model))
   predicted_N = np.concatenate(
     [
       np.asarray(fn(variables, jnp.asarray(images_NxHxWxC[i : i + batch_size])))

@@ -4,8 +4,11 @@
                            image_shape=(28, 28, 1), latent_dim=64)
   step = jax.jit(functools.partial(gan.train_step, generator=generator,
                                    discriminator=discriminator, gen_tx=gen_tx,
-                                   disc_tx=disc_tx), donate_argnums=0)
+                                   disc_tx=disc_tx, latent_dim=64), donate_argnums=0)
   state, metrics = step(state, {"input": real_BxHxWxC, "label": labels_B})
+
+`dl.generative.gan_train.GAN` binds this step into a part that `dl.fit` trains (resume,
+records, fused steps, compile modes).
 
 The loss is the non-saturating one of Goodfellow et al. (2014): the discriminator
 minimises BCE(D(real), 1) + BCE(D(G(z)), 0); the generator BCE(D(G(z)), 1).
@@ -115,6 +118,7 @@ def train_step(
   disc_tx: optax.GradientTransformation,
   latent_dim: int,
   r1_weight: float = 0.0,
+  axis_name: str | None = None,
 ) -> tuple[GANState, dict[str, jax.Array]]:
   """One discriminator update, then one generator update against the updated discriminator.
 
@@ -126,13 +130,19 @@ def train_step(
     gen_tx, disc_tx: the optimizers of `state.gen_opt_state` and `state.disc_opt_state`.
     latent_dim: Z, the size of the noise vector.
     r1_weight: gamma of the R1 penalty on real images (0 disables it).
+    axis_name: under `jax.pmap`, the device axis: each device draws its own noise, and
+      gradients, metrics and the discriminator's statistics are averaged over it. None
+      under `jax.jit` (also on a mesh, where shardings decide the collectives).
 
   Returns:
     The new state and this batch's {"disc_loss", "gen_loss", "r1", "real_prob",
     "fake_prob"} (the last two: mean D(x) on real and generated images).
   """
   real_BxHxWxC, labels_B = batch["input"], batch.get("label")
-  z_rng, z2_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
+  rng = jax.random.fold_in(state.rng, state.step)
+  if axis_name is not None:
+    rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
+  z_rng, z2_rng = jax.random.split(rng)
   batch_size = real_BxHxWxC.shape[0]
   mutable = list(state.disc_state)
 
@@ -160,6 +170,8 @@ def train_step(
   (disc_loss, (disc_state, real_logits_B, fake_logits_B, r1)), disc_grads = jax.value_and_grad(
     disc_loss_fn, has_aux=True
   )(state.disc_params)
+  if axis_name is not None:
+    disc_grads, disc_state = jax.lax.pmean((disc_grads, disc_state), axis_name)
   updates, disc_opt_state = disc_tx.update(disc_grads, state.disc_opt_state, state.disc_params)
   disc_params = optax.apply_updates(state.disc_params, updates)
 
@@ -169,6 +181,8 @@ def train_step(
     return generator_loss(disc_apply(disc_params, disc_state, fake, labels_B, False)[0])
 
   gen_loss, gen_grads = jax.value_and_grad(gen_loss_fn)(state.gen_params)
+  if axis_name is not None:
+    gen_grads = jax.lax.pmean(gen_grads, axis_name)
   updates, gen_opt_state = gen_tx.update(gen_grads, state.gen_opt_state, state.gen_params)
   new_state = state.replace(
     step=state.step + 1,
@@ -185,4 +199,6 @@ def train_step(
     "real_prob": jnp.mean(jax.nn.sigmoid(real_logits_B)),
     "fake_prob": jnp.mean(jax.nn.sigmoid(fake_logits_B)),
   }
+  if axis_name is not None:
+    metrics = jax.lax.pmean(metrics, axis_name)
   return new_state, metrics

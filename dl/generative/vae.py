@@ -5,34 +5,49 @@ logits of a Bernoulli p(x|z) per pixel; the prior is N(0, I). For an image x in 
 
   ELBO(x) = E_q[log p(x|z)] - KL(q(z|x) || N(0, I))   (nats; a lower bound on log p(x)),
 
-estimated with one z = mean + exp(logvar / 2) * eps, eps ~ N(0, I), drawn from the key
-passed in: the model itself holds no randomness.
+estimated with one z = mean + exp(logvar / 2) * eps, eps ~ N(0, I). In training eps comes
+from the random stream "latent", which the step feeds from `fold_in(state.rng, step)`; in
+evaluation from a fixed key (`VAE.eval_seed`), so evaluations are repeatable. A VAE is an
+ordinary model with an objective that reads no label, trained as a `dl.task`:
 
-  model = vae.VAE(*networks.encoder_decoder("conv", (28, 28, 1), 2 * 16, 32))
-  state = vae.create_state(model, tx, key, (28, 28, 1))
-  state, metrics = jax.jit(functools.partial(vae.train_step, model=model, tx=tx))(state, batch)
+  module = vae.VAE(*networks.encoder_decoder("conv", (28, 28, 1), 2 * 16, 32))
+  task = dl.task(model=dl.Linen(module, rng_streams=(vae.LATENT,)),
+                 objective=vae.objective, optimizer=optax.adam(1e-3), train={"input": x})
+  state, history = dl.fit(task, workdir, num_steps=2000, batch_size=64)
 """
-
-import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from dl.training.state import TrainState
+from dl import objectives
+
+LATENT = "latent"  # The random stream of the reparameterisation noise.
 
 
 class VAE(nn.Module):
-  """An encoder to 2Z numbers (mean, log-variance) and a decoder from Z to pixel logits."""
+  """An encoder to 2Z numbers (mean, log-variance) and a decoder from Z to pixel logits.
+
+  Attributes:
+    encoder: (B, H, W, C) -> (B, 2Z).
+    decoder: (B, Z) -> (B, H, W, C) logits.
+    eval_seed: the key of the noise when not training.
+  """
 
   encoder: nn.Module
   decoder: nn.Module
+  eval_seed: int = 0
 
-  def __call__(self, x_BxHxWxC: jax.Array, rng: jax.Array):
-    """(logits (B, H, W, C), mean (B, Z), logvar (B, Z)) with z drawn from `rng`."""
+  def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False):
+    """(logits (B, H, W, C), mean (B, Z), logvar (B, Z)) with one z drawn per image."""
     mean_BxZ, logvar_BxZ = self.encode(x_BxHxWxC)
+    if train and not self.has_rng(LATENT):
+      raise ValueError(
+        f"a training VAE draws its noise from the random stream {LATENT!r}; wrap it as "
+        f"dl.Linen(vae, rng_streams=({LATENT!r},))."
+      )
+    rng = self.make_rng(LATENT) if train else jax.random.PRNGKey(self.eval_seed)
     return self.decoder(reparameterize(rng, mean_BxZ, logvar_BxZ)), mean_BxZ, logvar_BxZ
 
   def encode(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -57,62 +72,32 @@ def kl_to_standard_normal(mean_BxZ: jax.Array, logvar_BxZ: jax.Array) -> jax.Arr
   return 0.5 * jnp.sum(jnp.exp(logvar_BxZ) + jnp.square(mean_BxZ) - 1.0 - logvar_BxZ, axis=-1)
 
 
-def elbo(model: nn.Module, params, x_BxHxWxC: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
-  """Per-example (B,) "elbo", "reconstruction" (-log p(x|z)) and "kl", in nats."""
-  logits, mean_BxZ, logvar_BxZ = model.apply({"params": params}, x_BxHxWxC, rng)
+def elbo_terms(outputs, x_BxHxWxC: jax.Array) -> dict[str, jax.Array]:
+  """Per-example (B,) "elbo", "reconstruction" (-log p(x|z)) and "kl", in nats.
+
+  Args:
+    outputs: what `VAE.__call__` returns, (logits, mean, logvar).
+    x_BxHxWxC: the images encoded, in [0, 1].
+  """
+  logits, mean_BxZ, logvar_BxZ = outputs
   bce = optax.sigmoid_binary_cross_entropy(logits, x_BxHxWxC)
   reconstruction_B = bce.sum(axis=tuple(range(1, bce.ndim)))
   kl_B = kl_to_standard_normal(mean_BxZ, logvar_BxZ)
   return {"elbo": -(reconstruction_B + kl_B), "reconstruction": reconstruction_B, "kl": kl_B}
 
 
-def create_state(
-  model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array, image_shape: tuple[int, ...]
-) -> TrainState:
-  """A `dl.TrainState` (step 0) for a VAE on images of `image_shape`."""
-  init_rng, rng = jax.random.split(rng)
-  params = model.init(init_rng, jnp.zeros((1, *image_shape)), init_rng)["params"]
-  return TrainState(jnp.zeros((), jnp.int32), params, {}, tx.init(params), rng)
+def _negative_elbo(outputs, batch):
+  """The loss of each example: -ELBO of batch["input"] (B,), with the ELBO's terms."""
+  terms = elbo_terms(outputs, batch["input"])
+  return -terms["elbo"], terms
 
 
-def train_step(
-  state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, tx
-) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One step on the negative ELBO of batch["input"] (B, H, W, C) in [0, 1].
-
-  The noise of step s comes from `fold_in(state.rng, s)`. Returns the new state and the
-  batch means of "loss" (= -elbo), "elbo", "reconstruction" and "kl".
-  """
-  rng = jax.random.fold_in(state.rng, state.step)
-
-  def loss_fn(params):
-    terms = jax.tree.map(jnp.mean, elbo(model, params, batch["input"], rng))
-    return -terms["elbo"], terms
-
-  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  new_state = state.replace(
-    step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state
-  )
-  return new_state, {"loss": loss, **terms}
-
-
-def evaluate(
-  model: nn.Module, params, x_NxHxWxC: np.ndarray, rng: jax.Array, *, batch_size: int = 1000
-) -> dict[str, float]:
-  """Mean "elbo", "reconstruction" and "kl" (nats per image) over all of `x_NxHxWxC`."""
-  fn = _jitted_elbo(model)
-  sums, n = {}, len(x_NxHxWxC)
-  for i in range(0, n, batch_size):
-    terms = fn(params, jnp.asarray(x_NxHxWxC[i : i + batch_size]), jax.random.fold_in(rng, i))
-    for k, v in terms.items():
-      sums[k] = sums.get(k, 0.0) + float(jnp.sum(v))
-  return {k: v / n for k, v in sums.items()}
-
-
-@functools.cache
-def _jitted_elbo(model: nn.Module):
-  return jax.jit(functools.partial(elbo, model))
+objective = objectives.Objective(
+  _negative_elbo,
+  metrics=("elbo", "reconstruction", "kl"),
+  lower_is_better=frozenset({"reconstruction", "kl"}),
+)
+"""The negative ELBO per example (nats), with "elbo", "reconstruction" and "kl"; no label."""
 
 
 def interpolate(

@@ -1,7 +1,8 @@
 """Recommenders over (user, item) id pairs: biased matrix factorisation and NeuMF.
 
-Both take `ids_Bx2` int (user id, item id), 0-based, and return (B, num_classes) scores:
-a predicted rating (regression, `num_classes=1`) or a logit of "the user interacts with the
+Both take int (user id, item id) pairs, 0-based, as `ids_Bx2`, or with more leading axes
+(e.g. (B, C, 2): each user's C candidate items), and return (..., num_classes) scores: a
+predicted rating (regression, `num_classes=1`) or a logit of "the user interacts with the
 item" (implicit feedback, trained with a binary cross-entropy).
 """
 
@@ -16,11 +17,13 @@ _EMBED_INIT = nn.initializers.normal(stddev=0.01)
 
 
 def _split_ids(ids_Bx2: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(user ids (B,), item ids (B,)) as int32; inputs may arrive as floats (e.g. from init)."""
-  if ids_Bx2.ndim != 2 or ids_Bx2.shape[-1] != 2:
-    raise ValueError(f"expected (user, item) ids of shape (B, 2); got shape {ids_Bx2.shape}.")
+  """(user ids (B,), item ids (B,)) as int32 (any leading axes); inputs may arrive as floats."""
+  if ids_Bx2.ndim < 2 or ids_Bx2.shape[-1] != 2:
+    raise ValueError(
+      f"expected (user, item) ids of shape (B, 2) or (B, ..., 2); got shape {ids_Bx2.shape}."
+    )
   ids_Bx2 = ids_Bx2.astype(jnp.int32)
-  return ids_Bx2[:, 0], ids_Bx2[:, 1]
+  return ids_Bx2[..., 0], ids_Bx2[..., 1]
 
 
 class MatrixFactorization(nn.Module):
@@ -53,10 +56,10 @@ class MatrixFactorization(nn.Module):
     k, c = self.dim, self.num_classes
     p_BxCxK = nn.Embed(self.num_users, c * k, embedding_init=_EMBED_INIT, name="user_factors")(
       users_B
-    ).reshape(-1, c, k)
+    ).reshape(*users_B.shape, c, k)
     q_BxCxK = nn.Embed(self.num_items, c * k, embedding_init=_EMBED_INIT, name="item_factors")(
       items_B
-    ).reshape(-1, c, k)
+    ).reshape(*items_B.shape, c, k)
     p_BxCxK = nn.Dropout(self.dropout, deterministic=not train)(p_BxCxK)
     b_u_BxC = nn.Embed(self.num_users, c, embedding_init=nn.initializers.zeros, name="user_bias")(
       users_B
@@ -65,8 +68,10 @@ class MatrixFactorization(nn.Module):
       items_B
     )
     mu_C = self.param("global_bias", nn.initializers.constant(self.global_bias), (c,))
-    dot_BxC = jnp.einsum("bck,bck->bc", p_BxCxK.astype(self.dtype), q_BxCxK.astype(self.dtype))
-    return (dot_BxC + b_u_BxC + b_i_BxC + mu_C[None, :]).astype(jnp.float32)
+    p_BxCxK, q_BxCxK = p_BxCxK.astype(self.dtype), q_BxCxK.astype(self.dtype)
+    dot_BxC = jnp.einsum("...ck,...ck->...c", p_BxCxK, q_BxCxK)
+    mu_1xC = mu_C.reshape((1,) * users_B.ndim + (c,))
+    return (dot_BxC + b_u_BxC + b_i_BxC + mu_1xC).astype(jnp.float32)
 
 
 class NeuMF(nn.Module):

@@ -225,9 +225,19 @@ def fit(
   return layout.get_state(state), history
 
 
-def restore(trainable: Trainable, workdir: str, config: FitConfig | None = None, *, step: int | None = None, **overrides) -> Any:
-  """The state `fit(trainable, workdir, config)` saved at `step` (default: the newest
-  readable one), laid out as `config.parallel` says, whatever layout it was saved from.
+def restore(
+  trainable: Trainable,
+  workdir: str,
+  config: FitConfig | None = None,
+  *,
+  step: int | str | None = None,
+  **overrides,
+) -> Any:
+  """The state `fit(trainable, workdir, config)` saved, laid out as `config.parallel` says,
+  whatever layout it was saved from.
+
+  `step`: None for the newest readable checkpoint, "best" for the one that was best on
+  validation (the newest if none was chosen), or a step number.
 
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint.
@@ -237,6 +247,8 @@ def restore(trainable: Trainable, workdir: str, config: FitConfig | None = None,
   layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
   ckpt = _checkpointer(workdir, c, _selection(trainable, c))
   try:
+    if step == "best":
+      step = ckpt.best_step() if ckpt.best_step() is not None else ckpt.latest_step()
     restored = ckpt.restore(layout.restore_target(abstract_state), step)
   finally:
     ckpt.close()
@@ -282,13 +294,6 @@ def _with_hyperparams(state: Any, hparams: dict[str, Any]) -> Any:
   return optim.set_hyperparams(state, **hparams) if hparams else state
 
 
-def _stacked_hyperparams(members) -> dict[str, np.ndarray]:
-  """Every member's swept hyperparameters as arrays with a member axis (plain for one)."""
-  if len(members) == 1:
-    return members[0][1]
-  return {k: np.array([h[k] for _, h in members]) for k in members[0][1]}
-
-
 def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
   if not c.best_metric:
     return trainable.selection
@@ -297,14 +302,34 @@ def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
 
 
 def _start(layout, ckpt: Checkpointer, init, abstract_state, batches: Batches, members) -> Any:
-  """The state laid out for training: restored from `ckpt` if it has one, else new."""
+  """The state laid out for training: restored from `ckpt` if it has one, else new.
+
+  A restored state takes its injected hyperparameters (`optax.inject_hyperparams`: learning
+  rate, weight decay, swept values) from this run, not from the checkpoint, so a run resumed
+  with a changed learning rate trains with the new one.
+  """
   restored = ckpt.restore(layout.restore_target(abstract_state))
   if restored is None:
     return layout.init(init)
   _, state, position = restored
   batches.set_state(position)
-  # Swept hyperparameters are the config's, whatever the checkpoint holds.
-  return layout.put_state(_with_hyperparams(state, _stacked_hyperparams(members)))
+  return layout.put_state(_replace_hyperparams(state, init))
+
+
+def _is_hyperparam(path) -> bool:
+  return any(getattr(key, "name", None) == "hyperparams" for key in path)
+
+
+def _replace_hyperparams(state: Any, init) -> Any:
+  """`state` with every injected hyperparameter as a fresh `init()` sets it."""
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(state)[0]]
+  if not any(map(_is_hyperparam, paths)):
+    return state
+  # Compiled on its own, XLA keeps the constants and drops the rest of the initialisation.
+  fresh = iter(jax.jit(lambda: [x for p, x in jax.tree_util.tree_leaves_with_path(init()) if _is_hyperparam(p)])())
+  return jax.tree_util.tree_map_with_path(
+    lambda path, x: next(fresh) if _is_hyperparam(path) else x, state
+  )
 
 
 class _NoWriter:

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl.models.adapters import Model
+from dl.models.adapters import as_model
 
 
 @flax.struct.dataclass
@@ -33,24 +33,30 @@ class TrainState:
 
 
 def create_train_state(
-  model: Model,
+  model: Any,
   tx: optax.GradientTransformation,
   rng: jax.Array,
-  example_batch: Mapping[str, jax.Array],
+  example: Mapping[str, jax.Array] | tuple[int, ...],
+  dtype=jnp.float32,
 ) -> TrainState:
   """Initialises a model and optimizer into a `TrainState`.
 
   Args:
-    model: `dl.Linen(module, ...)` or `dl.NNX(make, ...)`.
+    model: `dl.Linen(module, ...)`, `dl.NNX(make, ...)` or a Linen module.
     tx: the optax optimizer.
     rng: a PRNG key (`jax.random.PRNGKey(seed)`).
-    example_batch: arrays shaped like the model's inputs (any batch size, e.g. 1).
+    example: arrays shaped like the model's inputs (any batch size, e.g. 1), or, for a
+      model reading "input" alone, the shape of one example (e.g. (28, 28, 1)).
+    dtype: the dtype of "input" when `example` is a shape.
 
   Returns:
     The initial state, step 0.
   """
+  model = as_model(model)
+  if not isinstance(example, Mapping):
+    example = {"input": jnp.zeros((1, *example), dtype)}
   init_rng, rng = jax.random.split(rng)
-  params, model_state = model.init(init_rng, example_batch)
+  params, model_state = model.init(init_rng, example)
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,

@@ -12,7 +12,7 @@ import jax
 import optax
 
 from dl import objectives
-from dl.models.adapters import Model
+from dl.models.adapters import Model, as_model
 from dl.training.state import TrainState
 
 
@@ -22,7 +22,10 @@ def check_batch(batch: Mapping[str, Any], keys: tuple[str, ...] = ()) -> None:
     raise ValueError(f"a batch must be a dict of arrays; got {type(batch).__name__}.")
   missing = [k for k in keys if k not in batch]
   if missing:
-    raise ValueError(f"the batch needs keys {list(keys)}; got {sorted(batch)} (missing {missing}).")
+    raise ValueError(
+      f"the model reads batch keys {list(keys)}; got {sorted(batch)} (missing {missing}). "
+      "Name the keys that feed the model with dl.Linen(module, inputs=(...))."
+    )
   sizes = {k: (v.shape[0] if v.ndim else None) for k, v in batch.items()}
   if None in sizes.values() or len(set(sizes.values())) != 1:
     raise ValueError(
@@ -45,7 +48,7 @@ def train_step(
   Args:
     state: the current state.
     batch: the model's inputs and what `objective` reads, e.g. {"input", "label"}.
-    model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
+    model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`; a Linen module reads "input").
     tx: the optimizer `state.opt_state` belongs to.
     objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.objectives`).
     axis_name: under `jax.pmap` (or `shard_map`), the device axis: gradients, metrics and
@@ -55,6 +58,7 @@ def train_step(
   Returns:
     The new state and {"loss", **objective's metrics}: batch means before the update.
   """
+  model = as_model(model)
   check_batch(batch, model.inputs)
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   if axis_name is not None:

@@ -154,7 +154,7 @@ def task(
   """
   model = as_model(model)
   objective = objectives.as_objective(objective)
-  if not isinstance(optimizer, optax.GradientTransformation):
+  if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
     raise TypeError(
       f"optimizer must be an optax GradientTransformation (e.g. optax.adamw(1e-3)); got "
       f"{type(optimizer).__name__}."
