@@ -86,12 +86,12 @@ def dl_config(dataset, model, batch_size, num_steps, steps_per_dispatch, log_eve
 
 def compare(name, config, repeats):
   task = dl.build(config)
-  model = task.model
+  model = task.model.module
   results = []
   for _ in range(repeats):  # alternate the two sides so machine noise hits both
     ours = dl_examples_per_sec(config)
     theirs = handwritten_examples_per_sec(
-      model, task.train, config.batch_size, config.num_train_steps, config.learning_rate
+      model, task.train.arrays, config.batch_size, config.num_train_steps, config.learning_rate
     )
     results.append((ours, theirs))
   ours = statistics.median(r[0] for r in results)

@@ -100,10 +100,11 @@ def test_walk_forward_refits_per_fold_on_the_past(days, tmp_path):
     expected = days["label"][fold.train_range].mean()
     np.testing.assert_allclose(result.train_means_N[result.fold_N == k], expected, rtol=1e-5)
     # Inputs are standardised by the statistics of the fold's training days alone.
-    config = _tiny_regression(train_split=fold.train, eval_split=fold.test)
+    config = _tiny_regression(**forecasting.fold_splits(fold))
     task = dl.build(config)
-    np.testing.assert_allclose(task.train["input"].mean(axis=0), 0.0, atol=1e-5)
-    np.testing.assert_allclose(task.train["input"].std(axis=0), 1.0, atol=1e-4)
+    assert task.eval is None  # nothing is chosen per fold: no validation hold-out
+    np.testing.assert_allclose(task.train.arrays["input"].mean(axis=0), 0.0, atol=1e-5)
+    np.testing.assert_allclose(task.train.arrays["input"].std(axis=0), 1.0, atol=1e-4)
     train_x = days["features"][fold.train_range]
     expected_test_x = (days["features"][fold.test_range] - train_x.mean(0)) / train_x.std(0)
-    np.testing.assert_allclose(task.eval["input"], expected_test_x, atol=1e-4)
+    np.testing.assert_allclose(task.test["input"], expected_test_x, atol=1e-4)

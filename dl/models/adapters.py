@@ -153,7 +153,7 @@ class NNX:
 
     del batch
     _, params, _, rest = nnx.split(self.make(nnx.Rngs(rng)), nnx.Param, nnx.RngState, ...)
-    return params.to_pure_dict(), rest.to_pure_dict()
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
   def module(self, params, model_state, rng: jax.Array | None = None):
     """The live NNX module holding `params` and `model_state` (streams seeded from `rng`)."""
@@ -180,7 +180,7 @@ class NNX:
     module.train() if train else module.eval()
     outputs = module(*_args(batch, self.inputs))
     _, _, _, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
-    return outputs, rest.to_pure_dict()
+    return outputs, nnx.to_pure_dict(rest)
 
 
 def _typed(rng: jax.Array) -> jax.Array:

@@ -192,4 +192,12 @@ def task(
 
 
 def _preprocessed(arrays: Arrays, preprocess: Mapping[str, Preprocess]) -> Arrays:
-  return {k: preprocess[k](v) if k in preprocess else v for k, v in arrays.items()}
+  """Each array preprocessed if it has a `Preprocess`; 64-bit values as the 32-bit ones JAX
+  computes with (unless `jax_enable_x64`)."""
+  return {k: preprocess[k](v) if k in preprocess else _as_32_bit(v) for k, v in arrays.items()}
+
+
+def _as_32_bit(x: np.ndarray) -> np.ndarray:
+  if jax.config.jax_enable_x64 or x.dtype.itemsize != 8 or x.dtype.kind not in "iuf":
+    return x
+  return x.astype({"i": np.int32, "u": np.uint32, "f": np.float32}[x.dtype.kind])

@@ -1,0 +1,106 @@
+"""Parts a researcher brings, for the tests of `dl.fit`: a two-input Linen model with its own
+objective and schedule, and an NNX model, on arrays made from real digits.
+
+Also a script, so a test can kill it mid-run:  python tests/user_parts.py KIND WORKDIR STEPS
+"""
+
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+import dl
+
+
+def halves() -> dict[str, dict[str, np.ndarray]]:
+  """Digits as two inputs, the left and right halves of each image (float32 in [0, 1])."""
+  splits = {}
+  for split in ("train", "test"):
+    arrays = dl.data.load("digits", split)
+    x = arrays["image"].astype(np.float32) / 16.0
+    splits[split] = {
+      "left": x[:, :, :4, 0].reshape(len(x), -1),
+      "right": x[:, :, 4:, 0].reshape(len(x), -1),
+      "label": arrays["label"].astype(np.int32),
+    }
+  return splits
+
+
+class TwoTower(nn.Module):
+  """One small tower per half; their features are concatenated and classified."""
+
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, left, right, train: bool = False):
+    towers = [nn.relu(nn.Dense(self.width)(x)) for x in (left, right)]
+    h = nn.Dropout(0.1, deterministic=not train)(jnp.concatenate(towers, axis=-1))
+    return nn.Dense(10)(h)
+
+
+def error_objective(logits_BxC, batch):
+  """Cross-entropy; the metric is the error rate, which is better when lower."""
+  loss_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC, batch["label"])
+  error_B = (jnp.argmax(logits_BxC, -1) != batch["label"]).astype(jnp.float32)
+  return loss_B, {"error": error_B}
+
+
+def two_input_task() -> dl.Task:
+  data = halves()
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-2, 10, 400)
+  return dl.task(
+    model=dl.Linen(TwoTower(), inputs=("left", "right")),
+    objective=dl.objectives.Objective(
+      error_objective, metrics=("error",), lower_is_better=frozenset({"error"}), select="error"
+    ),
+    optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
+    train=data["train"],
+    test=data["test"],
+  )
+
+
+class NNXMLP(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(64, 32, rngs=rngs)
+    self.norm = nnx.BatchNorm(32, rngs=rngs)
+    self.dropout = nnx.Dropout(0.1, rngs=rngs)
+    self.out = nnx.Linear(32, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(self.dropout(nnx.relu(self.norm(self.hidden(x.reshape(len(x), -1))))))
+
+
+def nnx_task() -> dl.Task:
+  return dl.task(
+    model=dl.NNX(NNXMLP),
+    objective=dl.objectives.classification,
+    optimizer=optax.adam(1e-2),
+    train=("digits", "train"),
+    test=("digits", "test"),
+  )
+
+
+TASKS = {"two_input": two_input_task, "nnx": nnx_task}
+
+
+def fit(kind: str, workdir: str, num_steps: int, **overrides):
+  return dl.fit(
+    TASKS[kind](),
+    workdir,
+    num_steps=num_steps,
+    batch_size=32,
+    log_every=10,
+    eval_every=overrides.pop("eval_every", 25),
+    progress=False,
+    tensorboard=False,
+    **overrides,
+  )
+
+
+if __name__ == "__main__":
+  jax.config.update("jax_numpy_rank_promotion", "raise")
+  fit(sys.argv[1], sys.argv[2], int(sys.argv[3]))
