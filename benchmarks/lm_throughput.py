@@ -31,7 +31,7 @@ from dl import sampling
 def lm_config(width: int, depth: int, batch_size: int):
   config = dl.default_config()
   config.dataset = "pydoc_text"
-  config.eval_split = "validation"
+  config.test_split = ""  # pydoc_text has train and validation only
   config.objective = "next_token"
   config.model.name = "transformer_lm"
   config.model.width = width
@@ -57,18 +57,15 @@ def median_seconds(fn, repeats: int) -> float:
   return statistics.median(times)
 
 
-def train_tokens_per_sec(task, num_steps: int, repeats: int) -> float:
+def train_tokens_per_sec(task, batch_size: int, num_steps: int, repeats: int) -> float:
   """Tokens/s of `num_steps` jitted train steps on random batches of the training windows."""
   step = jax.jit(
-    functools.partial(
-      dl.train_step, apply_fn=task.model.apply, tx=task.tx, objective=dl.objectives.next_token
-    ),
+    functools.partial(dl.train_step, model=task.model, tx=task.optimizer, objective=task.objective),
     donate_argnames="state",
   )
-  batch_size = task.config.batch_size
-  inputs, labels = task.train["input"], task.train["label"]
+  inputs, labels = task.train.arrays["input"], task.train.arrays["label"]
   rng = np.random.default_rng(0)
-  holder = {"state": task.init_state()}
+  holder = {"state": task.init(seed=0)}
 
   def run():
     for _ in range(num_steps):
@@ -84,7 +81,7 @@ def sample_tokens_per_sec(task, params, batch_size, num_tokens, repeats, cached:
   """New tokens/s of jitted sampling of `num_tokens` tokens after a 1-character prompt."""
   sampler = sampling.sample if cached else sampling.sample_uncached
   generate = jax.jit(functools.partial(sampler, model=task.model, num_tokens=num_tokens))
-  prompt_BxP = np.asarray(task.train["input"][:batch_size, :1])
+  prompt_BxP = np.asarray(task.train.arrays["input"][:batch_size, :1])
   seconds = median_seconds(lambda: generate(params, prompt_BxP, jax.random.PRNGKey(0)), repeats)
   return batch_size * num_tokens / seconds
 
@@ -109,11 +106,11 @@ def main():
     )
   )
   task = dl.build(lm_config(width, depth, batch))
-  params = task.init_state().params
+  params = task.init(seed=0).params
   rows = [
     {
       "measure": f"train (b{batch} x 128 chars, {train_steps} steps/timing)",
-      "tokens_per_sec": train_tokens_per_sec(task, train_steps, repeats),
+      "tokens_per_sec": train_tokens_per_sec(task, batch, train_steps, repeats),
     }
   ]
   for cached in (True, False):

@@ -90,8 +90,8 @@ def export(
     workdir: the run's workdir: its `fit_config.json` (seeds, steps) and `metrics.jsonl`
       (last validation record, test record, slice metrics, privacy budget) go into the card.
       Without it, the card holds `dl.evaluate` on the task's validation and test arrays.
-    class_names: one name per class (default `task.class_names`; none: outputs that are not
-      class scores).
+    class_names: one name per class (default `task.class_names`; empty for outputs that are
+      not class scores).
     platforms: `jax.export` lowering platforms, e.g. ("cpu", "cuda") (default: this
       backend, which the list must include for the check against `dl.predict`).
     saved_model: also write a TF SavedModel: None when TensorFlow is installed, True
@@ -157,8 +157,16 @@ class ExportedModel:
     preprocess: {name: `Preprocess`} of the inputs that have one.
   """
 
-  def __init__(self, directory: str, spec: dict, card: dict, reference: monitor.Reference,
-               predict, embed, preprocess: dict[str, Preprocess]):
+  def __init__(
+    self,
+    directory: str,
+    spec: dict,
+    card: dict,
+    reference: monitor.Reference,
+    predict,
+    embed,
+    preprocess: dict[str, Preprocess],
+  ):
     self.directory, self.spec, self.card, self.reference = directory, spec, card, reference
     self._predict, self._embed = predict, embed
     self.inputs = input_specs(spec)
@@ -192,7 +200,9 @@ class ExportedModel:
       return self.embed(inputs)
     return np.concatenate([x.reshape(len(x), -1) for x in self.model_inputs(inputs)], axis=1)
 
-  def check_drift(self, inputs: Any, thresholds: monitor.Thresholds | None = None) -> monitor.DriftReport:
+  def check_drift(
+    self, inputs: Any, thresholds: monitor.Thresholds | None = None
+  ) -> monitor.DriftReport:
     """Compares a batch of raw inputs with the training data's reference statistics."""
     return monitor.check(self.reference, self.drift_features(inputs), thresholds)
 
@@ -202,6 +212,7 @@ def load(directory: str) -> ExportedModel:
 
   Raises:
     FileNotFoundError: naming the missing file when `directory` is not a complete export.
+    ValueError: for an export in another format (an older dl's).
   """
   paths = {
     name: os.path.join(directory, name)
@@ -210,12 +221,14 @@ def load(directory: str) -> ExportedModel:
   missing = [name for name, path in paths.items() if not os.path.exists(path)]
   if missing:
     raise FileNotFoundError(
-      f"{directory!r} is not a dl export: expected {', '.join(paths)}; missing {', '.join(missing)}."
+      f"{directory!r} is not a dl export: expected {', '.join(paths)}; missing "
+      f"{', '.join(missing)}."
     )
   spec = _read_json(paths[SPEC_FILE])
   if spec.get("format") != FORMAT:
     raise ValueError(
-      f"{directory!r} holds a {spec.get('format')!r} export; this dl reads {FORMAT!r}. Export again."
+      f"{directory!r} holds a {spec.get('format')!r} export; this dl reads {FORMAT!r}. "
+      "Export the model again."
     )
   with np.load(paths[PREPROCESS_FILE], allow_pickle=False) as f:
     stored = dict(f)
@@ -313,12 +326,13 @@ def read_inputs(path: str, spec: Mapping[str, Any]) -> np.ndarray | dict[str, np
     raise ValueError(f"input must be one of {', '.join(readers)}; got {ext or 'no extension'!r}.")
   if ext != ".npz" and len(inputs) > 1:
     raise ValueError(
-      f"this model takes inputs {list(inputs)}: pass a .npz file with one array per name; got {ext!r}."
+      f"this model takes inputs {list(inputs)}: pass a .npz file with one array per name; "
+      f"got {ext!r}."
     )
   if ext == ".npz":
     batch = _read_npz(path)
   else:
-    (name, (shape, dtype)), = inputs.items()
+    ((name, (shape, dtype)),) = inputs.items()
     batch = {name: readers[ext](path, shape, dtype)}
   inference.check_inputs(batch, inputs)
   return batch if len(inputs) > 1 else next(iter(batch.values()))
@@ -448,17 +462,19 @@ def _input_spec(task, args, outputs, class_names: list[str]) -> dict[str, Any]:
   for key, arg in zip(task.model.inputs, args):
     shape, dtype = task.inputs[key]
     pre = task.preprocess.get(key)
-    inputs.append({
-      "name": key,
-      "shape": list(shape),
-      "dtype": np.dtype(dtype).name,
-      "model_dtype": np.dtype(arg.dtype).name,
-      "preprocessing": {
-        "kind": pre.kind if pre else "none",
-        "formula": (pre.formula if pre else "x") + ", then cast to model_dtype",
-        "arrays": f"{PREPROCESS_FILE}: '{key}/<name>'" if pre else "",
-      },
-    })
+    inputs.append(
+      {
+        "name": key,
+        "shape": list(shape),
+        "dtype": np.dtype(dtype).name,
+        "model_dtype": np.dtype(arg.dtype).name,
+        "preprocessing": {
+          "kind": pre.kind if pre else "none",
+          "formula": (pre.formula if pre else "x") + ", then cast to model_dtype",
+          "arrays": f"{PREPROCESS_FILE}: '{key}/<name>'" if pre else "",
+        },
+      }
+    )
   return {
     "format": FORMAT,
     "name": task.name,
@@ -483,15 +499,20 @@ def _drift_reference(task, embed) -> monitor.Reference:
     len(shape) == 1 and np.issubdtype(dtype, np.floating) for shape, dtype in task.inputs.values()
   )
   if tabular:
-    names = [f"feature_{i}" if len(keys) == 1 else f"{k}_{i}" for k, a in zip(keys, arrays) for i in range(a.shape[1])]
+    names = [
+      f"feature_{i}" if len(keys) == 1 else f"{k}_{i}"
+      for k, a in zip(keys, arrays)
+      for i in range(a.shape[1])
+    ]
     return monitor.reference(np.concatenate(arrays, axis=1), kind="features", names=names)
   chunks = [embed(*(a[i : i + 1000] for a in arrays)) for i in range(0, len(arrays[0]), 1000)]
   return monitor.reference(np.concatenate([np.asarray(c) for c in chunks]), kind="embeddings")
 
 
 def _verification_inputs(task, n: int) -> dict[str, np.ndarray]:
-  """n raw inputs to check the export with, drawn from the training arrays (no raw data
-  is reloaded): ids and float features as they are, uint8 pixels at random."""
+  """n raw inputs to check the export with, made without reloading raw data: the training
+  arrays' values in each input's raw dtype (ids as they are; standardised floats are valid
+  raw floats too), and uint8 pixels at random."""
   rng = np.random.default_rng(0)
   index = np.arange(n) % len(task.train)
   out = {}
@@ -519,8 +540,15 @@ def _verify(directory: str, task, state, batch_sizes: Sequence[int]) -> None:
 
 def _data_card(task, config: Mapping[str, Any]) -> dict[str, Any]:
   """Sizes and fingerprints of the model-ready (preprocessed) arrays of each split."""
-  card = {k: config[k] for k in ("dataset", "train_split", "validation_split", "test_split") if k in config}
-  card |= {"num_train_examples": len(task.train), "fingerprint": data_fingerprint(task.train.arrays)}
+  card = {
+    k: config[k]
+    for k in ("dataset", "train_split", "validation_split", "test_split")
+    if k in config
+  }
+  card |= {
+    "num_train_examples": len(task.train),
+    "fingerprint": data_fingerprint(task.train.arrays),
+  }
   for split, arrays in (("validation", task.eval), ("test", task.test)):
     if arrays is not None:
       card[f"num_{split}_examples"] = len(next(iter(arrays.values())))

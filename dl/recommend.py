@@ -184,6 +184,10 @@ class SampledNegatives:
     """Training examples per epoch: each positive and its negatives."""
     return len(self.positives) * (1 + self.num_negatives)
 
+  def example(self) -> Arrays:
+    """One (positive) pair: the shapes and dtypes of a batch."""
+    return {k: v[:1] for k, v in self.arrays.items()}
+
   def epoch(self, seed: int, epoch: int) -> Arrays:
     """The shuffled pairs of one epoch: {"input": (len, 2) int32, "label": (len,) int32}."""
     rng = np.random.default_rng([seed, epoch])

@@ -12,17 +12,35 @@ Both are pure functions: jit them where they are called, with the module and siz
   generate = jax.jit(functools.partial(dl.sampling.sample, model=model, num_tokens=64))
   tokens_BxT = generate(params, prompt_BxP, jax.random.PRNGKey(0))
 
+`model` is a Linen module or `dl.Linen` around one (e.g. `task.model` of a `dl.Task`), and
+`params` its parameters (`state.params`).
+
 Axis letters: B batch, P prompt length, N new tokens, T = P + N, V vocabulary.
 """
 
 from collections.abc import Callable
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dl.models.adapters import Linen
+
 Cache = dict
 StepFn = Callable[[Cache, jax.Array], tuple[jax.Array, Cache]]
+
+
+def linen_module(model: Any) -> nn.Module:
+  """The Linen module of `model`: the module itself, or the one inside `dl.Linen`."""
+  module = model.module if isinstance(model, Linen) else model
+  if not isinstance(module, nn.Module):
+    raise TypeError(
+      "sampling needs a Flax Linen module with a decode cache (e.g. dl.models.TransformerLM) "
+      f"or dl.Linen around one; got {type(model).__name__}."
+    )
+  return module
 
 
 def choose(
@@ -55,7 +73,7 @@ def sample(
   prompt_BxP: jax.Array,
   rng: jax.Array,
   *,
-  model: nn.Module,
+  model: nn.Module | Linen,
   num_tokens: int,
   temperature: float = 1.0,
   top_k: int | None = None,
@@ -67,7 +85,8 @@ def sample(
     prompt_BxP: token ids that start each sequence (P >= 1).
     rng: PRNG key; token t + 1 is drawn with `fold_in(rng, t)`.
     model: a causal LM with a `decode` field and `max_len` >= P + N
-      (e.g. `dl.models.TransformerLM`); its `decode` and `dropout` are overridden.
+      (e.g. `dl.models.TransformerLM`, or `dl.Linen` around one); its `decode` and
+      `dropout` are overridden.
     num_tokens: N, how many tokens to add.
     temperature: sampling temperature; 0 is greedy.
     top_k: sample among the k most likely tokens only (None keeps all).
@@ -75,6 +94,7 @@ def sample(
   Returns:
     Token ids (B, P + N) int32: the prompt followed by the sampled tokens.
   """
+  model = linen_module(model)
   batch_size, total = _check_sizes(model, prompt_BxP, num_tokens)
   decoder = model.clone(decode=True, dropout=0.0)
   ids_BxT = jnp.zeros((batch_size, total), jnp.int32)
@@ -94,7 +114,7 @@ def sample_uncached(
   prompt_BxP: jax.Array,
   rng: jax.Array,
   *,
-  model: nn.Module,
+  model: nn.Module | Linen,
   num_tokens: int,
   temperature: float = 1.0,
   top_k: int | None = None,
@@ -104,6 +124,7 @@ def sample_uncached(
   The reference `sample` must agree with, and the baseline of the sampling benchmark.
   Arguments and result as in `sample`.
   """
+  model = linen_module(model)
   _check_sizes(model, prompt_BxP, num_tokens)
   model = model.clone(decode=False, dropout=0.0)
   prompt_len = prompt_BxP.shape[1]
@@ -125,7 +146,7 @@ def translate(
   sources_BxS: jax.Array,
   rng: jax.Array,
   *,
-  model: nn.Module,
+  model: nn.Module | Linen,
   num_tokens: int,
   start_id: int,
   temperature: float = 0.0,
@@ -140,7 +161,7 @@ def translate(
     sources_BxS: source token ids (pad 0).
     rng: PRNG key (unused when greedy).
     model: a `dl.models.TransformerSeq2Seq` (or a module with the same `encode` and
-      `decode_step` methods and `decode` field).
+      `decode_step` methods and `decode` field), or `dl.Linen` around one.
     num_tokens: N, how many target tokens to generate.
     start_id: the token the target starts with (its first decoder input).
     temperature: 0 (default) is greedy decoding.
@@ -150,7 +171,7 @@ def translate(
     Target ids (B, 1 + N) int32: `start_id` then the generated tokens.
   """
   batch_size = sources_BxS.shape[0]
-  model = model.clone(decode=False, dropout=0.0)
+  model = linen_module(model).clone(decode=False, dropout=0.0)
   decoder = model.clone(decode=True)
   encoded_BxSxD = model.apply({"params": params}, sources_BxS, method="encode")
   targets_BxT = jnp.zeros((batch_size, 1 + num_tokens), jnp.int32)

@@ -17,7 +17,6 @@ Needs `pip install --no-deps recbole==1.2.1` (the data ships in its wheel).
 """
 
 import argparse
-import dataclasses
 import os
 import time
 
@@ -90,7 +89,7 @@ def explicit_rows(train, test, workdir: str, tiny: bool) -> list[dict]:
   if tiny:  # one dl.train run; NeuMF is exercised by the implicit half
     configs = {"matrix factorisation": configs["matrix factorisation"]}
   for name, config in configs.items():
-    config.progress = False
+    config.progress = not tiny
     if tiny:
       config.num_train_steps, config.num_epochs, config.tensorboard = 4, 0, False
     start = time.perf_counter()
@@ -125,16 +124,15 @@ def leave_one_out_data(every, seed: int, num_negatives: int) -> dict:
 def implicit_task(model, data: dict, settings: dict, name: str) -> dl.Task:
   """`model` on freshly sampled negatives each epoch, chosen by validation NDCG@10."""
   pairs = recommend.SampledNegatives(data["train"], data["seen"], settings["num_negatives_train"])
-  task = dl.task(
+  return dl.task(
     model=model,
     objective=recommend.implicit_objective,
     optimizer=optax.adam(settings["learning_rate"]),
-    train=pairs.arrays,
+    train=pairs,  # a data part: batches come from the sampler, kept as it is
     eval=data["validation"],
     test=data["test"],
     name=name,
   )
-  return dataclasses.replace(task, train=pairs)  # batches from the sampler, not the positives
 
 
 def implicit_rows(every, workdir: str, tiny: bool) -> list[dict]:

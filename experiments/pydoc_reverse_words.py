@@ -104,31 +104,28 @@ def make_task(module, train, test, num_steps: int) -> dl.Task:
 
 class ExactMatch(dl.Hook):
   """Greedy decoding (`dl.sampling.translate`, the decoder's KV cache) of every test source:
-  "exact_match", the share decoded exactly up to and including the end marker."""
+  "exact_match", the share decoded exactly up to and including the end marker. The decoded
+  targets stay in `generated` (N, 1 + LENGTH)."""
 
   def __init__(self, module, test: dict[str, np.ndarray], batch_size: int = 256):
     self.test, self.batch_size = test, min(batch_size, len(test["label"]))
-    self._translate = jax.jit(
+    self.translate = jax.jit(
       functools.partial(sampling.translate, model=module, num_tokens=LENGTH, start_id=START_ID)
     )
-
-  def translate(self, params, sources_BxS: np.ndarray) -> np.ndarray:
-    """Greedy targets (B, 1 + LENGTH) of up to `batch_size` sources, padded to one shape."""
-    padded = next(padded_batches({"source": sources_BxS}, self.batch_size))
-    generated_BxT = self._translate(params, padded["source"], jax.random.PRNGKey(0))
-    return np.asarray(generated_BxT)[: len(sources_BxS)]
+    self.generated = None
 
   def on_eval(self, state, step: int, split: str) -> dict[str, float]:
     del step
     if split != "test":
       return {}
-    exact = 0
-    for batch in padded_batches(self.test, self.batch_size):
-      generated_BxT = self.translate(state.params, batch["source"])
-      # Compare up to and including the end marker (0) wherever the label has weight.
-      match_BxL = (generated_BxT[:, 1:] == batch["label"]) | (batch["weights"] == 0)
-      exact += int((match_BxL.all(axis=1) & (batch["mask"] > 0)).sum())
-    return {"exact_match": exact / len(self.test["label"])}
+    generated = []
+    for batch in padded_batches(self.test, self.batch_size):  # one shape: one compilation
+      generated_BxT = self.translate(state.params, batch["source"], jax.random.PRNGKey(0))
+      generated.append(np.asarray(generated_BxT)[batch["mask"] > 0])
+    self.generated = np.concatenate(generated)
+    # Compare up to and including the end marker (0) wherever the label has weight.
+    match_NxL = (self.generated[:, 1:] == self.test["label"]) | (self.test["weights"] == 0)
+    return {"exact_match": float(match_NxL.all(axis=1).mean())}
 
 
 def until_end(ids) -> str:
@@ -166,9 +163,7 @@ def run(
   exact_match = ExactMatch(module, test)
   _, history = dl.fit(task, workdir, config, hooks=[exact_match])
   wall = time.perf_counter() - start
-  best = dl.training.loop.restore(task, workdir, config, step="best")
-  sources = test["source"][:5]
-  outputs = exact_match.translate(best.params, sources)
+  sources, outputs = test["source"][:5], exact_match.generated[:5]  # of the best checkpoint
   examples = [f"{pydoc_text.decode(s)!r} -> {until_end(o[1:])!r}" for s, o in zip(sources, outputs)]
   scores = history["test"][-1]
   result = {

@@ -1,5 +1,7 @@
 """Detection: IoU, NMS, CenterNet targets/decoding/loss, mAP by hand and against pycocotools."""
 
+import types
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -199,6 +201,48 @@ def test_targets_decode_back_to_the_boxes():
   worse_B, _ = objective(outputs.at[..., 3:].add(1.0), targets)
   assert float(worse_B[0]) > float(loss_B[0]) + 0.5
   assert set(metrics) == {"heat_loss", "box_loss"}
+
+
+class _Identity:
+  """A stand-in detector whose outputs are its inputs (so tests choose the outputs)."""
+
+  inputs = ("input",)
+
+  def init(self, rng, batch):
+    del rng, batch
+    return {}, {}
+
+  def apply(self, params, model_state, batch, *, train, rng=None):
+    del params, train, rng
+    return batch["input"], model_state
+
+
+def test_map_hook_scores_perfect_outputs_and_only_its_splits():
+  boxes = np.array([[[4.0, 8, 20, 30], [30, 30, 58, 50]], [[10.0, 10, 30, 40], [0, 0, 0, 0]]])
+  classes = np.array([[2, 0], [1, -1]])
+  targets = detection.centernet_targets(boxes, classes, (64, 64), num_classes=3)
+  logits = np.where(targets["label"] >= 1.0, 10.0, -10.0)
+  perfect = np.concatenate([logits, targets["box"]], axis=-1).astype(np.float32)
+  wrong = perfect.copy()
+  wrong[..., :3] = np.roll(perfect[..., :3], 1, axis=-1)  # every object in another class
+  data = {"eval": {"input": perfect, "boxes": boxes, "classes": classes}}
+  data["test"] = {**data["eval"], "input": wrong}
+  hook = detection.MeanAveragePrecision(_Identity(), data, num_classes=3, top_k=4, batch_size=1)
+  state = types.SimpleNamespace(step=np.int32(5), params={}, model_state={})
+  record = hook.on_eval(state, 5, "eval")
+  expected = {"map": 1.0, "map_coco_101": 1.0, "ap_0": 1.0, "ap_1": 1.0, "ap_2": 1.0}
+  assert record == pytest.approx(expected)
+  assert hook.on_eval(state, 5, "test")["map"] == 0.0
+  assert hook.on_eval(state, 5, "validation") == {}
+  found = detection.detect(state, _Identity(), perfect, 3, top_k=4, min_score=0.5)
+  assert [len(d["boxes"]) for d in found] == [2, 1]
+  truths = detection.ground_truths(boxes, classes)
+  np.testing.assert_array_equal(truths[1]["classes"], [1])
+  ensemble = types.SimpleNamespace(step=np.zeros(2, np.int32), params={}, model_state={})
+  with pytest.raises(ValueError, match="one model's state; got an ensemble of 2 members"):
+    detection.detect(ensemble, _Identity(), perfect, 3)
+  with pytest.raises(ValueError, match=r"data\['eval'\] needs .* lacks \['boxes'\]"):
+    detection.MeanAveragePrecision(_Identity(), {"eval": {"input": perfect, "classes": classes}}, 3)
 
 
 def test_centernet_shapes():

@@ -1,3 +1,4 @@
+import dataclasses
 import importlib.util
 import json
 import os
@@ -30,7 +31,8 @@ _RELOAD = textwrap.dedent(
     if kind == "scale":
       x = np.asarray(x, np.float32) / float(pre[name + "/divisor"])
     elif kind == "standardize":
-      x = ((np.asarray(x, np.float64) - pre[name + "/mean"]) / pre[name + "/std"]).astype(np.float32)
+      z = (np.asarray(x, np.float64) - pre[name + "/mean"]) / pre[name + "/std"]
+      x = z.astype(np.float32)
     return np.asarray(x, spec["model_dtype"])  # "cast" and "none" only cast
 
   for directory, inputs_path, out_path in json.loads(sys.argv[1]):
@@ -70,8 +72,15 @@ def _exported_nnx(root) -> tuple:
     test=("digits", "test"),
     class_names=tuple("0123456789"),
   )
-  state, _ = dl.fit(task, f"{root}/run", num_steps=100, batch_size=32, log_every=50, progress=False,
-                    tensorboard=False)
+  state, _ = dl.fit(
+    task,
+    f"{root}/run",
+    num_steps=100,
+    batch_size=32,
+    log_every=50,
+    progress=False,
+    tensorboard=False,
+  )
   export.export(task, state, f"{root}/export", batch_sizes=(1, 33), workdir=f"{root}/run")
   return task, state, f"{root}/export"
 
@@ -86,7 +95,9 @@ def test_reload_without_model_code_matches_predict_at_two_batch_sizes(tmp_path):
   ):
     np.savez(tmp_path / f"{name}_x.npz", **inputs)
     jobs.append([directory, str(tmp_path / f"{name}_x.npz"), str(tmp_path / f"{name}_out.npz")])
-    expected[name] = {n: dl.predict(task, state, {k: v[:n] for k, v in inputs.items()}) for n in (1, 50)}
+    expected[name] = {
+      n: dl.predict(task, state, {k: v[:n] for k, v in inputs.items()}) for n in (1, 50)
+    }
   subprocess.run([sys.executable, "-c", _RELOAD, json.dumps(jobs)], check=True)
   for name in expected:
     with np.load(tmp_path / f"{name}_out.npz") as reloaded:
@@ -115,11 +126,15 @@ def test_two_input_linen_model_with_its_own_loss_exports_exactly():
   inputs = {"user": pairs["user"], "item": pairs["item"]}
   np.testing.assert_array_equal(model(inputs), dl.predict(task, state, inputs))
   assert model(inputs).shape == (64,) and model.class_names == []  # sigmoid probabilities
-  assert [(i["name"], i["model_dtype"], i["preprocessing"]["kind"]) for i in model.spec["inputs"]] == [
+  assert [
+    (i["name"], i["model_dtype"], i["preprocessing"]["kind"]) for i in model.spec["inputs"]
+  ] == [
     ("user", "int32", "none"),
     ("item", "float32", "standardize"),
   ]
-  np.testing.assert_array_equal(model.preprocess["item"].arrays["mean"], task.preprocess["item"].arrays["mean"])
+  np.testing.assert_array_equal(
+    model.preprocess["item"].arrays["mean"], task.preprocess["item"].arrays["mean"]
+  )
   with pytest.raises(ValueError, match=r"takes inputs \['item', 'user'\]: pass a dict"):
     model(pairs["item"])
   with pytest.raises(ValueError, match=r"inputs\['item'\] .* shape \(batch, 4\); got \(64, 3\)"):
@@ -130,7 +145,9 @@ def test_two_input_linen_model_with_its_own_loss_exports_exactly():
   assert card["seeds"] == {"seed": 0} and card["step"] == 60
   history = dl.read_history(os.path.join(workdir, "metrics.jsonl"))
   assert card["metrics"]["validation"] == history["eval"][-1]
-  assert card["metrics"]["test"] == history["test"][-1] and card["metrics"]["test"]["accuracy"] > 0.8
+  assert (
+    card["metrics"]["test"] == history["test"][-1] and card["metrics"]["test"]["accuracy"] > 0.8
+  )
 
 
 def test_nnx_model_exports_exactly_with_outputs_as_its_embedding(tmp_path):
@@ -149,19 +166,25 @@ def test_run_card_records_config_data_metrics_and_versions():
   with open(os.path.join(directory, "run_card.json")) as f:
     card = json.load(f)
   assert card["config"]["model"] == {"name": "cnn", "features": 4, "hidden": 16}
-  assert card["data"]["dataset"] == "digits" and card["data"]["num_train_examples"] == len(task.train)
+  assert card["data"]["dataset"] == "digits" and card["data"]["num_train_examples"] == len(
+    task.train
+  )
   assert card["data"]["fingerprint"] == export.data_fingerprint(task.train.arrays)
   assert card["seeds"] == {"seed": 0} and card["step"] == 300
   assert card["fit_config"]["num_steps"] == 300 and card["fit_config"]["batch_size"] == 32
   history = dl.read_history(os.path.join(workdir, "metrics.jsonl"))
   assert card["metrics"]["validation"] == history["eval"][-1]
-  assert card["metrics"]["test"] == history["test"][-1] and card["metrics"]["test"]["accuracy"] > 0.5
+  assert (
+    card["metrics"]["test"] == history["test"][-1] and card["metrics"]["test"]["accuracy"] > 0.5
+  )
   assert card["versions"]["jax"] == jax.__version__
   assert card["export"]["verified_batch_sizes"] == [1, 50]
 
 
 def test_slice_metrics_of_a_group_feature_run_reach_the_run_card(tmp_path):
-  config = tiny_config(dataset="credit", group_feature="age_band", num_train_steps=40, eval_every_steps=40)
+  config = tiny_config(
+    dataset="credit", group_feature="age_band", num_train_steps=40, eval_every_steps=40
+  )
   state, history = dl.train(config, str(tmp_path / "run"))
   task = dl.build(config)
   export.export(task, state, str(tmp_path / "export"), workdir=str(tmp_path / "run"))
@@ -171,7 +194,9 @@ def test_slice_metrics_of_a_group_feature_run_reach_the_run_card(tmp_path):
   for split, record in (("validation", history["eval"][-1]), ("test", history["test"][-1])):
     slices = card["slice_metrics"][split]
     assert {k: v for k, v in record.items() if k in slices} == slices
-    assert set(slices) == {"step"} | {k for k in record if "/group=" in k or k.endswith("_difference")}
+    assert set(slices) == {"step"} | {
+      k for k in record if "/group=" in k or k.endswith("_difference")
+    }
     assert "accuracy/group=<30" in slices and "equalized_odds_difference" in slices
     assert set(card["metrics"][split]) == {"step", "loss", "accuracy"}
 
@@ -184,9 +209,12 @@ def test_run_card_carries_the_privacy_budget(tmp_path):
     {"split": "eval", "step": 20, "loss": 0.7, "accuracy": 0.8},
   ]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
-  dp = dl.build({**task.config, "dp_noise_multiplier": 1.1})
+  dp = dataclasses.replace(task, config={**task.config, "dp_noise_multiplier": 1.1})
   card = export.run_card(dp, state, workdir=str(tmp_path))
-  assert card["metrics"] == {"source": "metrics.jsonl", "validation": {"step": 20, "loss": 0.7, "accuracy": 0.8}}
+  assert card["metrics"] == {
+    "source": "metrics.jsonl",
+    "validation": {"step": 20, "loss": 0.7, "accuracy": 0.8},
+  }
   assert card["privacy"] == {"epsilon": 0.8, "noise_multiplier": 1.1, "l2_clip": 1.0, "delta": 1e-5}
 
 

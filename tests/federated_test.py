@@ -6,6 +6,7 @@ that the resume test kills.
 """
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -117,9 +118,7 @@ def test_fedavg_round_is_the_weighted_mean_of_separately_trained_clients():
   state = dl.create_train_state(MODEL, server_tx, jax.random.PRNGKey(0), (4,))
   batch = _batch(3, 5, 8, [0.5, 0.3, 0.2])
   round_fn = jax.jit(
-    functools.partial(
-      federated.fedavg_round, model=MODEL, local_tx=local_tx, server_tx=server_tx
-    )
+    functools.partial(federated.fedavg_round, model=MODEL, local_tx=local_tx, server_tx=server_tx)
   )
   new_state, metrics = round_fn(state, batch)
   assert metrics["loss"].shape == () and int(new_state.step) == 1
@@ -185,8 +184,15 @@ def test_federate_names_what_does_not_fit():
 def test_fit_learns_digits_from_non_iid_clients_and_scores_the_test_once(tmp_path):
   fl = _federated()
   state, history = dl.fit(
-    fl, str(tmp_path), num_steps=8, batch_size=16, eval_every=3, log_every=4,
-    steps_per_dispatch=2, progress=False, tensorboard=False,
+    fl,
+    str(tmp_path),
+    num_steps=8,
+    batch_size=16,
+    eval_every=3,
+    log_every=4,
+    steps_per_dispatch=2,
+    progress=False,
+    tensorboard=False,
   )
   assert fl.name == "fedprox/mlp/digits" and int(state.step) == 8
   assert [r["step"] for r in history["eval"]] == [3, 6, 8]
@@ -215,8 +221,13 @@ def _resume_run(workdir):
   return dl.fit(
     _resume_federated(),
     workdir,
-    num_steps=RESUME_ROUNDS, batch_size=8, eval_every=50, checkpoint_every=5,
-    log_every=5, progress=False, tensorboard=False,
+    num_steps=RESUME_ROUNDS,
+    batch_size=8,
+    eval_every=50,
+    checkpoint_every=5,
+    log_every=5,
+    progress=False,
+    tensorboard=False,
   )
 
 
@@ -233,6 +244,9 @@ def test_exact_resume_after_process_kill(tmp_path):
   killed_at = max(int(p) for p in os.listdir(tmp_path / "killed" / "checkpoints") if p.isdigit())
   assert killed_at < RESUME_ROUNDS
   subprocess.run(script, check=True, capture_output=True)
+  records = map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
+  train_steps = [r["step"] for r in records if r["split"] == "train"]
+  assert train_steps.count(5) == 1  # resumed at a checkpoint >= 10, not started over
   full, _ = _resume_run(str(tmp_path / "full"))
   resumed = dl.training.loop.restore(_resume_federated(), str(tmp_path / "killed"))
   assert int(resumed.step) == RESUME_ROUNDS

@@ -69,20 +69,20 @@ def _moved(before, after) -> bool:
 
 
 def test_generator_and_discriminator_shapes():
+  """Shapes and errors at trace time (`jax.eval_shape`: nothing is computed)."""
   gen = dcgan.Generator((28, 28, 1), num_classes=10, width=4)
   z, y = jnp.ones((5, 16)), jnp.arange(5)
-  params = gen.init(jax.random.PRNGKey(0), z, y)
-  x = gen.apply(params, z, y)
+  params = jax.eval_shape(gen.init, jax.random.PRNGKey(0), z, y)
+  x = jax.eval_shape(gen.apply, params, z, y)
   assert x.shape == (5, 28, 28, 1)
-  assert float(jnp.max(jnp.abs(x))) <= 1.0
   disc = dcgan.Discriminator(num_classes=10, width=4, spectral_norm=True)
-  variables = disc.init(jax.random.PRNGKey(1), x, y)
+  variables = jax.eval_shape(disc.init, jax.random.PRNGKey(1), x, y)
   assert set(variables) == {"params", "batch_stats"}  # the power-iteration vectors
-  assert disc.apply(variables, x, y).shape == (5,)
+  assert jax.eval_shape(disc.apply, variables, x, y).shape == (5,)
   with pytest.raises(ValueError, match="needs labels_B"):
-    gen.apply(params, z)
+    jax.eval_shape(gen.apply, params, z)
   with pytest.raises(ValueError, match="divisible by 4"):
-    dcgan.Generator((10, 10, 1)).init(jax.random.PRNGKey(0), z)
+    jax.eval_shape(dcgan.Generator((10, 10, 1)).init, jax.random.PRNGKey(0), z)
 
 
 def test_golden_gan_step():
@@ -108,13 +108,13 @@ GOLDEN = {
 }
 
 
-def _gan_part(**kwargs) -> gan_train.GAN:
-  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True, r1_weight=1.0)
+def _gan_part(config=gan_train.GANConfig(latent_dim=4, width=4), **kwargs) -> gan_train.GAN:
   return gan_train.build_gan(config, _arrays(), num_classes=3, **kwargs)
 
 
-def test_gan_through_fit_scores_draws_samples_and_resumes_exactly(tmp_path):
-  """k steps, stop, resume to N == N steps straight: both nets, both optimizers, rng, data."""
+def test_gan_through_fit_scores_draws_samples_resumes_and_runs_on_a_mesh(tmp_path):
+  """4 steps, stop, resume to 7: records continue, a grid per evaluation; the same 7 steps
+  on a data-parallel mesh of 8 devices (the loop lays out the same pure step) agree."""
 
   def score(model, state):
     z, labels = model.fixed_noise(2)
@@ -122,41 +122,39 @@ def test_gan_through_fit_scores_draws_samples_and_resumes_exactly(tmp_path):
 
   model = _gan_part(score=score)
   config = dl.FitConfig(num_steps=7, batch_size=8, eval_every=2, log_every=2, **QUIET)
-  full, _ = dl.fit(model, str(tmp_path / "full"), config)
   cut = str(tmp_path / "cut")
   dl.fit(model, cut, config, num_steps=4, hooks=[gan_train.SampleGrid(model, cut, per_class=2)])
   # 4 batches per epoch: the resumed run crosses into the second epoch.
   resumed, history = dl.fit(model, cut, config, hooks=[gan_train.SampleGrid(model, cut)])
   assert int(resumed.step) == 7
-  chex.assert_trees_all_equal(full, resumed)
   assert [r["step"] for r in history["train"]] == [2, 4, 6, 7]
   assert [r["step"] for r in history["eval"]] == [2, 4, 6, 7]
-  assert all(r["r1"] > 0 for r in history["train"])
   assert all(np.isfinite(r["sample_mean"]) for r in history["eval"])
   pngs = sorted(p for p in os.listdir(cut) if p.startswith("samples_"))
   assert pngs == [f"samples_{s:06d}.png" for s in (2, 4, 6, 7)]
   restored = loop.restore(model, cut, step=6)
   assert int(restored.step) == 6
-  # Both networks moved, and spectral norm's power-iteration vectors were updated.
   init = model.init(0)
-  for tree in ("gen_params", "disc_params", "disc_state", "gen_opt_state", "disc_opt_state"):
-    assert _moved(getattr(init, tree), getattr(full, tree)), tree
-
-
-def test_gan_runs_on_a_mesh_and_under_pmap(tmp_path):
-  """The same pure step, laid out by the loop: a data-parallel mesh of 8 devices, and pmap."""
-  model = _gan_part()
-  config = dl.FitConfig(num_steps=2, batch_size=8, **QUIET)
-  on_one, _ = dl.fit(model, str(tmp_path / "jit"), config)
-  on_mesh, history = dl.fit(model, str(tmp_path / "data"), config, parallel="data")
+  for tree in ("gen_params", "disc_params", "gen_opt_state", "disc_opt_state"):
+    assert _moved(getattr(init, tree), getattr(resumed, tree)), tree
+  on_mesh, _ = dl.fit(model, str(tmp_path / "mesh"), config, parallel="data")
   assert {d for x in jax.tree.leaves(on_mesh.gen_params) for d in x.devices()} == set(jax.devices())
-  chex.assert_trees_all_close(on_one, on_mesh, rtol=1e-4, atol=1e-5)
-  on_pmap, history = dl.fit(model, str(tmp_path / "pmap"), config, parallel="pmap")
-  assert int(on_pmap.step) == 2 and np.isfinite(history["train"][-1]["disc_loss"])
-  assert _moved(on_one.gen_params, on_pmap.gen_params)  # each device drew its own noise
+  chex.assert_trees_all_close(resumed, on_mesh, rtol=1e-4, atol=1e-5)
 
 
-GAN_SCRIPT = '''
+def test_gan_step_under_pmap(tmp_path):
+  """pmap: each device draws its own noise; gradients, metrics and spectral norm's
+  power-iteration state are averaged over devices."""
+  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True, r1_weight=1.0)
+  model = _gan_part(config)
+  state, history = dl.fit(model, str(tmp_path), num_steps=1, batch_size=8, parallel="pmap", **QUIET)
+  assert int(state.step) == 1 and history["train"][-1]["r1"] > 0
+  init = model.init(0)
+  for tree in ("gen_params", "disc_params", "disc_state"):
+    assert _moved(getattr(init, tree), getattr(state, tree)), tree
+
+
+GAN_SCRIPT = """
 import sys
 
 import numpy as np
@@ -165,7 +163,7 @@ import dl
 from dl.generative import gan_train
 
 CONFIG = dl.FitConfig(
-  num_steps=600, batch_size=8, eval_every=300, checkpoint_every=25, progress=False,
+  num_steps=300, batch_size=8, eval_every=300, checkpoint_every=25, progress=False,
   tensorboard=False,
 )
 
@@ -176,13 +174,14 @@ def build():
     "input": rng.uniform(-1, 1, (40, 8, 8, 1)).astype(np.float32),
     "label": (np.arange(40) % 3).astype(np.int32),
   }
-  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True, r1_weight=1.0)
+  # Spectral norm: the discriminator's power-iteration state must resume too.
+  config = gan_train.GANConfig(latent_dim=4, width=4, spectral_norm=True)
   return gan_train.build_gan(config, arrays, num_classes=3)
 
 
 if __name__ == "__main__":
   dl.fit(build(), sys.argv[1], CONFIG)
-'''
+"""
 
 
 def test_gan_exact_resume_after_process_kill(tmp_path):
@@ -205,12 +204,12 @@ def test_gan_exact_resume_after_process_kill(tmp_path):
   proc.send_signal(signal.SIGKILL)
   assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
   killed_at = max(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
-  assert killed_at < 600
+  assert killed_at < 300
   subprocess.run([sys.executable, str(script), str(killed)], check=True, capture_output=True)
   model = module.build()
   full, _ = dl.fit(model, str(tmp_path / "full"), module.CONFIG)
   resumed = loop.restore(model, str(killed), module.CONFIG)
-  assert int(resumed.step) == 600
+  assert int(resumed.step) == 300
   chex.assert_trees_all_equal(full, resumed)
 
 
@@ -258,7 +257,9 @@ def test_vae_objective_draws_from_the_latent_stream():
     return loss_B, metrics
 
   loss_B, metrics = terms(jax.random.PRNGKey(3))
-  np.testing.assert_allclose(metrics["elbo"], -(metrics["reconstruction"] + metrics["kl"]), rtol=1e-6)
+  np.testing.assert_allclose(
+    metrics["elbo"], -(metrics["reconstruction"] + metrics["kl"]), rtol=1e-6
+  )
   np.testing.assert_array_equal(loss_B, -metrics["elbo"])
   assert bool(jnp.all(metrics["kl"] >= 0))
   # The same key, the same estimate; another key, another one; evaluation: a fixed key.
@@ -356,12 +357,12 @@ def test_cyclegan_step_updates_all_four_networks():
 
 
 def test_cyclegan_through_fit_resumes_exactly_with_zipped_batches(tmp_path):
-  """The position of both domains' streams is checkpointed: 3 + 3 fused steps == 6 straight."""
+  """Both domains' stream positions are checkpointed: 2 + 2 fused steps == 4 straight."""
   held_out = {"a": _arrays(5)["input"], "b": _arrays(7)["input"]}
   cycle = _cyclegan(test=held_out)
-  config = dl.FitConfig(num_steps=6, batch_size=8, steps_per_dispatch=2, **QUIET)
+  config = dl.FitConfig(num_steps=4, batch_size=8, steps_per_dispatch=2, eval_every=2, **QUIET)
   full, _ = dl.fit(cycle, str(tmp_path / "full"), config)
-  dl.fit(cycle, str(tmp_path / "cut"), config, num_steps=3)
+  dl.fit(cycle, str(tmp_path / "cut"), config, num_steps=2)
   resumed, history = dl.fit(cycle, str(tmp_path / "cut"), config)
   chex.assert_trees_all_equal(full, resumed)
   test = history["test"][-1]

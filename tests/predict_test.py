@@ -51,7 +51,10 @@ _BAD_INPUTS = {
   "missing_file": (["--input", "{tmp}/nothing.npy"], r"input file .*nothing.npy' does not exist"),
   "wrong_shape": (["--input", "{tmp}/big.npy"], r"shape \(batch, 8, 8, 1\); got \(4, 28, 28, 1\)"),
   "wrong_dtype": (["--input", "{tmp}/float.npy"], "must have dtype uint8 .*; got float64"),
-  "wrong_format": (["--input", "{tmp}/x.txt"], "input must be one of .npz, .npy, .csv, .png; got '.txt'"),
+  "wrong_format": (
+    ["--input", "{tmp}/x.txt"],
+    "input must be one of .npz, .npy, .csv, .png; got '.txt'",
+  ),
   "npz_names": (["--input", "{tmp}/named.npz"], r"must have keys \['input'\]; got \['image'\]"),
   "two_inputs_npy": (
     ["--model", "{two_inputs}", "--input", "{tmp}/big.npy"],

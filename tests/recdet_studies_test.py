@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+import dl
 from dl.data.builders import mnist5k, movielens_100k, synthetic_digit_boxes
 
 EXPERIMENTS = pathlib.Path(__file__).parent.parent / "experiments"
@@ -49,7 +50,11 @@ def test_movielens_study_tiny(monkeypatch, tmp_path, own_data_dir):
   for row in implicit:
     assert 0.0 <= row["ndcg@10"] <= row["hr@10"] <= 1.0
   assert (tmp_path / "work" / "results.md").read_text().count("\n") == 6
-  assert (tmp_path / "work" / "implicit_neumf").is_dir()
+  # The implicit run went through dl.fit: validation NDCG@10 chose the checkpoint that the
+  # test row scores.
+  history = dl.read_history(str(tmp_path / "work" / "implicit_neumf" / "metrics.jsonl"))
+  assert {"hr@10", "ndcg@10"} <= set(history["eval"][-1])
+  assert history["test"][-1]["ndcg@10"] == implicit[1]["ndcg@10"]
 
 
 def test_detection_study_tiny(monkeypatch, tmp_path, own_data_dir):
@@ -64,3 +69,6 @@ def test_detection_study_tiny(monkeypatch, tmp_path, own_data_dir):
   assert (workdir / "detections.png").stat().st_size > 1000
   assert "SYNTHETIC" in (workdir / "results.md").read_text()
   assert (workdir / "checkpoints").is_dir()
+  history = dl.read_history(str(workdir / "metrics.jsonl"))
+  assert [r["step"] for r in history["eval"]] == [1, 2, 3] and "map" in history["eval"][-1]
+  assert history["test"][-1]["map"] == result["map"]

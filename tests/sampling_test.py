@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import dl
 from dl import sampling
 from dl.models import transformer
 
@@ -62,8 +63,8 @@ def test_generation_compiles_once_and_traces_the_model_once(params):
 
 
 def test_top_k_one_is_greedy(params):
-  generate = jax.jit(
-    functools.partial(sampling.sample, model=MODEL, num_tokens=6),
+  generate = jax.jit(  # dl.Linen around the module, as `task.model` of a dl.Task is
+    functools.partial(sampling.sample, model=dl.Linen(MODEL), num_tokens=6),
     static_argnames=("temperature", "top_k"),
   )
   greedy = generate(params, _prompt(), jax.random.PRNGKey(0), temperature=0.0)
@@ -83,3 +84,5 @@ def test_choose_respects_top_k():
 def test_too_long_generation_says_how_to_fix(params):
   with pytest.raises(ValueError, match=r"= 20 exceeds the model's max_len=16"):
     sampling.sample(params, _prompt(length=4), jax.random.PRNGKey(0), model=MODEL, num_tokens=16)
+  with pytest.raises(TypeError, match="Linen module with a decode cache .* got method"):
+    sampling.sample(params, _prompt(), jax.random.PRNGKey(0), model=MODEL.apply, num_tokens=2)

@@ -84,7 +84,13 @@ def exported_two_inputs() -> tuple:
     preprocess={"item": Preprocess.fit(train["item"])},
   )
   state, _ = dl.fit(
-    task, f"{root}/run", num_steps=60, batch_size=32, log_every=30, eval_every=60, progress=False,
+    task,
+    f"{root}/run",
+    num_steps=60,
+    batch_size=32,
+    log_every=30,
+    eval_every=60,
+    progress=False,
     tensorboard=False,
   )
   export.export(task, state, f"{root}/export", batch_sizes=(1, 7), workdir=f"{root}/run")

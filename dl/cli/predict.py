@@ -44,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m dl.cli.predict", description=__doc__.split("\n")[0])
+  parser = argparse.ArgumentParser(
+    prog="python -m dl.cli.predict", description=__doc__.split("\n")[0]
+  )
   parser.add_argument("--model", required=True, help="an export directory (dl.export.export)")
   parser.add_argument("--input", required=True, help="a .npz, .npy, .csv or .png file")
   parser.add_argument("--output", help="write predictions to .npy, .csv or .json")
@@ -81,7 +83,9 @@ def _write(path: str, predictions: np.ndarray, class_names: list[str]) -> None:
     if path.endswith(".json"):
       _write_json(path, [{"predicted": p, "probabilities": r.tolist()} for p, r in rows])
     else:
-      _write_csv(path, ["predicted", *class_names], ([p, *(f"{v:.8g}" for v in r)] for p, r in rows))
+      _write_csv(
+        path, ["predicted", *class_names], ([p, *(f"{v:.8g}" for v in r)] for p, r in rows)
+      )
   elif path.endswith(".json"):
     _write_json(path, [{"prediction": r.tolist()} for r in predictions])
   else:

@@ -16,24 +16,9 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-LOCAL_DATASETS = (
-  "digits",
-  "mnist5k",
-  "breast_cancer",
-  "diabetes",
-  "credit",
-  "rotten_tomatoes",
-  "sunspots",
-  "co2",
-  "pydoc_text",
-  "movielens_100k",
-  "synthetic_digit_boxes",
-  "sp500",
-)
 DATA_DIR_ENV = "DL_DATA_DIR"
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"
-_LOCAL_HINT = f"Local datasets (offline): {', '.join(LOCAL_DATASETS)}"
 
 
 class DatasetError(ValueError):
@@ -92,7 +77,7 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
   never are.
 
   Args:
-    name: A local data set (see `LOCAL_DATASETS`) or a TFDS catalog name,
+    name: A local data set (see `dl.data.LOCAL_DATASETS`) or a TFDS catalog name,
       optionally with config and version ("mnist", "mnist:3.0.1").
     split: A split name or TFDS split expression ("train", "test[:10%]").
     data_dir: Where prepared data sets live. None means `$DL_DATA_DIR` if
@@ -122,7 +107,7 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
   """Describes a data set's input, classes and splits (preparing it if needed).
 
   Args:
-    name: A local data set (see `LOCAL_DATASETS`) or a TFDS catalog name.
+    name: A local data set (see `dl.data.LOCAL_DATASETS`) or a TFDS catalog name.
     data_dir: Where prepared data sets live. None means `$DL_DATA_DIR` if
       set, else TFDS's default data dir.
 
@@ -192,20 +177,27 @@ def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuild
 
 def _is_local(builder_name: str) -> bool:
   """Whether the builder is one of dl's offline data sets."""
-  return builder_name in LOCAL_DATASETS
+  return builder_name in _local_datasets()
+
+
+def _local_datasets() -> tuple[str, ...]:
+  from dl.data import builders  # The builders import this module: imported on use.
+
+  return builders.local_datasets()
 
 
 def _unknown_dataset_message(name: str) -> str:
   """Says that `name` is unknown, suggests the closest names, lists the local ones."""
   catalog = tfds.list_builders(with_community_datasets=False)
-  known = sorted(set(LOCAL_DATASETS) | set(catalog))
+  local = _local_datasets()
+  known = sorted(set(local) | set(catalog))
   base = name.split("/")[0].split(":")[0]
   close = difflib.get_close_matches(base, known, n=3)
   suggestion = "."
   if close:
     suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?"
   return (
-    f"unknown dataset '{name}'{suggestion} {_LOCAL_HINT}; any TFDS catalog "
+    f"unknown dataset '{name}'{suggestion} Local datasets (offline): {', '.join(local)}; any TFDS catalog "
     "name also works where a network is available."
   )
 
@@ -215,7 +207,7 @@ def _download_failed_message(name: str, error: Exception) -> str:
   return (
     f"dataset '{name}' needs a download from the internet and it failed "
     f"({type(error).__name__}: {error}). Offline? Use one of the local "
-    f"datasets: {', '.join(LOCAL_DATASETS)}."
+    f"datasets: {', '.join(_local_datasets())}."
   )
 
 

@@ -2,7 +2,9 @@
 
 The training loop asks its data for `batches(batch_size, seed=..., shard_index=...,
 num_shards=...)`: a stream with `next(k)`, `get_state()` and `set_state()` whose position
-goes into every checkpoint. `InMemory` serves arrays held in host memory.
+goes into every checkpoint. A data part (`TrainData`) also says its size (`len`) and shows
+one example (`example()`, for initialising the model). `InMemory` serves arrays held in host
+memory; a user's own part (e.g. `dl.recommend.SampledNegatives`) can stand in its place.
 
 `as_arrays` accepts what a user has at hand: a dict of numpy arrays, a TFDS name and split
 (`("digits", "train")`), or a random-access data source (`tfds.data_source(...)`, any object
@@ -10,7 +12,7 @@ with `__len__` and `__getitem__` returning dicts of arrays), decoded once.
 """
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import grain
 import numpy as np
@@ -23,6 +25,22 @@ Arrays = dict[str, np.ndarray]
 VALIDATION_SEED = 0
 
 
+class TrainData(Protocol):
+  """What `dl.task(train=...)` keeps as it is, and `dl.fit` draws batches from."""
+
+  def __len__(self) -> int: ...
+
+  def example(self) -> Arrays:
+    """One example of every key, with a leading axis of 1 (shapes and dtypes of a batch)."""
+
+  def batches(self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1):
+    """This process's share of endless batches for the member seeded with `seed`."""
+
+
+def is_train_data(data: Any) -> bool:
+  return all(callable(getattr(data, name, None)) for name in ("__len__", "example", "batches"))
+
+
 class InMemory:
   """A split held as numpy arrays; batches are shuffled anew each epoch from (seed, epoch)."""
 
@@ -31,6 +49,9 @@ class InMemory:
 
   def __len__(self) -> int:
     return len(next(iter(self.arrays.values())))
+
+  def example(self) -> Arrays:
+    return {k: v[:1] for k, v in self.arrays.items()}
 
   def batches(
     self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1

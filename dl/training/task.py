@@ -40,7 +40,7 @@ class Task:
     model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
     objective: the per-example loss and metrics (`dl.objectives.Objective`).
     optimizer: any optax `GradientTransformation`.
-    train: the training data (`dl.data.sources.InMemory`).
+    train: the training data (`dl.data.sources.InMemory`, or any `TrainData` part).
     eval: validation arrays that choose the best checkpoint, or None.
     test: test arrays, scored once at the end, or None.
     inputs: the raw inputs the model takes, {key: (example shape, dtype)}, as `dl.predict`
@@ -56,7 +56,7 @@ class Task:
   model: Model
   objective: objectives.Objective
   optimizer: optax.GradientTransformation
-  train: sources.InMemory
+  train: sources.TrainData
   eval: Arrays | None = None
   test: Arrays | None = None
   inputs: Mapping[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
@@ -73,15 +73,12 @@ class Task:
       return None
     return self.objective.select, self.objective.mode(self.objective.select)
 
-  def example_batch(self) -> dict[str, jax.ShapeDtypeStruct]:
-    """One example of each model input, as the model sees it (after preprocessing)."""
-    return {k: jax.ShapeDtypeStruct((1, *v.shape[1:]), v.dtype) for k, v in self.train.arrays.items() if k in self.model.inputs}
-
   def init(self, seed: int) -> TrainState:
     """The initial state of the member seeded with `seed`."""
     key = jax.random.PRNGKey(seed)
     init_rng, rng = jax.random.split(key)
-    batch = {k: jnp.zeros(x.shape, x.dtype) for k, x in self.example_batch().items()}
+    example = self.train.example()
+    batch = {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.model.inputs}
     params, model_state = self.model.init(init_rng, batch)
     return TrainState(
       step=jnp.zeros((), jnp.int32),
@@ -134,7 +131,9 @@ def task(
       that also says which metrics are better when lower.
     optimizer: any optax `GradientTransformation` (with its own schedule).
     train: a dict of arrays with one leading example axis, a (TFDS name, split) pair such as
-      ("digits", "train"), or a data source (`tfds.data_source(...)`).
+      ("digits", "train"), a data source (`tfds.data_source(...)`), or a data part of your
+      own (`dl.data.sources.TrainData`: `len`, `example()`, `batches(...)`), kept as it is
+      (no preprocessing or hold-out: pass `eval` yourself).
     eval: validation data in the same forms. None: `validation_fraction` of `train`, held out
       by a fixed seeded permutation (`dl.data.sources.split_validation`).
     test: test data in the same forms, scored once at the end; None for none.
@@ -160,9 +159,10 @@ def task(
       f"{type(optimizer).__name__}."
     )
   load = functools.partial(sources.as_arrays, data_dir=data_dir)
-  train_arrays = load(train, "train")
+  part = train if sources.is_train_data(train) and not isinstance(train, sources.InMemory) else None
+  train_arrays = part.example() if part is not None else load(train, "train")
   eval_arrays = None if eval is None else load(eval, "eval")
-  if eval is None and validation_fraction > 0:
+  if eval is None and validation_fraction > 0 and part is None:
     train_arrays, eval_arrays = sources.split_validation(train_arrays, validation_fraction)
   test_arrays = None if test is None else load(test, "test")
   missing = [k for k in model.inputs if k not in train_arrays]
@@ -179,7 +179,7 @@ def task(
     model=model,
     objective=objective,
     optimizer=optimizer,
-    train=sources.InMemory(_preprocessed(train_arrays, preprocess)),
+    train=part if part is not None else sources.InMemory(_preprocessed(train_arrays, preprocess)),
     eval=eval_arrays and _preprocessed(eval_arrays, preprocess),
     test=test_arrays and _preprocessed(test_arrays, preprocess),
     inputs=raw,

