@@ -303,8 +303,13 @@ class Federated:
 
   def init(self, seed: int) -> TrainState:
     """The global model and the server optimizer's state, initialised from `seed`; round 0."""
-    example = {k: jnp.zeros(x.shape, x.dtype) for k, x in self.task.example_batch().items()}
-    return create_train_state(self.task.model, self.server_tx, jax.random.PRNGKey(seed), example)
+    example = self.task.train.example()
+    inputs = {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.task.model.inputs}
+    return create_train_state(self.task.model, self.server_tx, jax.random.PRNGKey(seed), inputs)
+
+  def examples_per_step(self, batch_size: int) -> int:
+    """Examples a round trains on: every sampled client's local batches."""
+    return self.clients_per_round * self.local_steps * batch_size
 
   def step(self, state: TrainState, batch, *, axis_name: str | None = None):
     """One round, `fedavg_round`, with this run's model, optimizers and objective bound."""

@@ -55,14 +55,14 @@ def read_history(path: str) -> History:
 
 
 def plot_history(history: History, path: str, *, title: str = "") -> str:
-  """Saves curves of the loss and the first other eval metric (e.g. accuracy; train and
-  eval against step) as a PNG at `path`."""
+  """Saves curves of two metrics against step (train records as lines, eval as dots) as a PNG
+  at `path`: the loss (else the first train metric) and the first other eval metric (e.g.
+  accuracy; else the second train metric). Ensemble records show each member thinly and their
+  mean on top."""
   # A bare Figure (no pyplot): works headless and leaves the user's backend alone.
   fig = Figure(figsize=(10, 4))
   axes = fig.subplots(1, 2)
-  evals = history.get("eval") or [{}]
-  other = [k for k in evals[-1] if k not in ("step", "loss")] or ["accuracy"]
-  for ax, metric in zip(axes, ("loss", other[0])):
+  for ax, metric in zip(axes, _plotted(history)):
     for split, style in (("train", "-"), ("eval", "o-")):
       records = [r for r in history.get(split, []) if metric in r]
       if not records:
@@ -77,8 +77,19 @@ def plot_history(history: History, path: str, *, title: str = "") -> str:
     ax.set_xlabel("step")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend()
   fig.suptitle(title)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   return path
+
+
+def _plotted(history: History) -> list[str]:
+  """The two metrics `plot_history` draws."""
+  skip = {"step", "examples_per_sec"}
+  train = [k for r in history.get("train", [])[-1:] for k in r if k not in skip]
+  evals = [k for r in history.get("eval", [])[-1:] for k in r if k not in skip]
+  first = "loss" if "loss" in train + evals else (train + evals + ["loss"])[0]
+  rest = [k for k in evals + train if k != first]
+  return [first, rest[0] if rest else first]

@@ -57,7 +57,11 @@ class Trainable(Protocol):
     """One member's initial state (a pytree with a `step`); traced by `jax.eval_shape`."""
 
   def step(self, state: Any, batch: Any) -> tuple[Any, Metrics]:
-    """The pure step. Takes `axis_name=` too where it supports `parallel="pmap"`."""
+    """The pure step. Takes `axis_name=` too where it supports `parallel="pmap"`.
+
+    (Optional: `examples_per_step(batch_size) -> int`, the examples one step consumes, for
+    the records' examples_per_sec; `batch_size` when absent.)
+    """
 
   def batches(self, batch_size: int, *, seed: int, shard_index: int, num_shards: int) -> Batches:
     """This process's training batches for the member seeded with `seed`."""
@@ -358,6 +362,12 @@ class _Run:
   num_steps: int
   num_members: int
 
+  @property
+  def examples_per_step(self) -> int:
+    """Training examples one step consumes (a trainable may say, e.g. a federated round)."""
+    count = getattr(self.trainable, "examples_per_step", None)
+    return count(self.config.batch_size) if count else self.config.batch_size
+
   def train(self, state: Any, batches: Batches) -> Any:
     """Runs steps from `state.step` to `num_steps`, stopping at each event step."""
     c = self.config
@@ -390,7 +400,7 @@ class _Run:
         bar.update(k)
         if not events.any(step):
           continue
-        record = _sync(pending, step, last_sync, c.batch_size, self.num_members)
+        record = _sync(pending, step, last_sync, self.examples_per_step, self.num_members)
         pending, last_sync = [], (step, time.perf_counter())
         for hook in self.hooks:
           record |= hook.on_log(step, record)
@@ -399,7 +409,7 @@ class _Run:
         eval_metrics = None
         if events.is_eval(step):
           eval_metrics = self.evaluate(self.layout.get_state(state), step, "eval")
-          if eval_metrics is not None:
+          if eval_metrics:
             _say(bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
         if events.is_checkpoint(step):
           logical = self.layout.get_state(state)
@@ -414,7 +424,8 @@ class _Run:
       return None
     for hook in self.hooks:
       metrics |= hook.on_eval(state, step, split)
-    self.writer.write(split, step, metrics)
+    if metrics:
+      self.writer.write(split, step, metrics)
     return metrics
 
   def test(self, state: Any, abstract_state: Any) -> None:
@@ -425,7 +436,7 @@ class _Run:
     if best is not None and best != final:
       _, state, _ = self.ckpt.restore(self.layout.restore_target(abstract_state), best)
     metrics = self.evaluate(self.layout.get_state(state), best or final, "test")
-    if metrics is not None and distributed.is_primary() and self.config.progress:
+    if metrics and distributed.is_primary() and self.config.progress:
       where = f"the best validation checkpoint, step {best}" if best else f"step {final}"
       print(f"test (scored once, on {where}): {_format(metrics, self.num_members)}")
 
@@ -468,7 +479,9 @@ def _say(bar: tqdm.tqdm, message: str) -> None:
     bar.write(message)
 
 
-def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int, num_members: int) -> Metrics:
+def _sync(
+  pending, step: int, last_sync: tuple[int, float], examples_per_step: int, num_members: int
+) -> Metrics:
   """Fetches the per-step metrics since the last sync, checks they are finite, averages them.
 
   Each entry of `pending` holds, per metric, a scalar (one step) or (k,) (k fused steps),
@@ -491,7 +504,7 @@ def _sync(pending, step: int, last_sync: tuple[int, float], batch_size: int, num
       )
   record = {name: _per_member(values.mean(axis=0)) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
-  examples = (step - prev_step) * batch_size * num_members
+  examples = (step - prev_step) * examples_per_step * num_members
   record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
   return record
 
