@@ -197,7 +197,8 @@ def _stream_variable(variable, key: jax.Array):
 
   if isinstance(variable, nnx.RngKey):
     return variable.replace(jax.random.fold_in(key, zlib.crc32(variable.tag.encode())))
-  return variable.replace(jnp.zeros(variable.value.shape, variable.value.dtype))
+  value = variable.get_value()
+  return variable.replace(jnp.zeros(value.shape, value.dtype))
 
 
 def as_model(model) -> Model:
