@@ -81,7 +81,9 @@ def build(config) -> Task:
   )
 
 
-def _load(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str) -> dict[str, np.ndarray]:
+def _load(
+  c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str
+) -> dict[str, np.ndarray]:
   """A split in the batch format, with the group ids of `group_feature` when set."""
   arrays = data_lib.load(c.dataset, split, data_dir=c.data_dir or None)
   batch = to_batch_format(arrays, spec.input_key)
@@ -210,4 +212,3 @@ def restore(config, workdir: str, step: int | str | None = None) -> Any:
   """
   built = build(config)
   return loop.restore(built, workdir, fit_config(config, built), step=step)
-

@@ -73,7 +73,9 @@ def evaluate(
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
   totals = parallel.fetch(totals)
   count = totals.pop("count")
-  means = objective.summarize({name: np.atleast_1d(total / count) for name, total in totals.items()})
+  means = objective.summarize(
+    {name: np.atleast_1d(total / count) for name, total in totals.items()}
+  )
   return {name: per_member(values) for name, values in means.items()}
 
 
@@ -142,7 +144,9 @@ def prepare_inputs(task: Any, inputs: Any) -> dict[str, np.ndarray]:
       raise ValueError(f"this model takes inputs {sorted(spec)}: pass a dict of arrays.")
     inputs = {next(iter(spec)): inputs}
   check_inputs(inputs, spec)
-  return {k: task.preprocess[k](v) if k in task.preprocess else np.asarray(v) for k, v in inputs.items()}
+  return {
+    k: task.preprocess[k](v) if k in task.preprocess else np.asarray(v) for k, v in inputs.items()
+  }
 
 
 @functools.cache

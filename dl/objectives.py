@@ -53,7 +53,7 @@ class Objective:
     return self.fn(outputs, batch)
 
   def mode(self, metric: str) -> str:
-    """"min" if smaller `metric` is better, else "max"."""
+    """ "min" if smaller `metric` is better, else "max"."""
     return "min" if metric == "loss" or metric in self.lower_is_better else "max"
 
 

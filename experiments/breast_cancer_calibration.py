@@ -17,7 +17,6 @@ import argparse
 import os
 import time
 
-import jax
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 

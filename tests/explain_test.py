@@ -46,7 +46,9 @@ def test_integrated_gradients_completeness(trained, method):
   mean_image = jnp.asarray(task.train.arrays["input"].mean(axis=0))
   noise = jax.random.uniform(jax.random.PRNGKey(3), x.shape)
   for baseline in (0.0, mean_image, noise):  # black, one image, one per example
-    error = _completeness_error(task.model.module, variables, x, y, baseline, num_steps=256, method=method)
+    error = _completeness_error(
+      task.model.module, variables, x, y, baseline, num_steps=256, method=method
+    )
     assert error.max() < 0.01, (method, error)
   coarse = _completeness_error(task.model.module, variables, x, y, 0.0, num_steps=1, method=method)
   assert coarse.max() > 0.01  # The check can fail: one step is too few.

@@ -8,13 +8,11 @@ that the resume test kills.
 import functools
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import chex
 import jax
+import kill
 import numpy as np
 import optax
 import pytest
@@ -234,16 +232,7 @@ def _resume_run(workdir):
 def test_exact_resume_after_process_kill(tmp_path):
   """SIGKILL after a checkpoint, resume, and end bit-identical to an uninterrupted run."""
   script = [sys.executable, os.path.abspath(__file__), str(tmp_path / "killed")]
-  proc = subprocess.Popen(script, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = tmp_path / "killed" / "checkpoints" / "10"
-  deadline = time.time() + 120
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
-  killed_at = max(int(p) for p in os.listdir(tmp_path / "killed" / "checkpoints") if p.isdigit())
-  assert killed_at < RESUME_ROUNDS
-  subprocess.run(script, check=True, capture_output=True)
+  assert kill.kill_then_rerun(script, tmp_path / "killed", 10) < RESUME_ROUNDS
   records = map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
   train_steps = [r["step"] for r in records if r["split"] == "train"]
   assert train_steps.count(5) == 1  # resumed at a checkpoint >= 10, not started over

@@ -4,13 +4,12 @@ schedule, an NNX model, data as arrays, a TFDS name or a data source, hooks."""
 import ast
 import os
 import pathlib
-import signal
 import subprocess
 import sys
-import time
 
 import chex
 import jax
+import kill
 import numpy as np
 import optax
 import pytest
@@ -23,21 +22,6 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = str(REPO / "tests" / "user_parts.py")
 
 
-def _kill_then_resume(kind: str, workdir: pathlib.Path, num_steps: int, kill_at: int) -> None:
-  """Runs the script, SIGKILLs it once the `kill_at` checkpoint exists, runs it to the end."""
-  command = [sys.executable, SCRIPT, kind, str(workdir), str(num_steps)]
-  proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  first = workdir / "checkpoints" / str(kill_at)
-  deadline = time.time() + 180
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  assert proc.poll() is None, "the run ended before it could be killed"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert first.exists(), "the run ended before its first checkpoint: nothing was interrupted"
-  subprocess.run(command, cwd=REPO, check=True, capture_output=True)
-
-
 @pytest.mark.parametrize("kind", ["two_input", "nnx"])
 def test_kill_then_resume_is_bit_identical(tmp_path, kind):
   """SIGKILL mid-run and resume: the same parameters, bit for bit, as an uninterrupted run."""
@@ -48,7 +32,8 @@ def test_kill_then_resume_is_bit_identical(tmp_path, kind):
     check=True,
     capture_output=True,
   )
-  _kill_then_resume(kind, tmp_path / "killed", num_steps, kill_at=25)
+  command = [sys.executable, SCRIPT, kind, str(tmp_path / "killed"), str(num_steps)]
+  assert kill.kill_then_rerun(command, tmp_path / "killed", 25) < num_steps
   task = user_parts.TASKS[kind]()
   config = dl.FitConfig(num_steps=num_steps, batch_size=32)
   full = dl.training.loop.restore(task, str(tmp_path / "full"), config)
@@ -96,9 +81,7 @@ def test_two_input_fsdp_on_8_devices_equals_jit(tmp_path):
   sharded, history = dl.fit(task, str(tmp_path / "fsdp"), parallel="fsdp", **common)
   kernel = sharded.params["Dense_0"]["kernel"]
   assert kernel.sharding.spec != jax.sharding.PartitionSpec()  # really split over devices
-  chex.assert_trees_all_close(
-    jax.device_get(sharded.params), ref.params, rtol=1e-5, atol=1e-5
-  )
+  chex.assert_trees_all_close(jax.device_get(sharded.params), ref.params, rtol=1e-5, atol=1e-5)
   assert history["test"][-1]["error"] == pytest.approx(ref_history["test"][-1]["error"], abs=1e-6)
 
 
@@ -132,7 +115,9 @@ def test_data_as_arrays_a_tfds_name_or_a_data_source_give_the_same_task():
     builder_kwargs={"file_format": "array_record"},
   )
   from_source = dl.task(
-    train=source, preprocess={"image": scale["input"]}, **parts | {"model": dl.Linen(parts["model"], inputs=("image",))}
+    train=source,
+    preprocess={"image": scale["input"]},
+    **parts | {"model": dl.Linen(parts["model"], inputs=("image",))},
   )
   assert len(named.train) == len(given.train) == len(from_source.train) == round(1437 * 0.9)
   for split in ("train", "eval"):
@@ -146,8 +131,12 @@ def test_data_as_arrays_a_tfds_name_or_a_data_source_give_the_same_task():
 def test_bad_parts_are_named():
   model = dl.models.MLP(num_classes=10, width=8, depth=1)
   arrays = {"x": np.zeros((10, 4), np.float32), "label": np.zeros(10, np.int32)}
-  with pytest.raises(ValueError, match=r"the model reads \['input'\]; the training data has \['label', 'x'\]"):
-    dl.task(model=model, objective=dl.objectives.classification, optimizer=optax.sgd(0.1), train=arrays)
+  with pytest.raises(
+    ValueError, match=r"the model reads \['input'\]; the training data has \['label', 'x'\]"
+  ):
+    dl.task(
+      model=model, objective=dl.objectives.classification, optimizer=optax.sgd(0.1), train=arrays
+    )
   with pytest.raises(TypeError, match="optimizer must be an optax GradientTransformation"):
     dl.task(model=model, objective=dl.objectives.classification, optimizer=0.1, train=arrays)
   with pytest.raises(TypeError, match=r"NNX takes a function that builds the module from nnx.Rngs"):
@@ -194,6 +183,6 @@ def test_the_loop_imports_no_feature():
     for node in ast.walk(ast.parse(path.read_text())):
       if isinstance(node, (ast.Import, ast.ImportFrom)):
         names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-        assert not any(
-          part in ("privacy", "fairness") for n in names for part in n.split(".")
-        ), f"{path.name} imports {names}"
+        assert not any(part in ("privacy", "fairness") for n in names for part in n.split(".")), (
+          f"{path.name} imports {names}"
+        )

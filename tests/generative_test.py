@@ -4,14 +4,12 @@
 import functools
 import importlib.util
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import chex
 import jax
 import jax.numpy as jnp
+import kill
 import numpy as np
 import optax
 import pytest
@@ -192,20 +190,7 @@ def test_gan_exact_resume_after_process_kill(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   killed = tmp_path / "killed"
-  proc = subprocess.Popen(
-    [sys.executable, str(script), str(killed)],
-    stdout=subprocess.DEVNULL,
-    stderr=subprocess.DEVNULL,
-  )
-  first = killed / "checkpoints" / "50"
-  deadline = time.time() + 180
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
-  killed_at = max(int(p) for p in os.listdir(killed / "checkpoints") if p.isdigit())
-  assert killed_at < 300
-  subprocess.run([sys.executable, str(script), str(killed)], check=True, capture_output=True)
+  assert kill.kill_then_rerun([sys.executable, str(script), str(killed)], killed, 50) < 300
   model = module.build()
   full, _ = dl.fit(model, str(tmp_path / "full"), module.CONFIG)
   resumed = loop.restore(model, str(killed), module.CONFIG)

@@ -37,9 +37,7 @@ def test_golden_single_step():
   tx = optax.sgd(0.1)
   state = dl.create_train_state(model, tx, jax.random.PRNGKey(42), (3,))
   batch = {"input": jnp.array([[1.0, -1.0, 0.5], [0.0, 2.0, -0.5]]), "label": jnp.array([0, 1])}
-  new_state, metrics = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(
-    state, batch
-  )
+  new_state, metrics = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(state, batch)
   assert int(new_state.step) == 1
   # Recorded with jax 0.10.2 on CPU: a change means the step's math changed.
   np.testing.assert_allclose(metrics["loss"], 0.9212521314620972, rtol=1e-5)
@@ -101,9 +99,7 @@ def test_batch_norm_state_is_updated():
     "input": np.random.default_rng(0).normal(size=(4, 6, 6, 1)).astype(np.float32),
     "label": np.array([0, 1, 2, 0], np.int32),
   }
-  new_state, _ = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(
-    state, batch
-  )
+  new_state, _ = jax.jit(functools.partial(dl.train_step, model=model, tx=tx))(state, batch)
   assert set(new_state.model_state) == {"batch_stats"}
   changed = jax.tree.map(
     lambda a, b: not np.allclose(a, b), state.model_state, new_state.model_state

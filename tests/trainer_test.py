@@ -1,12 +1,11 @@
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import chex
+import kill
 import numpy as np
 import pytest
 from tiny_config import tiny_config
@@ -70,18 +69,7 @@ def test_exact_resume_after_process_kill(tmp_path):
   """SIGKILL after a checkpoint, resume, and end bit-identical to an uninterrupted run."""
   args = ["--config.num_train_steps=600", "--config.checkpoint_every_steps=25"]
   subprocess.run(_cli(tmp_path / "full", *args), check=True, capture_output=True, cwd=REPO)
-  proc = subprocess.Popen(
-    _cli(tmp_path / "killed", *args), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-  )
-  first = tmp_path / "killed" / "checkpoints" / "50"
-  deadline = time.time() + 120
-  while not first.exists() and proc.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  assert proc.wait() == -signal.SIGKILL, "training finished before it could be killed"
-  killed_at = max(int(p) for p in os.listdir(tmp_path / "killed" / "checkpoints") if p.isdigit())
-  assert killed_at < 600
-  subprocess.run(_cli(tmp_path / "killed", *args), check=True, capture_output=True, cwd=REPO)
+  assert kill.kill_then_rerun(_cli(tmp_path / "killed", *args), tmp_path / "killed", 50) < 600
   config = tiny_config(num_train_steps=600, checkpoint_every_steps=25)
   full = dl.restore(config, str(tmp_path / "full"))
   resumed = dl.restore(config, str(tmp_path / "killed"))

@@ -197,8 +197,8 @@ def _unknown_dataset_message(name: str) -> str:
   if close:
     suggestion = f"; did you mean {' or '.join(repr(c) for c in close)}?"
   return (
-    f"unknown dataset '{name}'{suggestion} Local datasets (offline): {', '.join(local)}; any TFDS catalog "
-    "name also works where a network is available."
+    f"unknown dataset '{name}'{suggestion} Local datasets (offline): {', '.join(local)}; "
+    "any TFDS catalog name also works where a network is available."
   )
 
 

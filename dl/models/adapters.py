@@ -86,7 +86,9 @@ class Linen:
     return {self.train_arg: train} if self.train_arg else {}
 
   def _rngs(self, rng: jax.Array) -> dict[str, jax.Array]:
-    return {name: rng if i == 0 else jax.random.fold_in(rng, i) for i, name in enumerate(self.rng_streams)}
+    return {
+      name: rng if i == 0 else jax.random.fold_in(rng, i) for i, name in enumerate(self.rng_streams)
+    }
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, dict[str, Any]]:
     """(params, other variable collections) for inputs shaped like `batch`'s."""
@@ -167,7 +169,9 @@ class NNX:
       states.append(state)
     key = jax.random.key(0) if rng is None else _typed(rng)
     rngs = jax.tree.map(
-      lambda v: _stream_variable(v, key), abstract_rngs, is_leaf=lambda x: isinstance(x, nnx.Variable)
+      lambda v: _stream_variable(v, key),
+      abstract_rngs,
+      is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
     module = nnx.merge(graphdef, states[0], rngs, states[1])
     return module

@@ -137,10 +137,19 @@ class FitConfig:
     for key in ("num_steps", "eval_every", "checkpoint_every"):
       _require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
     _require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
-    _require(self.num_steps > 0 or self.num_epochs > 0, "num_epochs", "> 0 (or num_steps > 0)", self.num_epochs)
+    _require(
+      self.num_steps > 0 or self.num_epochs > 0,
+      "num_epochs",
+      "> 0 (or num_steps > 0)",
+      self.num_epochs,
+    )
     _require(self.ensemble_size > 0, "ensemble_size", "an integer > 0", self.ensemble_size)
-    _require(self.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", self.parallel)
-    _require(self.best_mode in ("", "min", "max"), "best_mode", "'min', 'max' or ''", self.best_mode)
+    _require(
+      self.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", self.parallel
+    )
+    _require(
+      self.best_mode in ("", "min", "max"), "best_mode", "'min', 'max' or ''", self.best_mode
+    )
     sizes = {len(v) for v in self.sweep.values()} | ({self.ensemble_size} - {1})
     _require(
       len(sizes) <= 1,
@@ -210,10 +219,14 @@ def fit(
   selection = _selection(trainable, c)
   os.makedirs(workdir, exist_ok=True)
   if primary:
-    _write_json(os.path.join(workdir, "fit_config.json"), {"name": trainable.name, **dataclasses.asdict(c)})
+    _write_json(
+      os.path.join(workdir, "fit_config.json"), {"name": trainable.name, **dataclasses.asdict(c)}
+    )
   ckpt = _checkpointer(workdir, c, selection)
   state = _start(layout, ckpt, init, abstract_state, batches, members)
-  writer = writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
+  writer = (
+    writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
+  )
   run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members))
   try:
     state = run.train(state, batches)
@@ -301,7 +314,11 @@ def _with_hyperparams(state: Any, hparams: dict[str, Any]) -> Any:
 def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
   if not c.best_metric:
     return trainable.selection
-  default = trainable.selection[1] if trainable.selection and trainable.selection[0] == c.best_metric else "max"
+  default = (
+    trainable.selection[1]
+    if trainable.selection and trainable.selection[0] == c.best_metric
+    else "max"
+  )
   return c.best_metric, c.best_mode or default
 
 
@@ -330,7 +347,11 @@ def _replace_hyperparams(state: Any, init) -> Any:
   if not any(map(_is_hyperparam, paths)):
     return state
   # Compiled on its own, XLA keeps the constants and drops the rest of the initialisation.
-  fresh = iter(jax.jit(lambda: [x for p, x in jax.tree_util.tree_leaves_with_path(init()) if _is_hyperparam(p)])())
+  fresh = iter(
+    jax.jit(
+      lambda: [x for p, x in jax.tree_util.tree_leaves_with_path(init()) if _is_hyperparam(p)]
+    )()
+  )
   return jax.tree_util.tree_map_with_path(
     lambda path, x: next(fresh) if _is_hyperparam(path) else x, state
   )
@@ -454,7 +475,9 @@ class _Events:
   @classmethod
   def create(cls, c: FitConfig, steps_per_epoch: int, num_steps: int) -> "_Events":
     eval_every = c.eval_every or steps_per_epoch
-    return cls(c.log_every, eval_every, c.checkpoint_every or eval_every, c.steps_per_dispatch, num_steps)
+    return cls(
+      c.log_every, eval_every, c.checkpoint_every or eval_every, c.steps_per_dispatch, num_steps
+    )
 
   def steps_until_next(self, step: int) -> int:
     """How many steps to fuse: up to `steps_per_dispatch`, never past an event."""
@@ -538,7 +561,9 @@ def _is_number(value: Any) -> bool:
 
 @jax.jit
 def _all_finite(tree) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)
+  ]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 

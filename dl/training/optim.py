@@ -83,9 +83,9 @@ def create_optimizer(
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown schedule {schedule!r}; expected one of: {', '.join(SCHEDULES)}.")
   make = OPTIMIZERS[name]
-  optimizer = optax.inject_hyperparams(lambda learning_rate, weight_decay: make(
-    learning_rate, weight_decay, momentum
-  ))(learning_rate=learning_rate, weight_decay=weight_decay)
+  optimizer = optax.inject_hyperparams(
+    lambda learning_rate, weight_decay: make(learning_rate, weight_decay, momentum)
+  )(learning_rate=learning_rate, weight_decay=weight_decay)
   chain = [optimizer, optax.scale_by_schedule(schedule_shape(schedule, num_steps, warmup_steps))]
   if grad_clip_norm > 0:
     chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))

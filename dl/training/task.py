@@ -91,7 +91,12 @@ class Task:
   def step(self, state: TrainState, batch, *, axis_name: str | None = None):
     """`train_step` with this task's model, optimizer and objective bound."""
     return self.train_step(
-      state, batch, model=self.model, tx=self.optimizer, objective=self.objective, axis_name=axis_name
+      state,
+      batch,
+      model=self.model,
+      tx=self.optimizer,
+      objective=self.objective,
+      axis_name=axis_name,
     )
 
   def batches(self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1):
@@ -153,7 +158,9 @@ def task(
   """
   model = as_model(model)
   objective = objectives.as_objective(objective)
-  if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+  if not (
+    callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))
+  ):
     raise TypeError(
       f"optimizer must be an optax GradientTransformation (e.g. optax.adamw(1e-3)); got "
       f"{type(optimizer).__name__}."
