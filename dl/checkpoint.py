@@ -48,7 +48,12 @@ class Checkpointer:
       best_fn = lambda metrics: metrics[metric]  # noqa: E731
       # BestN sorts ascending and keeps the tail, so "max" is the unreversed order.
       policies.append(
-        checkpoint_managers.BestN(get_metric_fn=best_fn, reverse=best_mode == "min", n=1)
+        checkpoint_managers.BestN(
+          get_metric_fn=best_fn,
+          reverse=best_mode == "min",
+          n=1,
+          keep_checkpoints_without_metrics=False,  # LatestN keeps the newest ones
+        )
       )
     options = ocp.CheckpointManagerOptions(
       preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),

@@ -104,6 +104,11 @@ def export(
     ValueError: for an ensemble, or class names that do not match the model's outputs.
     RuntimeError: if the reloaded export does not reproduce `dl.predict`.
   """
+  if not hasattr(task.train, "arrays"):
+    raise ValueError(
+      "export computes its drift reference and checks from the training arrays in memory; "
+      f"this task's training data is a data part ({type(task.train).__name__}) without them."
+    )
   if inference.is_ensemble(state):
     raise ValueError(
       f"export takes one model; got an ensemble of {np.shape(state.step)[0]} members. Export "
@@ -431,14 +436,14 @@ def _serving_functions(task, state):
 
 def _model_dtype(task, key: str) -> np.dtype:
   """The dtype the model sees for input `key` (e.g. float32, int32), as jit canonicalises it."""
-  return np.dtype(jax.dtypes.canonicalize_dtype(task.train.arrays[key].dtype))
+  return np.dtype(jax.dtypes.canonicalize_dtype(task.train.example()[key].dtype))
 
 
 def _export_args(task) -> list[jax.ShapeDtypeStruct]:
   """The exported function's arguments: each model input as (b, *shape), one symbolic b."""
   (b,) = jax.export.symbolic_shape("b")
   return [
-    jax.ShapeDtypeStruct((b, *task.train.arrays[k].shape[1:]), _model_dtype(task, k))
+    jax.ShapeDtypeStruct((b, *task.train.example()[k].shape[1:]), _model_dtype(task, k))
     for k in task.model.inputs
   ]
 

@@ -6,7 +6,7 @@ parity difference (largest gap in selection rate) and the equalized odds differe
 (largest gap in TPR or FPR), as fairlearn defines them.
 
 Exact over padded batches and sharded data: a jitted function sums counts per group (like
-`dl.steps.eval_step`, sums, never means), and rates are divided out on the host at the end.
+`dl.inference.eval_step`, sums, never means), and rates are divided out on the host at the end.
 """
 
 import functools

@@ -307,6 +307,15 @@ class Federated:
     inputs = {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.task.model.inputs}
     return create_train_state(self.task.model, self.server_tx, jax.random.PRNGKey(seed), inputs)
 
+  def mode(self, metric: str) -> str:
+    """Which direction of `metric` is better (the task's objective says)."""
+    return self.task.mode(metric)
+
+  def split_size(self, batch_size: int) -> int:
+    """Meshes and pmap split the clients of a round over devices."""
+    del batch_size
+    return self.clients_per_round
+
   def examples_per_step(self, batch_size: int) -> int:
     """Examples a round trains on: every sampled client's local batches."""
     return self.clients_per_round * self.local_steps * batch_size
@@ -378,6 +387,11 @@ def federate(
     ValueError: for clients that are not index arrays into `task.train`, or counts out of
       range.
   """
+  if not hasattr(task.train, "arrays"):
+    raise ValueError(
+      "federated clients hold index arrays into the task's training arrays: give dl.task "
+      f"arrays, a TFDS name or a data source; got a data part ({type(task.train).__name__})."
+    )
   num_examples = len(task.train)
   clients = tuple(np.asarray(c) for c in clients)
   bad = [i for i, c in enumerate(clients) if not _is_index_array(c, num_examples)]

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from dl import objectives
+from dl.models.adapters import as_model
 from dl.training.state import TrainState
 
 
@@ -27,16 +28,17 @@ def per_example_grads(
 
 
 def example_loss(
-  apply_fn: Callable,
+  model: Any,
   state: TrainState,
   objective: objectives.Objective = objectives.classification,
 ) -> Callable:
-  """The loss of one {"input", "label"} example under `state` (eval mode)."""
+  """The loss of one example (the model's inputs and what `objective` reads) under `state`,
+  in eval mode; `model` is a `dl.Linen`/`dl.NNX` model or a Linen module."""
+  model = as_model(model)
 
   def loss(params, example):
-    variables = {"params": params, **state.model_state}
     example_1 = jax.tree.map(lambda x: jnp.asarray(x)[None], example)
-    outputs = apply_fn(variables, example_1["input"], train=False)
+    outputs, _ = model.apply(params, state.model_state, example_1, train=False)
     return objective(outputs, example_1)[0][0]
 
   return loss

@@ -141,7 +141,10 @@ def prepare_inputs(task: Any, inputs: Any) -> dict[str, np.ndarray]:
   spec = task.inputs
   if not isinstance(inputs, Mapping):
     if len(spec) != 1:
-      raise ValueError(f"this model takes inputs {sorted(spec)}: pass a dict of arrays.")
+      raise ValueError(
+        f"this model takes inputs {sorted(spec)}: pass a dict of arrays; got "
+        f"{type(inputs).__name__}."
+      )
     inputs = {next(iter(spec)): inputs}
   check_inputs(inputs, spec)
   return {

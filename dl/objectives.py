@@ -35,7 +35,8 @@ class Objective:
 
   Attributes:
     fn: `(outputs, batch) -> (loss_B, {name: (B,)})`.
-    metrics: the names of the metrics `fn` returns, in the order a progress bar shows them.
+    metrics: the names of the metrics `fn` returns (a config's `best_metric` is checked
+      against them; `dl.evaluate` reports what `fn` actually returns).
     lower_is_better: metrics (besides "loss", always lower) for which smaller is better.
     select: the eval metric that chooses the best checkpoint.
     predictions: model outputs -> what `dl.predict` returns (e.g. softmax probabilities).

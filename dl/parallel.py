@@ -1,7 +1,7 @@
 """Where arrays live: device meshes, data-parallel and FSDP shardings, pmap replication.
 
 The step never changes; these functions say how its inputs and outputs are laid out, and
-`dl.compile` turns that into `jax.jit(..., in_shardings, out_shardings)` or `jax.pmap`.
+`dl.training.compile` turns that into `jax.jit(..., in_shardings, out_shardings)` or `jax.pmap`.
 
 Mesh axes: "data" (batch split, parameters replicated) and "fsdp" (batch split *and*
 parameters and optimizer state sharded). A batch is split over both axes.

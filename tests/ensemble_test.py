@@ -63,7 +63,7 @@ def test_per_example_grads_average_to_the_batch_gradient():
     "input": rng.normal(size=(6, 4)).astype(np.float32),
     "label": rng.integers(0, 3, 6).astype(np.int32),
   }
-  loss = dl.grads.example_loss(model.apply, state)
+  loss = dl.grads.example_loss(model, state)
   per_example = dl.grads.per_example_grads(loss, state.params, batch)
   assert per_example["Dense_0"]["kernel"].shape == (6, 4, 8)
 

@@ -2,6 +2,7 @@
 schedule, an NNX model, data as arrays, a TFDS name or a data source, hooks."""
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -186,3 +187,82 @@ def test_the_loop_imports_no_feature():
         assert not any(part in ("privacy", "fairness") for n in names for part in n.split(".")), (
           f"{path.name} imports {names}"
         )
+
+
+def _dense_task(**kwargs):
+  """A bare `nn.Dense` (no `train` argument) on flattened digits: the cheapest real task."""
+  raw = dl.data.load("digits", "train")
+  arrays = {
+    "input": raw["image"].reshape(len(raw["image"]), -1).astype(np.float32) / 16,
+    "label": raw["label"].astype(np.int32),
+  }
+  return dl.task(
+    model=user_parts.nn.Dense(10),
+    objective=dl.objectives.classification,
+    optimizer=optax.sgd(0.1),
+    train=arrays,
+    test=arrays,
+    **kwargs,
+  )
+
+
+def test_checkpoint_choice_follows_the_objective_and_the_test_uses_it(tmp_path):
+  """A metric named in the config takes its direction from the objective; in every layout
+  (pmap included) the test is scored on the chosen checkpoint, restored, not the last one."""
+  task = _dense_task()
+  common = dict(num_steps=40, batch_size=32, eval_every=10, progress=False, tensorboard=False)
+  _, history = dl.fit(task, str(tmp_path / "loss"), best_metric="loss", **common)
+  saved = json.loads((tmp_path / "loss" / "fit_config.json").read_text())
+  assert saved["selection"] == ["loss", "min"]
+  losses = {r["step"]: r["loss"] for r in history["eval"]}
+  assert history["test"][0]["step"] == min(losses, key=losses.get)
+  # The worst loss chooses an early checkpoint, so the test must restore it, also under pmap.
+  worst, pmap_history = dl.fit(
+    task, str(tmp_path / "pmap"), parallel="pmap", best_metric="loss", best_mode="max", **common
+  )
+  (test,) = pmap_history["test"]
+  assert test["step"] == 10 and int(worst.step) == 40
+  chosen = dl.training.loop.restore(task, str(tmp_path / "pmap"), step="best")
+  assert int(chosen.step) == 10
+  assert test["loss"] == pytest.approx(dl.evaluate(chosen, task.model, task.test)["loss"], 1e-6)
+
+
+def test_only_the_latest_and_the_best_checkpoints_are_kept(tmp_path):
+  dl.fit(
+    _dense_task(),
+    str(tmp_path),
+    num_steps=40,
+    batch_size=32,
+    eval_every=20,
+    checkpoint_every=4,
+    keep_checkpoints=1,
+    progress=False,
+    tensorboard=False,
+  )
+  kept = sorted(int(p) for p in os.listdir(tmp_path / "checkpoints") if p.isdigit())
+  assert len(kept) <= 2 and kept[-1] == 40  # the newest, and the best if it is another
+
+
+def test_a_misspelt_best_metric_is_named(tmp_path):
+  with pytest.raises(ValueError, match=r"best_metric 'acuracy' is not among .*'accuracy'"):
+    dl.fit(_dense_task(), str(tmp_path), num_steps=10, batch_size=32, best_metric="acuracy")
+
+
+def test_nnx_dropout_layers_draw_their_own_masks():
+  class TwoDropouts(user_parts.nnx.Module):
+    def __init__(self, rngs):
+      self.a = user_parts.nnx.Dropout(0.5, rngs=rngs)
+      self.b = user_parts.nnx.Dropout(0.5, rngs=rngs)
+
+    def __call__(self, x):
+      return self.a(x), self.b(x)
+
+  model = dl.NNX(TwoDropouts)
+  params, model_state = model.init(jax.random.PRNGKey(0), {})
+  x = {"input": np.ones((4, 16), np.float32)}
+  (a, b), _ = model.apply(params, model_state, x, train=True, rng=jax.random.PRNGKey(1))
+  (a2, _), _ = model.apply(params, model_state, x, train=True, rng=jax.random.PRNGKey(2))
+  assert not np.array_equal(a, b)  # two layers, two masks
+  assert not np.array_equal(a, a2)  # another step, another mask
+  (a3, b3), _ = model.apply(params, model_state, x, train=False)
+  np.testing.assert_array_equal(a3, x["input"])

@@ -132,7 +132,7 @@ def test_cli_bad_input_is_a_clear_error(case):
   code, stderr = _bad_input_results()[case]
   assert code == 2, stderr
   assert "Traceback" not in stderr
-  assert stderr.startswith("dl.predict: error: ")
+  assert stderr.startswith("dl.cli.predict: error: ")
   assert re.search(_BAD_INPUTS[case][1], stderr), stderr
 
 

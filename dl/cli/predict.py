@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
       )
       report = model.check_drift(inputs, thresholds)
   except (FileNotFoundError, ValueError) as e:
-    print(f"dl.predict: error: {e}", file=sys.stderr)
+    print(f"dl.cli.predict: error: {e}", file=sys.stderr)
     return 2
   if args.output:
     _write(args.output, predictions, model.class_names)

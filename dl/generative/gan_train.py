@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import distributed
+from dl import distributed, parallel
 from dl.data import sources
 from dl.data.batches import ShuffledBatches
 from dl.generative import dcgan, gan, images
@@ -203,7 +203,7 @@ class SampleGrid(Hook):
     """Saves the grid of `state`'s generator (one row per class); adds no metrics."""
     if split != "eval":
       return {}
-    x = np.asarray(self._model.sample(state, self._z, self._labels))  # Every process: one program.
+    x = parallel.fetch(self._model.sample(state, self._z, self._labels))  # every process calls
     if distributed.is_primary():
       images.save_grid(
         os.path.join(self._workdir, f"samples_{step:06d}.png"),

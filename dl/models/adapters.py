@@ -18,6 +18,7 @@ keys the model reads; everything else in a batch (labels, extra targets) is the 
 
 import dataclasses
 import functools
+import inspect
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -49,6 +50,12 @@ def _keys(inputs: str | Sequence[str]) -> tuple[str, ...]:
   return keys
 
 
+def _takes(fn: Callable, name: str) -> bool:
+  """Whether `fn` accepts the keyword `name` (or any keyword)."""
+  parameters = inspect.signature(fn).parameters.values()
+  return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
 def _args(batch: Batch, keys: tuple[str, ...]) -> list[jax.Array]:
   missing = [k for k in keys if k not in batch]
   if missing:
@@ -67,7 +74,7 @@ class Linen:
     module: the module; called as `module(*[batch[k] for k in inputs], **{train_arg: train})`.
     inputs: the batch keys passed positionally, in order.
     train_arg: the keyword that switches training behaviour (dropout, batch statistics);
-      None when the module takes none.
+      None when the module takes none (found out when its `__call__` has no such keyword).
     rng_streams: the module's random streams (`self.make_rng(name)`); the step's key feeds
       the first, keys folded from it the others.
   """
@@ -81,6 +88,8 @@ class Linen:
     if not isinstance(self.module, nn.Module):
       raise TypeError(f"Linen wraps a flax.linen.Module; got {type(self.module).__name__}.")
     object.__setattr__(self, "inputs", _keys(self.inputs))
+    if self.train_arg and not _takes(self.module.__call__, self.train_arg):
+      object.__setattr__(self, "train_arg", None)  # e.g. nn.Dense: no training behaviour
 
   def _kwargs(self, train: bool) -> dict[str, bool]:
     return {self.train_arg: train} if self.train_arg else {}
@@ -168,8 +177,8 @@ class NNX:
       nnx.replace_by_pure_dict(state, pure)
       states.append(state)
     key = jax.random.key(0) if rng is None else _typed(rng)
-    rngs = jax.tree.map(
-      lambda v: _stream_variable(v, key),
+    rngs = jax.tree_util.tree_map_with_path(
+      lambda path, v: _stream_variable(v, key, path),
       abstract_rngs,
       is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
@@ -194,13 +203,15 @@ def _typed(rng: jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(rng)
 
 
-def _stream_variable(variable, key: jax.Array):
+def _stream_variable(variable, key: jax.Array, path) -> Any:
   """A concrete random-stream variable for an abstract one: each stream's key is folded from
-  `key` by the stream's name; counts start at 0."""
+  `key` by where the stream sits in the module (two Dropout layers draw different masks);
+  counts start at 0."""
   from flax import nnx
 
   if isinstance(variable, nnx.RngKey):
-    return variable.replace(jax.random.fold_in(key, zlib.crc32(variable.tag.encode())))
+    where = jax.tree_util.keystr(path)
+    return variable.replace(jax.random.fold_in(key, zlib.crc32(where.encode())))
   value = variable.get_value()
   return variable.replace(jnp.zeros(value.shape, value.dtype))
 

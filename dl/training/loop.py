@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from dl import distributed, parallel, writers
+from dl import distributed, inference, parallel, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches
 from dl.training import optim, placement
@@ -67,7 +67,12 @@ class Trainable(Protocol):
     """This process's training batches for the member seeded with `seed`."""
 
   def evaluate(self, state: Any, split: str, batch_size: int) -> Metrics | None:
-    """Metrics of `state` on "eval" (validation) or "test"; None when there is no such data."""
+    """Metrics of `state` on "eval" (validation) or "test"; None when there is no such data.
+
+    Optional, too: `mode(metric) -> "min" | "max"` (which direction is better for a metric
+    the config chooses checkpoints by) and `split_size(batch_size) -> int` (the size of the
+    batch axis split over devices, `batch_size` when absent).
+    """
 
 
 class Hook:
@@ -98,7 +103,9 @@ class FitConfig:
       `seed + i` (its own init, dropout and data order).
     sweep: {injected hyperparameter: one value per member}, e.g. {"learning_rate": (1e-3,
       3e-3)}; members share `seed` unless `ensemble_size` > 1. The optimizer must carry the
-      hyperparameter (`optax.inject_hyperparams`).
+      hyperparameter (`optax.inject_hyperparams`). Members share their checkpoints, so the
+      best one is chosen by the mean over members of the validation metric: to choose a
+      hyperparameter, read each member's column of the "eval" records.
     steps_per_dispatch: train steps fused into one compiled call (`lax.scan`).
     log_every: steps between train records.
     eval_every: steps between evaluations (0: once per epoch).
@@ -195,7 +202,8 @@ def fit(
 
   Returns:
     The final state (members stacked on a leading axis for an ensemble) and the history
-    {"train": [...], "eval": [...], "test": [...]} of metric records. "eval" records are on
+    {"train": [...], "eval": [...], "test": [...]} of metric records (empty lists where there
+    is no such data). "eval" records are on
     validation data; the "test" record is scored once, at the end, on the checkpoint that
     was best on validation (its "step" says which).
 
@@ -206,10 +214,14 @@ def fit(
   c = dataclasses.replace(config or FitConfig(), **overrides)
   members = c.members()
   primary = distributed.is_primary()
-  if c.parallel != "jit" and c.batch_size % jax.device_count():
+  split_size = getattr(trainable, "split_size", lambda b: b)(c.batch_size)
+  if c.parallel != "jit" and split_size % jax.device_count():
+    what = f"batch_size ({c.batch_size})"
+    if split_size != c.batch_size:
+      what = f"the batch axis this trainable splits ({split_size})"
     raise ValueError(
-      f"batch_size ({c.batch_size}) must be divisible by the {jax.device_count()} devices "
-      f"that parallel={c.parallel!r} splits it over."
+      f"{what} must be divisible by the {jax.device_count()} devices that "
+      f"parallel={c.parallel!r} splits it over."
     )
   batches = _batches(trainable, c, members)
   num_steps = c.num_steps or math.ceil(c.num_epochs * batches.steps_per_epoch)
@@ -219,15 +231,14 @@ def fit(
   selection = _selection(trainable, c)
   os.makedirs(workdir, exist_ok=True)
   if primary:
-    _write_json(
-      os.path.join(workdir, "fit_config.json"), {"name": trainable.name, **dataclasses.asdict(c)}
-    )
+    record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
+    _write_json(os.path.join(workdir, "fit_config.json"), record)
   ckpt = _checkpointer(workdir, c, selection)
   state = _start(layout, ckpt, init, abstract_state, batches, members)
   writer = (
     writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
   )
-  run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members))
+  run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members), selection)
   try:
     state = run.train(state, batches)
     run.test(state, abstract_state)
@@ -236,7 +247,7 @@ def fit(
     ckpt.close()
     writer.close()
   distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
-  history = writers.read_history(writer.path)
+  history = {"train": [], "eval": [], "test": []} | writers.read_history(writer.path)
   if primary:
     writers.plot_history(history, os.path.join(workdir, "curves.png"), title=trainable.name)
   return layout.get_state(state), history
@@ -262,7 +273,7 @@ def restore(
   c = dataclasses.replace(config or FitConfig(), **overrides)
   abstract_state = jax.eval_shape(functools.partial(_init_members, trainable, c.members()))
   layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
-  ckpt = _checkpointer(workdir, c, _selection(trainable, c))
+  ckpt = _checkpointer(workdir, c, _saved_selection(workdir) or _selection(trainable, c))
   try:
     if step == "best":
       step = ckpt.best_step() if ckpt.best_step() is not None else ckpt.latest_step()
@@ -274,6 +285,16 @@ def restore(
       f"no checkpoint in {ckpt.directory}; train first with dl.fit (or dl.train) in {workdir!r}."
     )
   return restored[1]
+
+
+def _saved_selection(workdir: str) -> tuple[str, str] | None:
+  """The best-checkpoint choice that `fit` recorded in the workdir's `fit_config.json`."""
+  path = os.path.join(workdir, "fit_config.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    saved = json.load(f).get("selection")
+  return tuple(saved) if saved else None
 
 
 def _checkpointer(workdir: str, c: FitConfig, selection: tuple[str, str] | None) -> Checkpointer:
@@ -312,14 +333,19 @@ def _with_hyperparams(state: Any, hparams: dict[str, Any]) -> Any:
 
 
 def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
+  """(metric, "min"/"max") choosing the best checkpoint: the config's, else the trainable's.
+
+  A metric named in the config takes its direction from the config, else from the trainable
+  (`mode(metric)`, e.g. its objective's), else "min" for "loss" and "max" for the rest.
+  """
   if not c.best_metric:
     return trainable.selection
-  default = (
-    trainable.selection[1]
-    if trainable.selection and trainable.selection[0] == c.best_metric
-    else "max"
-  )
-  return c.best_metric, c.best_mode or default
+  if c.best_mode:
+    return c.best_metric, c.best_mode
+  mode = getattr(trainable, "mode", None)
+  if mode is not None:
+    return c.best_metric, mode(c.best_metric)
+  return c.best_metric, "min" if c.best_metric == "loss" else "max"
 
 
 def _start(layout, ckpt: Checkpointer, init, abstract_state, batches: Batches, members) -> Any:
@@ -347,11 +373,10 @@ def _replace_hyperparams(state: Any, init) -> Any:
   if not any(map(_is_hyperparam, paths)):
     return state
   # Compiled on its own, XLA keeps the constants and drops the rest of the initialisation.
-  fresh = iter(
-    jax.jit(
-      lambda: [x for p, x in jax.tree_util.tree_leaves_with_path(init()) if _is_hyperparam(p)]
-    )()
-  )
+  values = jax.jit(
+    lambda: [x for p, x in jax.tree_util.tree_leaves_with_path(init()) if _is_hyperparam(p)]
+  )()
+  fresh = iter(jax.device_get(values))  # host values, laid out with the rest by `put_state`
   return jax.tree_util.tree_map_with_path(
     lambda path, x: next(fresh) if _is_hyperparam(path) else x, state
   )
@@ -382,6 +407,7 @@ class _Run:
   hooks: Sequence[Hook]
   num_steps: int
   num_members: int
+  selection: tuple[str, str] | None
 
   @property
   def examples_per_step(self) -> int:
@@ -430,6 +456,11 @@ class _Run:
         eval_metrics = None
         if events.is_eval(step):
           eval_metrics = self.evaluate(self.layout.get_state(state), step, "eval")
+          if eval_metrics and self.selection and self.selection[0] not in eval_metrics:
+            raise ValueError(
+              f"best_metric {self.selection[0]!r} is not among the validation metrics "
+              f"{sorted(eval_metrics)}; set best_metric to one of them."
+            )
           if eval_metrics:
             _say(bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
         if events.is_checkpoint(step):
@@ -452,11 +483,12 @@ class _Run:
   def test(self, state: Any, abstract_state: Any) -> None:
     """Scores the test data once, with the checkpoint that was best on validation."""
     self.ckpt.wait()
-    best = self.ckpt.best_step() if self.config.best_metric or self.trainable.selection else None
-    final = int(np.max(jax.device_get(self.layout.get_state(state).step)))
-    if best is not None and best != final:
-      _, state, _ = self.ckpt.restore(self.layout.restore_target(abstract_state), best)
-    metrics = self.evaluate(self.layout.get_state(state), best or final, "test")
+    logical = self.layout.get_state(state)
+    final = int(np.max(jax.device_get(logical.step)))
+    best = self.ckpt.best_step() if self.selection else None
+    if best is not None and best != final:  # restored as one logical copy, in any layout
+      _, logical, _ = self.ckpt.restore(self.layout.restore_target(abstract_state), best)
+    metrics = self.evaluate(logical, best or final, "test")
     if metrics and distributed.is_primary() and self.config.progress:
       where = f"the best validation checkpoint, step {best}" if best else f"step {final}"
       print(f"test (scored once, on {where}): {_format(metrics, self.num_members)}")
@@ -525,7 +557,7 @@ def _sync(
         "checkpoint is kept. Try a lower learning rate or clip gradients "
         "(optax.clip_by_global_norm; config.grad_clip_norm)."
       )
-  record = {name: _per_member(values.mean(axis=0)) for name, values in per_step.items()}
+  record = {name: inference.per_member(values.mean(axis=0)) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
   examples = (step - prev_step) * examples_per_step * num_members
   record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
@@ -541,11 +573,6 @@ def _shown(record: Metrics) -> dict[str, str]:
 def _format(metrics: Metrics, num_members: int) -> str:
   shown = " ".join(f"{k} {v}" for k, v in _shown(metrics).items())
   return shown + (" (mean of members)" if num_members > 1 else "")
-
-
-def _per_member(values: np.ndarray) -> float | list[float]:
-  """One float for a single model, a list of floats for an ensemble."""
-  return float(values[0]) if values.shape == (1,) else [float(v) for v in values]
 
 
 def _mean(metrics: Metrics | None) -> dict[str, float] | None:

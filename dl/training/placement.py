@@ -99,7 +99,7 @@ def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
     raise ValueError(f"parallel mode must be one of {MODES}; got {mode!r}.")
   if mode in ("jit", "pmap") and jax.process_count() > 1:
     raise ValueError(
-      f"config.parallel={mode!r} runs in one process; with {jax.process_count()} processes "
+      f"parallel={mode!r} runs in one process; with {jax.process_count()} processes "
       "use 'data' or 'fsdp' (a mesh over the devices of all processes)."
     )
   if mode in ("jit", "pmap"):

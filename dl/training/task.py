@@ -27,7 +27,7 @@ from dl.data import sources
 from dl.data.transforms import Preprocess
 from dl.models.adapters import Model, as_model
 from dl.training import steps
-from dl.training.state import TrainState
+from dl.training.state import TrainState, create_train_state
 
 Arrays = dict[str, np.ndarray]
 
@@ -73,20 +73,15 @@ class Task:
       return None
     return self.objective.select, self.objective.mode(self.objective.select)
 
+  def mode(self, metric: str) -> str:
+    """ "min" or "max": which direction of `metric` is better (the objective says)."""
+    return self.objective.mode(metric)
+
   def init(self, seed: int) -> TrainState:
     """The initial state of the member seeded with `seed`."""
-    key = jax.random.PRNGKey(seed)
-    init_rng, rng = jax.random.split(key)
     example = self.train.example()
     batch = {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.model.inputs}
-    params, model_state = self.model.init(init_rng, batch)
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      model_state=model_state,
-      opt_state=self.optimizer.init(params),
-      rng=rng,
-    )
+    return create_train_state(self.model, self.optimizer, jax.random.PRNGKey(seed), batch)
 
   def step(self, state: TrainState, batch, *, axis_name: str | None = None):
     """`train_step` with this task's model, optimizer and objective bound."""
@@ -167,6 +162,11 @@ def task(
     )
   load = functools.partial(sources.as_arrays, data_dir=data_dir)
   part = train if sources.is_train_data(train) and not isinstance(train, sources.InMemory) else None
+  if part is not None and preprocess:
+    raise ValueError(
+      "a data part of your own is used as it is: preprocess its batches yourself and pass "
+      f"preprocess=None; got preprocess for {sorted(preprocess)}."
+    )
   train_arrays = part.example() if part is not None else load(train, "train")
   eval_arrays = None if eval is None else load(eval, "eval")
   if eval is None and validation_fraction > 0 and part is None:
