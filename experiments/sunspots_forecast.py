@@ -163,7 +163,8 @@ def _write(args, table: list[str], years: np.ndarray, png: str) -> None:
     "",
     f"Held-out targets: {int(years[0])}-{int(years[-1])} ({len(years)} years), each forecast "
     "from the 12 years before it, all inside the test segment 1969-2008. Trained or fitted on "
-    "1700-1928 only (validation 1929-1968 is not used here). Errors in sunspot numbers.",
+    "1700-1928 only; the networks' checkpoint is the one with the lowest loss on the "
+    "validation windows (1929-1968). Errors in sunspot numbers.",
     "",
   ]
   with open(args.out, "w") as f:
