@@ -57,6 +57,8 @@ class TrainConfig:
     log_every_steps: how often train metrics are averaged and written.
     eval_every_steps: how often to evaluate (0: once per epoch).
     checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
+    checkpoint_every_seconds: also checkpoint when this much wall time has passed since the
+      last checkpoint (checked at log steps; 0: never). SIGTERM and SIGINT always save one.
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: validation metric that picks the best checkpoint: "loss" or one of the
       objective's metrics ("": the objective's choice: "accuracy" when classifying, else
@@ -108,6 +110,7 @@ class TrainConfig:
   log_every_steps: int = 50
   eval_every_steps: int = 0
   checkpoint_every_steps: int = 0
+  checkpoint_every_seconds: float = 0.0
   keep_checkpoints: int = 3
   best_metric: str = ""
   best_mode: str = ""
@@ -216,7 +219,7 @@ def _check_values(c: TrainConfig) -> None:
   _require(c.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", c.keep_checkpoints)
   for key in ("warmup_steps", "eval_every_steps", "checkpoint_every_steps"):
     _require(getattr(c, key) >= 0, key, "an integer >= 0", getattr(c, key))
-  for key in ("weight_decay", "grad_clip_norm"):
+  for key in ("weight_decay", "grad_clip_norm", "checkpoint_every_seconds"):
     _require(getattr(c, key) >= 0, key, "a number >= 0", getattr(c, key))
   _require(0 <= c.label_smoothing < 1, "label_smoothing", "in [0, 1)", c.label_smoothing)
   _require(0 <= c.momentum < 1, "momentum", "in [0, 1)", c.momentum)

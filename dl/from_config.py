@@ -146,6 +146,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     log_every=c.log_every_steps,
     eval_every=c.eval_every_steps,
     checkpoint_every=c.checkpoint_every_steps,
+    checkpoint_every_seconds=c.checkpoint_every_seconds,
     keep_checkpoints=c.keep_checkpoints,
     best_metric=c.best_metric,
     best_mode=c.best_mode,

@@ -2,13 +2,20 @@
 
 import gzip
 import importlib.metadata
+import json
+import logging
+import pathlib
+import shutil
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import sklearn.datasets
 import tensorflow_datasets as tfds
+from tiny_config import tiny_config
 
+import dl
 import dl.data
 from dl.data import builders
 
@@ -259,3 +266,141 @@ def test_label_kinds_give_the_objective_and_output_size(tmp_path):
   )
   with pytest.raises(dl.data.DatasetError, match="ClassLabel .classification., a float Tensor"):
     dl.data.loading._label_kind(ids, "x")
+
+
+class CatalogStandIn(tfds.core.GeneratorBasedBuilder):
+  """Stands in for a TFDS catalog data set (not one of dl's local ones), prepared offline."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      features=tfds.features.FeaturesDict(
+        {
+          "features": tfds.features.Tensor(shape=(2,), dtype=np.float32),
+          "label": tfds.features.ClassLabel(num_classes=2),
+        }
+      ),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self) -> Iterator[tuple[int, dict[str, np.ndarray | int]]]:
+    for i in range(8):
+      yield i, {"features": np.full(2, i, np.float32), "label": i % 2}
+
+
+_DIGITS_TRAIN = "digits-train.array_record-00000-of-00001"
+
+
+def _truncate(path: pathlib.Path) -> None:
+  with path.open("r+b") as f:
+    f.truncate(1000)
+
+
+def _flip_a_byte(path: pathlib.Path) -> None:
+  data = bytearray(path.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+  "file, damage, problem",
+  [
+    (_DIGITS_TRAIN, _truncate, _DIGITS_TRAIN + " (1,000 bytes; {size:,} when prepared)"),
+    (_DIGITS_TRAIN, pathlib.Path.unlink, f"{_DIGITS_TRAIN} (missing)"),
+    (_DIGITS_TRAIN, _flip_a_byte, f"{_DIGITS_TRAIN} (contents changed since it was prepared)"),
+    ("dataset_info.json", _truncate, "its dataset_info.json cannot be read"),
+  ],
+  ids=["truncated", "missing", "changed", "info_truncated"],
+)
+def test_damaged_local_dataset_is_named_and_prepared_again(
+  file: str, damage, problem: str, tmp_path, caplog: pytest.LogCaptureFixture
+):
+  before = dl.data.load("digits", "train", data_dir=str(tmp_path))
+  version_dir = tmp_path / "digits" / "1.0.0"
+  manifest = json.loads((version_dir / "dl_files.json").read_text())["files"]
+  size = (version_dir / _DIGITS_TRAIN).stat().st_size
+  assert manifest[_DIGITS_TRAIN]["size"] == size
+  assert len(manifest[_DIGITS_TRAIN]["sha256"]) == 64
+  damage(version_dir / file)
+  with caplog.at_level(logging.WARNING, logger="dl.data.loading"):
+    after = dl.data.load("digits", "train", data_dir=str(tmp_path))
+  [warning] = [r.getMessage() for r in caplog.records if r.name == "dl.data.loading"]
+  assert warning.startswith(f"dataset 'digits' in {tmp_path / 'digits'}")
+  assert problem.format(size=size) in warning
+  assert warning.endswith(
+    "It is a local data set, so dl deletes that folder and prepares it again."
+  )
+  for key in before:
+    np.testing.assert_array_equal(before[key], after[key])
+  assert json.loads((version_dir / "dl_files.json").read_text())["files"] == manifest
+
+
+def test_dataset_prepared_before_manifests_is_checked_then_recorded(
+  tmp_path, caplog: pytest.LogCaptureFixture
+):
+  before = dl.data.load("digits", "train", data_dir=str(tmp_path))
+  version_dir = tmp_path / "digits" / "1.0.0"
+  (version_dir / "dl_files.json").unlink()
+  dl.data.load("digits", "test", data_dir=str(tmp_path))  # Whole: trusted and recorded.
+  assert (version_dir / "dl_files.json").is_file()
+  (version_dir / "dl_files.json").unlink()
+  _truncate(version_dir / _DIGITS_TRAIN)
+  with caplog.at_level(logging.WARNING, logger="dl.data.loading"):
+    after = dl.data.load("digits", "train", data_dir=str(tmp_path))
+  [warning] = [r.getMessage() for r in caplog.records if r.name == "dl.data.loading"]
+  assert f"{_DIGITS_TRAIN} (missing or unreadable; 1,437 records when prepared)" in warning
+  np.testing.assert_array_equal(before["image"], after["image"])
+  assert (version_dir / "dl_files.json").is_file()
+
+
+def test_damaged_catalog_dataset_raises_with_the_command_that_mends_it(tmp_path):
+  assert "catalog_stand_in" not in dl.data.LOCAL_DATASETS
+  before = dl.data.load("catalog_stand_in", "train", data_dir=str(tmp_path))
+  version_dir = tmp_path / "catalog_stand_in" / "1.0.0"
+  shard = version_dir / "catalog_stand_in-train.array_record-00000-of-00001"
+  size = shard.stat().st_size
+  _truncate(shard)
+  with pytest.raises(dl.data.DamagedDatasetError) as error:
+    dl.data.load("catalog_stand_in", "train", data_dir=str(tmp_path))
+  assert str(error.value) == (
+    f"dataset 'catalog_stand_in' in {version_dir} is damaged: {shard.name} (1,000 bytes; "
+    f"{size:,} when prepared). To mend it, delete that folder and run again where a network "
+    f"is available; dl downloads and prepares it again: rm -rf '{version_dir}'"
+  )
+  shutil.rmtree(version_dir)  # The command it names.
+  after = dl.data.load("catalog_stand_in", "train", data_dir=str(tmp_path))
+  np.testing.assert_array_equal(before["features"], after["features"])
+
+
+def test_file_damaged_after_the_check_raises_a_dataset_error(tmp_path):
+  dl.data.load("digits", "train", data_dir=str(tmp_path))
+  version_dir = tmp_path / "digits" / "1.0.0"
+  _truncate(version_dir / _DIGITS_TRAIN)
+  builder = tfds.builder("digits", data_dir=str(tmp_path), file_format="array_record")
+  dl.data.loading._write_manifest(builder)  # Records the damage as if it came after the check.
+  with pytest.raises(dl.data.DamagedDatasetError) as error:
+    dl.data.load("digits", "train", data_dir=str(tmp_path))
+  message = str(error.value)
+  assert message.startswith(f"dataset 'digits' in {version_dir} cannot be read (RuntimeError: ")
+  assert message.endswith(
+    "its prepared files are damaged. To mend it, delete that folder and run again; dl "
+    f"prepares it again offline: rm -rf '{version_dir}'"
+  )
+  assert isinstance(error.value.__cause__, RuntimeError)
+
+
+def test_train_mends_a_truncated_dataset_then_trains(tmp_path, caplog: pytest.LogCaptureFixture):
+  data_dir = tmp_path / "data"
+  dl.data.load("digits", "train", data_dir=str(data_dir))
+  _truncate(data_dir / "digits" / "1.0.0" / _DIGITS_TRAIN)
+  config = tiny_config(data_dir=str(data_dir), num_train_steps=20)
+  with caplog.at_level(logging.WARNING, logger="dl.data.loading"):
+    _, history = dl.train(config, str(tmp_path / "run"))
+  assert any(_DIGITS_TRAIN in r.getMessage() for r in caplog.records)
+  assert history["train"][-1]["step"] == 20
+  assert history["test"][-1]["accuracy"] > 0.5

@@ -1,10 +1,14 @@
 """Parts a researcher brings, for the tests of `dl.fit`: a two-input Linen model with its own
 objective and schedule, and an NNX model, on arrays made from real digits.
 
-Also a script, so a test can kill it mid-run:  python tests/user_parts.py KIND WORKDIR STEPS
+Also a script, so a test can signal or kill it mid-run:
+  python tests/user_parts.py KIND WORKDIR STEPS [key=value ...]
+(`DL_TEST_SLOW_SECONDS` makes it sleep at every log step.)
 """
 
+import os
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -87,7 +91,20 @@ def nnx_task() -> dl.Task:
 TASKS = {"two_input": two_input_task, "nnx": nnx_task}
 
 
+class Slow(dl.Hook):
+  """Sleeps at every log step, so a test can signal a run before it ends on any machine."""
+
+  def __init__(self, seconds: float):
+    self.seconds = seconds
+
+  def on_log(self, step, record):
+    del step, record
+    time.sleep(self.seconds)
+    return {}
+
+
 def fit(kind: str, workdir: str, num_steps: int, **overrides):
+  slow = float(os.environ.get("DL_TEST_SLOW_SECONDS", "0"))
   return dl.fit(
     TASKS[kind](),
     workdir,
@@ -97,10 +114,18 @@ def fit(kind: str, workdir: str, num_steps: int, **overrides):
     eval_every=overrides.pop("eval_every", 25),
     progress=False,
     tensorboard=False,
+    hooks=overrides.pop("hooks", [Slow(slow)] if slow else []),
     **overrides,
   )
 
 
+def _value(text: str):
+  return int(text) if text.lstrip("-").isdigit() else text
+
+
 if __name__ == "__main__":
+  # python tests/user_parts.py KIND WORKDIR STEPS [key=value ...]: FitConfig overrides.
+  dl.distributed.initialize_from_env()
   jax.config.update("jax_numpy_rank_promotion", "raise")
-  fit(sys.argv[1], sys.argv[2], int(sys.argv[3]))
+  overrides = dict(arg.split("=", 1) for arg in sys.argv[4:])
+  fit(sys.argv[1], sys.argv[2], int(sys.argv[3]), **{k: _value(v) for k, v in overrides.items()})

@@ -7,6 +7,7 @@ Importing this package imports the local builders of `dl.data.builders` (`digits
 
 from dl.data.builders import local_datasets
 from dl.data.loading import (
+  DamagedDatasetError,
   DataPackageMissingError,
   DatasetDownloadError,
   DatasetError,
@@ -21,6 +22,7 @@ LOCAL_DATASETS = local_datasets()
 
 __all__ = [
   "LOCAL_DATASETS",
+  "DamagedDatasetError",
   "DataPackageMissingError",
   "DatasetDownloadError",
   "DatasetError",

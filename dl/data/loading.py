@@ -4,21 +4,40 @@ The path needs no TensorFlow: the dataset is prepared as array_record files,
 read through `builder.as_data_source` and decoded once with grain into one
 numpy array per feature. Local builders (`dl.data.builders`) prepare offline;
 TFDS catalog names (`mnist`, `cifar10`, ...) download where a network exists.
+
+Each prepared data set is checked before it is read: dl records the size and sha256 of
+every file of its version folder in `dl_files.json` when it is prepared, and compares
+the files with it on every use. A damaged local data set is prepared again (with a
+warning that names its files); a damaged catalog one raises `DamagedDatasetError` with
+the command that fixes it.
 """
 
 import dataclasses
 import difflib
+import hashlib
+import json
+import logging
 import os
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
+from array_record.python import array_record_module
+from etils import epath
+from google.protobuf import json_format
+
+log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "DL_DATA_DIR"
+_MANIFEST = "dl_files.json"  # In each prepared version folder: its files' sizes and sha256.
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"
+# Data sets larger than this are checked by file size only: hashing them on every use
+# would cost seconds (sha256 reads about 1.7 GB/s here; dl's local sets are <= 13 MB).
+_CHECKSUM_MAX_BYTES = 256 * 2**20
 
 
 class DatasetError(ValueError):
@@ -39,6 +58,10 @@ class DatasetDownloadError(DatasetError):
 
 class DataPackageMissingError(DatasetError, ImportError):
   """A local data set reads its data from a package that is not installed."""
+
+
+class DamagedDatasetError(DatasetError):
+  """A prepared data set's files are damaged (truncated, missing, changed); dl cannot mend them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +97,9 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
   `data_dir`), then every record of the split is decoded once and each
   feature is stacked into one array. Features whose examples cannot be
   stacked (ragged or nested extras) are left out; the input and `label`
-  never are.
+  never are. Prepared files that changed since they were prepared (a
+  truncated file, say) are named in a warning and prepared again for a
+  local data set; for a catalog one DamagedDatasetError says how to mend them.
 
   Args:
     name: A local data set (see `dl.data.LOCAL_DATASETS`) or a TFDS catalog name,
@@ -92,15 +117,20 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
     UnknownSplitError: the data set has no split `split`.
     DatasetDownloadError: a catalog data set could not be downloaded.
     DataPackageMissingError: a local data set's source package is missing.
+    DamagedDatasetError: the prepared files of a catalog data set are damaged, or those
+      of any data set cannot be read.
   """
   builder = _prepared_builder(name, data_dir)
   _check_split(builder, split)
-  source = builder.as_data_source(split=split)
-  if not len(source):
-    raise DatasetError(f"split '{split}' of dataset '{name}' is empty.")
+  try:
+    source = builder.as_data_source(split=split)
+    if not len(source):
+      raise DatasetError(f"split '{split}' of dataset '{name}' is empty.")
+    batch = grain.MapDataset.source(source).batch(len(source), batch_fn=stack)[0]
+  except RuntimeError as e:  # array_record's error for a file damaged after the check.
+    raise DamagedDatasetError(_unreadable_message(builder, name, e)) from e
   required = {_find_input_key(builder.info.features), _LABEL_KEY} - {None}
-  batch = grain.MapDataset.source(source).batch(len(source), batch_fn=stack)
-  return _keep_stackable(batch[0], required, name)
+  return _keep_stackable(batch, required, name)
 
 
 def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
@@ -118,6 +148,7 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
     UnknownDatasetError: `name` is not a known data set.
     DatasetDownloadError: a catalog data set could not be downloaded.
     DataPackageMissingError: a local data set's source package is missing.
+    DamagedDatasetError: the prepared files of a catalog data set are damaged.
     DatasetError: the data set has no `label` feature of a kind dl trains on.
   """
   builder = _prepared_builder(name, data_dir)
@@ -160,19 +191,182 @@ def _resolve_data_dir(data_dir: str | None) -> str | None:
 
 
 def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """Returns the builder for `name` with its array_record files prepared."""
+  """Returns the builder for `name` with its array_record files prepared and checked.
+
+  Files that differ from those recorded when the data set was prepared are damaged: a
+  local data set is then prepared again, a catalog one raises DamagedDatasetError.
+  """
   data_dir = _resolve_data_dir(data_dir)
+  builder = _builder(name, data_dir)
+  damage = _damage(builder) if builder.is_prepared() else {}
+  if damage:
+    builder = _mend(builder, name, data_dir, damage)
+  _prepare(builder, name)
+  if builder.is_prepared() and _read_manifest(builder) is None:
+    _write_manifest(builder)
+  return builder
+
+
+def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+  """Returns `tfds.builder(name)`; a damaged dataset_info.json is mended like damaged data."""
   try:
-    builder = tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT)
+    return tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise UnknownDatasetError(_unknown_dataset_message(name)) from e
+  except json_format.ParseError as e:  # The builder reads dataset_info.json when prepared.
+    _mend_info(name, data_dir, e)
+    return tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT)
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, name: str) -> None:
+  """Prepares the data set's array_record files unless they are there."""
   try:
     builder.download_and_prepare(file_format=_FILE_FORMAT)
   except (OSError, tfds.download.DownloadError) as e:
     if _is_local(builder.name):
       raise
     raise DatasetDownloadError(_download_failed_message(name, e)) from e
-  return builder
+
+
+def _mend(
+  builder: tfds.core.DatasetBuilder, name: str, data_dir: str | None, damage: dict[str, str]
+) -> tfds.core.DatasetBuilder:
+  """Deletes a damaged local data set so that it is prepared again; raises for a catalog one."""
+  files = ", ".join(f"{file} ({problem})" for file, problem in sorted(damage.items()))
+  folder = epath.Path(builder.data_dir)
+  _report_damage(name, folder, files, local=_is_local(builder.name))
+  folder.rmtree()
+  return _builder(name, data_dir)
+
+
+def _mend_info(name: str, data_dir: str | None, error: json_format.ParseError) -> None:
+  """Deletes a local data set whose dataset_info.json is damaged; raises for a catalog one."""
+  base = name.split(":")[0].split("/")[0]
+  folder = epath.Path(data_dir or tfds.core.constants.get_default_data_dir()) / base
+  if not folder.exists():
+    raise error
+  what = f"its dataset_info.json cannot be read ({str(error).rstrip('.')})"
+  _report_damage(name, folder, what, local=_is_local(base))
+  folder.rmtree()
+
+
+def _report_damage(name: str, folder: epath.Path, what: str, *, local: bool) -> None:
+  """Logs that a local data set in `folder` is prepared again, or raises for a catalog one."""
+  damaged = f"dataset '{name}' in {folder} is damaged: {what}."
+  if not local:
+    raise DamagedDatasetError(f"{damaged} {_fix(folder, local=False)}")
+  log.warning(
+    "%s It is a local data set, so dl deletes that folder and prepares it again.", damaged
+  )
+
+
+def _fix(folder: epath.Path | str, *, local: bool) -> str:
+  """The command that mends a damaged data set in `folder`."""
+  again = "" if local else " where a network is available"
+  prepares = "prepares it again offline" if local else "downloads and prepares it again"
+  return f"To mend it, delete that folder and run again{again}; dl {prepares}: rm -rf '{folder}'"
+
+
+def _unreadable_message(builder: tfds.core.DatasetBuilder, name: str, error: Exception) -> str:
+  """Says that a data set's prepared files cannot be read, and how to mend them."""
+  fix = _fix(builder.data_dir, local=_is_local(builder.name))
+  return (
+    f"dataset '{name}' in {builder.data_dir} cannot be read ({type(error).__name__}: "
+    f"{error}): its prepared files are damaged. {fix}"
+  )
+
+
+def _damage(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
+  """The damaged files of a prepared data set -> what is wrong with each ({} if none)."""
+  recorded = _read_manifest(builder)
+  if recorded is None:  # Prepared before dl recorded its files: check that the shards open.
+    return _unreadable_shards(builder)
+  folder = epath.Path(builder.data_dir)
+  problems = {file: _file_problem(folder / file, entry) for file, entry in recorded.items()}
+  return {file: problem for file, problem in problems.items() if problem}
+
+
+def _file_problem(path: epath.Path, entry: Mapping[str, Any]) -> str:
+  """What differs between a file and its record ("" if nothing)."""
+  if not path.exists():
+    return "missing"
+  size = path.stat().length
+  if size != entry["size"]:
+    return f"{size:,} bytes; {entry['size']:,} when prepared"
+  if entry.get("sha256") and _sha256(path) != entry["sha256"]:
+    return "contents changed since it was prepared"
+  return ""
+
+
+def _unreadable_shards(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
+  """The array_record shards that are missing, unreadable or short of records."""
+  if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
+    return {}
+  problems = {}
+  for split in builder.info.splits.values():
+    for path, num_records in zip(split.filepaths, split.shard_lengths, strict=True):
+      found = _num_records(epath.Path(path))
+      if found != num_records:
+        problem = "missing or unreadable" if found is None else f"{found:,} records"
+        problems[epath.Path(path).name] = f"{problem}; {num_records:,} records when prepared"
+  return problems
+
+
+def _num_records(path: epath.Path) -> int | None:
+  """The number of records of an array_record file, None if it is missing or unreadable."""
+  if not path.exists():
+    return None
+  try:
+    reader = array_record_module.ArrayRecordReader(os.fspath(path))
+    num_records = reader.num_records() if reader.ok() else None
+    reader.close()
+  except RuntimeError:  # Raised for a damaged file, when opened or closed.
+    return None
+  return num_records
+
+
+def _read_manifest(builder: tfds.core.DatasetBuilder) -> dict[str, dict[str, Any]] | None:
+  """File name -> {"size", "sha256"} as recorded when prepared; None if unrecorded or unreadable."""
+  path = epath.Path(builder.data_dir) / _MANIFEST
+  try:
+    files = json.loads(path.read_text())["files"]
+    if all(isinstance(entry["size"], int) for entry in files.values()):
+      return files
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    pass
+  return None
+
+
+def _write_manifest(builder: tfds.core.DatasetBuilder) -> None:
+  """Records the size and sha256 of each file of a prepared data set (atomically)."""
+  folder = epath.Path(builder.data_dir)
+  paths = sorted(p for p in folder.iterdir() if p.is_file() and not _unrecorded(p.name))
+  sizes = {path.name: path.stat().length for path in paths}
+  hashed = sum(sizes.values()) <= _CHECKSUM_MAX_BYTES
+  files = {
+    path.name: {"size": sizes[path.name], "sha256": _sha256(path) if hashed else None}
+    for path in paths
+  }
+  temporary = folder / f".{_MANIFEST}.{uuid.uuid4().hex}"
+  try:
+    temporary.write_text(json.dumps({"files": files}, indent=1))
+    temporary.replace(folder / _MANIFEST)
+  except OSError as e:  # A read-only data dir: the shards are checked on each use instead.
+    log.info("cannot record the files of dataset '%s' in %s: %s", builder.name, folder, e)
+
+
+def _unrecorded(file_name: str) -> bool:
+  """Whether a file of a version folder is left out of the manifest (itself, temporaries)."""
+  return file_name == _MANIFEST or file_name.startswith(".")
+
+
+def _sha256(path: epath.Path) -> str:
+  """The hex sha256 of a file's bytes."""
+  digest = hashlib.sha256()
+  with path.open("rb") as f:
+    while chunk := f.read(1 << 20):
+      digest.update(chunk)
+  return digest.hexdigest()
 
 
 def _is_local(builder_name: str) -> bool:

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -21,11 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
 from dl import distributed, inference, parallel, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches
-from dl.training import optim, placement
+from dl.lock import WorkdirLock, WorkdirLockedError
+from dl.training import optim, placement, preemption
 
 Metrics = dict[str, Any]
 
@@ -110,6 +113,9 @@ class FitConfig:
     log_every: steps between train records.
     eval_every: steps between evaluations (0: once per epoch).
     checkpoint_every: steps between checkpoints (0: at each evaluation).
+    checkpoint_every_seconds: also checkpoint when this much wall time has passed since the
+      last checkpoint (checked at log steps; 0: never). SIGTERM and SIGINT always save one
+      (`dl.training.preemption`).
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: eval metric that picks the best checkpoint ("": the trainable's choice).
     best_mode: "min" or "max" of `best_metric` ("": the trainable's choice, else "max").
@@ -130,6 +136,7 @@ class FitConfig:
   log_every: int = 50
   eval_every: int = 0
   checkpoint_every: int = 0
+  checkpoint_every_seconds: float = 0.0
   keep_checkpoints: int = 3
   best_metric: str = ""
   best_mode: str = ""
@@ -144,6 +151,12 @@ class FitConfig:
     for key in ("num_steps", "eval_every", "checkpoint_every"):
       _require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
     _require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
+    _require(
+      self.checkpoint_every_seconds >= 0,
+      "checkpoint_every_seconds",
+      "a number >= 0",
+      self.checkpoint_every_seconds,
+    )
     _require(
       self.num_steps > 0 or self.num_epochs > 0,
       "num_epochs",
@@ -210,6 +223,9 @@ def fit(
   Raises:
     FloatingPointError: when a train metric or the parameters stop being finite; the last
       good checkpoint is kept.
+    dl.training.preemption.Preempted: on SIGTERM or SIGINT, after saving a checkpoint at the
+      step reached (a `SystemExit` with status 75: run the same call again to resume).
+    dl.lock.WorkdirLockedError: when another live run holds `workdir`.
   """
   c = dataclasses.replace(config or FitConfig(), **overrides)
   members = c.members()
@@ -229,24 +245,29 @@ def fit(
   abstract_state = jax.eval_shape(init)
   layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
   selection = _selection(trainable, c)
-  os.makedirs(workdir, exist_ok=True)
-  if primary:
-    record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
-    _write_json(os.path.join(workdir, "fit_config.json"), record)
-  ckpt = _checkpointer(workdir, c, selection)
-  state = _start(layout, ckpt, init, abstract_state, batches, members)
-  writer = (
-    writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
-  )
-  run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members), selection)
+  lock = _lock(workdir)
   try:
-    state = run.train(state, batches)
-    run.test(state, abstract_state)
+    if primary:
+      record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
+      _write_json(os.path.join(workdir, "fit_config.json"), record)
+    ckpt = _checkpointer(workdir, c, selection)
+    state = _start(layout, ckpt, init, abstract_state, batches, members)
+    writer = (
+      writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
+    )
+    run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members), selection)
+    run.on_log = lambda step: lock.refresh()
+    try:
+      with preemption.StopRequests(c.checkpoint_every_seconds) as stops:
+        state = run.train(state, batches, stops)
+      run.test(state, abstract_state)
+    finally:
+      ckpt.wait()
+      ckpt.close()
+      writer.close()
+    distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
   finally:
-    ckpt.wait()
-    ckpt.close()
-    writer.close()
-  distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
+    lock.release()
   history = {"train": [], "eval": [], "test": []} | writers.read_history(writer.path)
   if primary:
     writers.plot_history(history, os.path.join(workdir, "curves.png"), title=trainable.name)
@@ -295,6 +316,24 @@ def _saved_selection(workdir: str) -> tuple[str, str] | None:
   with open(path) as f:
     saved = json.load(f).get("selection")
   return tuple(saved) if saved else None
+
+
+def _lock(workdir: str) -> WorkdirLock:
+  """The workdir's lock, taken by process 0 for every process of the run (all fail together)."""
+  lock = WorkdirLock(workdir)
+  error = None
+  if distributed.is_primary():
+    try:
+      lock.acquire(jax.process_count())
+    except WorkdirLockedError as e:
+      error = e
+  if jax.process_count() > 1:
+    failed = multihost_utils.broadcast_one_to_all(np.int32(error is not None))
+    if failed and error is None:
+      error = WorkdirLockedError(f"process 0 could not lock {lock.path}: see its error.")
+  if error is not None:
+    raise error
+  return lock
 
 
 def _checkpointer(workdir: str, c: FitConfig, selection: tuple[str, str] | None) -> Checkpointer:
@@ -408,6 +447,7 @@ class _Run:
   num_steps: int
   num_members: int
   selection: tuple[str, str] | None
+  on_log: Any = lambda step: None  # e.g. refreshes the workdir's lock
 
   @property
   def examples_per_step(self) -> int:
@@ -415,8 +455,12 @@ class _Run:
     count = getattr(self.trainable, "examples_per_step", None)
     return count(self.config.batch_size) if count else self.config.batch_size
 
-  def train(self, state: Any, batches: Batches) -> Any:
-    """Runs steps from `state.step` to `num_steps`, stopping at each event step."""
+  def train(self, state: Any, batches: Batches, stops: preemption.StopRequests) -> Any:
+    """Runs steps from `state.step` to `num_steps`, stopping at each event step.
+
+    Raises:
+      preemption.Preempted: after saving a checkpoint, when `stops` asks to stop.
+    """
     c = self.config
     step_fn = self.trainable.step
     if self.num_members > 1:
@@ -425,8 +469,8 @@ class _Run:
     fused_steps = self.layout.compile(step_fn, fused=True)
     events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
-    pending, last_sync = [], (step, time.perf_counter())
-    bar = tqdm.tqdm(
+    self.pending, self.last_sync = [], (step, time.perf_counter())
+    self.bar = tqdm.tqdm(
       total=self.num_steps,
       initial=step,
       disable=not (c.progress and distributed.is_primary()),
@@ -434,40 +478,53 @@ class _Run:
       desc=self.trainable.name,
     )
     if step:
-      _say(bar, f"resuming at step {step} from {self.ckpt.directory}")
-    with bar:
+      _say(self.bar, f"resuming at step {step} from {self.ckpt.directory}")
+    with self.bar:
       while step < self.num_steps:
         k = events.steps_until_next(step)
         if k == 1:
           state, metrics = one_step(state, self.layout.put_batch(batches.next(), fused=False))
         else:
           state, metrics = fused_steps(state, self.layout.put_batch(batches.next(k), fused=True))
-        pending.append(metrics)  # Stays on device until the next sync.
+        self.pending.append(metrics)  # Stays on device until the next sync.
         step += k
-        bar.update(k)
-        if not events.any(step):
-          continue
-        record = _sync(pending, step, last_sync, self.examples_per_step, self.num_members)
-        pending, last_sync = [], (step, time.perf_counter())
-        for hook in self.hooks:
-          record |= hook.on_log(step, record)
-        self.writer.write("train", step, record)
-        bar.set_postfix(_shown(record))
-        eval_metrics = None
-        if events.is_eval(step):
-          eval_metrics = self.evaluate(self.layout.get_state(state), step, "eval")
-          if eval_metrics and self.selection and self.selection[0] not in eval_metrics:
-            raise ValueError(
-              f"best_metric {self.selection[0]!r} is not among the validation metrics "
-              f"{sorted(eval_metrics)}; set best_metric to one of them."
-            )
-          if eval_metrics:
-            _say(bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
-        if events.is_checkpoint(step):
-          logical = self.layout.get_state(state)
-          _check_finite(logical, step, self.ckpt)
-          self.ckpt.save(step, logical, batches.get_state(), _mean(eval_metrics))
+        self.bar.update(k)
+        stop = stops.requested(step)
+        if events.any(step) or stop:
+          self.at_event(state, step, batches, events, stops, stop)
     return state
+
+  def at_event(self, state, step: int, batches: Batches, events, stops, stop: bool) -> None:
+    """Logs, evaluates and checkpoints as the schedule says; stops after a checkpoint if asked."""
+    record = _sync(self.pending, step, self.last_sync, self.examples_per_step, self.num_members)
+    self.pending, self.last_sync = [], (step, time.perf_counter())
+    for hook in self.hooks:
+      record |= hook.on_log(step, record)
+    self.writer.write("train", step, record)
+    self.bar.set_postfix(_shown(record))
+    self.on_log(step)
+    stop = stop or stops.agreed_at_log_step()
+    eval_metrics = (
+      self.evaluate(self.layout.get_state(state), step, "eval") if events.is_eval(step) else None
+    )
+    if eval_metrics and self.selection and self.selection[0] not in eval_metrics:
+      raise ValueError(
+        f"best_metric {self.selection[0]!r} is not among the validation metrics "
+        f"{sorted(eval_metrics)}; set best_metric to one of them."
+      )
+    if eval_metrics:
+      _say(self.bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
+    if events.is_checkpoint(step) or stops.checkpoint_due() or stop:
+      logical = self.layout.get_state(state)
+      _check_finite(logical, step, self.ckpt)
+      self.ckpt.save(step, logical, batches.get_state(), _mean(eval_metrics))
+      stops.checkpointed()
+    if stop:
+      self.ckpt.wait()
+      preempted = preemption.Preempted(step, self.ckpt.directory, stops.signal_name)
+      if distributed.is_primary():
+        self.bar.write(f"dl: {preempted}", file=sys.stderr)
+      raise preempted
 
   def evaluate(self, state: Any, step: int, split: str) -> Metrics | None:
     """The trainable's metrics on `split` and the hooks', written as a `split` record."""
