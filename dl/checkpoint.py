@@ -1,9 +1,15 @@
-"""Checkpoints through orbax: atomic saves, the latest K and the best kept, safe resume."""
+"""Checkpoints through orbax: atomic saves in the background, the latest K and the best kept,
+safe resume, and one clear error when a checkpoint cannot be written."""
 
+import contextlib
+import errno
+import gc
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import time
 from typing import Any
 
@@ -15,9 +21,25 @@ from dl import distributed
 
 log = logging.getLogger(__name__)
 
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax writes step N into N<suffix>, renamed when complete
+
 
 class CheckpointError(RuntimeError):
-  """No checkpoint in a directory can be restored into the requested state."""
+  """A checkpoint cannot be written, or none in a directory restores into the requested state."""
+
+
+class CheckpointWriteError(CheckpointError):
+  """Writing a checkpoint failed (a full or unwritable disk, ...); earlier checkpoints are kept.
+
+  Attributes:
+    step: the step whose checkpoint was not written.
+    last_good_step: the newest complete checkpoint kept on disk (None: there is none).
+    original: the error orbax raised (its message is long; kept here, not chained).
+  """
+
+  def __init__(self, message: str, step: int, last_good_step: int | None, original: BaseException):
+    super().__init__(message)
+    self.step, self.last_good_step, self.original = step, last_good_step, original
 
 
 class Checkpointer:
@@ -27,17 +49,34 @@ class Checkpointer:
   so a crash mid-save leaves the previous checkpoints intact. A checkpoint that is
   complete on disk but unreadable (corrupted) is moved aside to `<dir>/../corrupted/`
   and the next older one is restored instead, with a warning.
+
+  With `async_saves` (the default) `save` copies the state to host memory and returns;
+  the files are written in the background while training goes on. A save that fails
+  (a full disk, no permission) raises `CheckpointWriteError` once, at the next `check`,
+  `save` or `wait`: its half-written directory is removed and the earlier checkpoints
+  are kept. While a Checkpointer is open it also quiets the tracebacks that orbax's
+  writer threads print about such a failure, since that error is raised here instead.
   """
 
   def __init__(
-    self, directory: str, *, keep: int = 3, best_metric: str | None = None, best_mode: str = "max"
+    self,
+    directory: str,
+    *,
+    keep: int = 3,
+    best_metric: str | None = None,
+    best_mode: str = "max",
+    async_saves: bool = True,
   ):
     self.directory = os.path.abspath(directory)
-    self._options = dict(keep=keep, best_metric=best_metric, best_mode=best_mode)
+    self._options = dict(
+      keep=keep, best_metric=best_metric, best_mode=best_mode, async_saves=async_saves
+    )
     if distributed.is_primary():  # One process repairs the directory; the others wait.
       for step, error in _steps_with_unreadable_metadata(self.directory):
         self._move_aside(step, error)
     distributed.barrier("dl.checkpoint: damaged steps moved aside")
+    self._pending: tuple[int, int] | None = None  # (step, bytes) of a save not yet known done
+    self._quiet = _QuietOrbaxFailures()
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
@@ -60,13 +99,88 @@ class Checkpointer:
       best_fn=best_fn,
       best_mode=best_mode,
       cleanup_tmp_directories=True,
+      enable_async_checkpointing=self._options["async_saves"],
     )
     return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
   def save(self, step: int, state: Any, data: dict, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` and the data position `data` at `step`."""
+    """Saves `state` and the data position `data` as the checkpoint of `step`.
+
+    With `async_saves` this returns once the state is copied to host memory and the
+    files are written in the background (first waiting for the previous save).
+
+    Raises:
+      CheckpointWriteError: when the previous save or this one failed (see `check`).
+    """
+    self.wait()
+    self._pending = (step, _nbytes(state) + len(json.dumps(data)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
-    self._manager.save(step, args=args, metrics=metrics, force=True)
+    try:
+      self._manager.save(step, args=args, metrics=metrics, force=True)
+    except Exception as e:  # Orbax raises ValueError, OSError, ... for a failed write.
+      self._fail(e)
+    if not self._options["async_saves"]:
+      self._pending = None
+
+  def check(self) -> None:
+    """Raises the failure of a background save that has ended; returns at once otherwise.
+
+    Cheap enough to call at every event step of a training loop: it never waits for a
+    save in progress, and reports each failure once.
+
+    Raises:
+      CheckpointWriteError: naming the directory, the step whose save failed, the cause
+        (for a full disk: the bytes needed and free) and the newest checkpoint kept.
+    """
+    if self._pending is not None and not self._manager.is_saving_in_progress():
+      self.wait()
+
+  def wait(self) -> None:
+    """Blocks until pending saves are on disk.
+
+    Raises:
+      CheckpointWriteError: when a background save failed (once; see `check`).
+    """
+    if self._pending is None:
+      return
+    try:
+      self._manager.wait_until_finished()
+    except Exception as e:  # The background write's own error, re-raised by orbax.
+      self._fail(e)
+    self._pending = None
+
+  def close(self) -> None:
+    """Waits for pending saves and releases orbax's threads.
+
+    Never raises for a failed save (`wait` and `check` do): it runs in `finally` blocks,
+    where a second error would bury the first. An unreported failure is logged instead.
+    """
+    try:
+      self.wait()
+    except CheckpointWriteError as e:
+      log.error("%s", e)
+    finally:
+      self._manager.close()
+      self._quiet.remove()
+
+  def _fail(self, error: BaseException) -> None:
+    """Cleans up after a failed save, leaves a working manager, raises one clear error."""
+    step, needed = self._pending
+    self._pending = None
+    log.debug("checkpoint of step %d failed", step, exc_info=error)
+    with contextlib.suppress(Exception):  # a second report of the error we hold
+      self._manager.close()  # joins orbax's threads
+    if distributed.is_primary():
+      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
+        if name.startswith(f"{step}{_TMP_SUFFIX}"):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    _drop_tracebacks(error)  # Their frames hold orbax's abandoned write coroutines, which
+    gc.collect()  # end quietly now instead of noisily at exit.
+    self._manager = self._open()
+    kept = self._manager.latest_step()
+    raise CheckpointWriteError(
+      _write_failure_message(self.directory, step, needed, kept, error), step, kept, error
+    ) from None
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -92,7 +206,7 @@ class Checkpointer:
       CheckpointError: when checkpoints exist but none restores into `abstract_state`
         (for example, the config now names another model).
     """
-    self._manager.wait_until_finished()
+    self.wait()
     if step is not None:
       return step, *self._restore(step, abstract_state)
     failed = []
@@ -141,13 +255,6 @@ class Checkpointer:
     )
     shutil.move(os.path.join(self.directory, str(step)), dest)
 
-  def wait(self) -> None:
-    """Blocks until pending saves are on disk."""
-    self._manager.wait_until_finished()
-
-  def close(self) -> None:
-    self._manager.close()
-
 
 def _steps_with_unreadable_metadata(directory: str) -> list[tuple[int, Exception]]:
   """Finished steps whose small JSON files do not parse (orbax cannot even list those)."""
@@ -167,3 +274,144 @@ def _steps_with_unreadable_metadata(directory: str) -> list[tuple[int, Exception
         bad.append((int(name), e))
         break
   return bad
+
+
+def _drop_tracebacks(error: BaseException | None) -> None:
+  """Frees the frames that `error` and the errors it chains to keep alive."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    error.__traceback__ = None
+    error = error.__cause__ or error.__context__
+
+
+def _nbytes(state: Any) -> int:
+  """Bytes of the arrays in `state` (what a checkpoint of it takes on disk, uncompressed)."""
+  return sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
+
+
+# What the OS said, as an OSError's errno or in the text of tensorstore's errors.
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+_STRERROR = {
+  errno.ENOSPC: "No space left on device",
+  errno.EACCES: "Permission denied",
+  errno.EROFS: "Read-only file system",
+  errno.EDQUOT: "Disk quota exceeded",
+  errno.EPERM: "Operation not permitted",
+}
+
+
+def _os_cause(error: BaseException) -> tuple[int | None, str | None]:
+  """(errno, path) of the OS error under `error`, or (None, None) when it was not one."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno, error.filename
+    text = str(error)
+    code = _OS_ERROR_CODE.search(text)
+    number = (
+      int(code.group(1))
+      if code
+      else next((n for n, words in _STRERROR.items() if words in text), None)
+    )
+    if number is not None:
+      path = _QUOTED_PATH.search(text)
+      return number, path and path.group(1)
+    error = error.__cause__ or error.__context__
+  return None, None
+
+
+def _size(num_bytes: float) -> str:
+  for unit in ("bytes", "kB", "MB", "GB", "TB"):
+    if num_bytes < 1000 or unit == "TB":
+      return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
+    num_bytes /= 1000
+  raise AssertionError("unreachable")
+
+
+def _free_bytes(directory: str) -> int:
+  while not os.path.exists(directory):
+    directory = os.path.dirname(directory)
+  return shutil.disk_usage(directory).free
+
+
+def _write_failure_message(
+  directory: str, step: int, needed: int, kept: int | None, error: BaseException
+) -> str:
+  """One paragraph: where, which step, why (space needed and free, or the path refused), what
+  is kept."""
+  number, path = _os_cause(error)
+  if number in (errno.ENOSPC, errno.EDQUOT):
+    what = "the disk is full" if number == errno.ENOSPC else "the disk quota is exceeded"
+    why = (
+      f"{what}: it needs about {_size(needed)} (the state's size) and "
+      f"{_size(_free_bytes(directory))} is free there"
+    )
+    fix = "free some space (or move the workdir to a larger disk)"
+  elif number in (errno.EACCES, errno.EPERM, errno.EROFS):
+    why = f"{_STRERROR[number].lower()} on {path or directory}"
+    fix = f"make {directory} writable (or train in another workdir)"
+  else:
+    why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+    fix = "fix the cause"
+  if kept is None:
+    resume = "There is no earlier checkpoint: a rerun starts from step 0."
+  else:
+    resume = f"The last good checkpoint, step {kept}, is kept: {fix}, then rerun to resume from it."
+    fix = ""
+  if fix:
+    resume = f"{fix[0].upper()}{fix[1:]}, then rerun. {resume}"
+  return (
+    f"could not write the checkpoint of step {step} to {directory}: {why}. Nothing "
+    f"half-written is left. {resume}"
+  )
+
+
+class _QuietOrbaxFailures:
+  """Quiets what orbax's threads print about a failed write, which `Checkpointer` raises itself.
+
+  Two kinds of noise: orbax logs each failed thread's traceback at ERROR (turned into
+  DEBUG records here, so they still show at debug level), and tensorstore's finished writes call back into the
+  event loop of the failed thread, which orbax has closed ("Event loop is closed", through
+  `sys.unraisablehook`). Installed by a Checkpointer while it is open.
+  """
+
+  _MESSAGES = (
+    "raised an exception",  # _SignalingThread.run()
+    "Failed to run",  # handler commit operations in the background save thread
+    "Save Finalize thread",
+    "Checkpointer failed",
+  )
+
+  def __init__(self):
+    self._logger = logging.getLogger("absl")
+    self._logger.addFilter(self._demote)
+    self._previous_hook = sys.unraisablehook
+    self._active = True
+    sys.unraisablehook = self._unraisable
+
+  def _demote(self, record: logging.LogRecord) -> bool:
+    if (
+      self._active
+      and record.levelno >= logging.ERROR
+      and f"orbax{os.sep}checkpoint" in record.pathname
+      and any(m in str(record.msg) for m in self._MESSAGES)
+    ):
+      record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+      return self._logger.isEnabledFor(logging.DEBUG)
+    return True
+
+  def _unraisable(self, unraisable) -> None:
+    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and (
+      str(unraisable.exc_value) == "Event loop is closed"
+    )
+    if not (self._active and closed_loop):
+      self._previous_hook(unraisable)
+
+  def remove(self) -> None:
+    self._active = False
+    self._logger.removeFilter(self._demote)
+    if sys.unraisablehook == self._unraisable:  # else a later one wraps ours: it stays, inert
+      sys.unraisablehook = self._previous_hook

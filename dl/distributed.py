@@ -9,7 +9,29 @@ machine and sets, in each one's environment:
   DL_PROCESS_ID           this process's index, 0 .. DL_NUM_PROCESSES - 1
 
 On TPU pods, SLURM and other clusters JAX finds these itself: set `DL_DISTRIBUTED=auto` and
-a bare `jax.distributed.initialize()` is called instead.
+`jax.distributed.initialize()` is called without them instead.
+
+How long the processes wait for each other (both ways of starting; seconds, JAX's defaults):
+
+  DL_INITIALIZATION_TIMEOUT_SECONDS  300  for every process to join at the start
+  DL_HEARTBEAT_TIMEOUT_SECONDS       100  for a process that stopped answering mid-run
+  DL_SHUTDOWN_TIMEOUT_SECONDS        300  for every process to reach the end
+
+A process that dies mid-run (killed, out of memory, its host gone) stops sending heartbeats.
+Within DL_HEARTBEAT_TIMEOUT_SECONDS JAX's coordinator declares it dead and ends every other
+process (SIGABRT, exit status 134) with a log line that names it by index:
+
+  Terminating process because the JAX distributed service detected fatal errors. ...
+  The following tasks are unhealthy (stopped sending heartbeats):
+  1
+
+When process 0 (the coordinator) is the one that died, the others end at once with "Failed to
+send RPC to coordination service. Either the leader task was preempted/died...". Either way,
+restart every process with the same command: training resumes from the last checkpoint.
+
+JAX's preemption service is on: a SIGTERM to any process no longer ends it but is noted, and
+`jax.experimental.multihost_utils.reached_preemption_sync_point(step)` then returns True on
+every process at the same step (a process that never asks ignores SIGTERM).
 
 `python -m dl.cli.train` calls `initialize_from_env()` first thing. A script that trains on
 several processes calls it too, before anything touches devices (`jax.devices()`, an array):
@@ -30,6 +52,12 @@ COORDINATOR_ADDRESS = "DL_COORDINATOR_ADDRESS"
 NUM_PROCESSES = "DL_NUM_PROCESSES"
 PROCESS_ID = "DL_PROCESS_ID"
 AUTO = "DL_DISTRIBUTED"
+# Variable -> (jax.distributed.initialize argument, default in seconds: JAX's own).
+TIMEOUTS = {
+  "DL_INITIALIZATION_TIMEOUT_SECONDS": ("initialization_timeout", 300),
+  "DL_HEARTBEAT_TIMEOUT_SECONDS": ("heartbeat_timeout_seconds", 100),
+  "DL_SHUTDOWN_TIMEOUT_SECONDS": ("shutdown_timeout_seconds", 300),
+}
 
 
 def initialize_from_env(environ: Mapping[str, str] | None = None) -> bool:
@@ -54,7 +82,7 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> bool:
   if auto not in ("", "auto"):
     raise ValueError(f"{AUTO} must be 'auto' or unset; got {auto!r}.")
   if auto == "auto":
-    jax.distributed.initialize()  # The cluster (TPU pod, SLURM, ...) says who is who.
+    _initialize(**_timeouts(environ))  # The cluster (TPU pod, SLURM, ...) says who is who.
     return True
   num_processes = _int_env(environ, NUM_PROCESSES, default="1")
   if num_processes < 1:
@@ -70,10 +98,31 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> bool:
     raise ValueError(f"{COORDINATOR_ADDRESS} must look like 'host:port'; got {address!r}.")
   # CPU devices talk through gloo (the GPU and TPU backends do not read this option).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(
-    coordinator_address=address, num_processes=num_processes, process_id=process_id
+  _initialize(
+    coordinator_address=address,
+    num_processes=num_processes,
+    process_id=process_id,
+    **_timeouts(environ),
   )
   return True
+
+
+def _initialize(**kwargs) -> None:
+  """`jax.distributed.initialize(**kwargs)`, with the preemption service on."""
+  # Set, not assumed: reached_preemption_sync_point needs it, and JAX's default may change.
+  jax.config.update("jax_enable_preemption_service", True)
+  jax.distributed.initialize(**kwargs)
+
+
+def _timeouts(environ: Mapping[str, str]) -> dict[str, int]:
+  """The `jax.distributed.initialize` timeouts that `TIMEOUTS`' variables set, or defaults."""
+  timeouts = {}
+  for name, (argument, default) in TIMEOUTS.items():
+    seconds = _int_env(environ, name, default=str(default))
+    if seconds < 1:
+      raise ValueError(f"{name} must be a whole number of seconds >= 1; got {seconds}.")
+    timeouts[argument] = seconds
+  return timeouts
 
 
 def _int_env(environ: Mapping[str, str], name: str, default: str | None = None) -> int:

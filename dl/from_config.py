@@ -211,5 +211,6 @@ def restore(config, workdir: str, step: int | str | None = None) -> Any:
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint.
   """
-  built = build(config)
+  with distributed.primary_first("dl.restore: data prepared"):
+    built = build(config)
   return loop.restore(built, workdir, fit_config(config, built), step=step)

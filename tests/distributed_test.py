@@ -3,8 +3,11 @@
 import io
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -16,6 +19,7 @@ from dl import distributed
 from dl.cli import launch
 
 TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
+HEARTBEAT_S = 10  # Low, so that a dead peer ends the run long before JAX's default 100 s.
 
 
 def _launch(workdir, mode: str) -> tuple[int, str]:
@@ -57,6 +61,48 @@ def test_two_processes_train_what_one_process_trains(tmp_path, mode):
   history = dl.read_history(str(tmp_path / "2x4" / "metrics.jsonl"))
   assert [r["accuracy"] for r in history["eval"]] == [r["accuracy"] for r in ref_history["eval"]]
   assert os.path.exists(tmp_path / "2x4" / "curves.png")
+
+
+def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
+  # Started by hand, as on a cluster without dl.launch; process 1 is SIGKILLed mid-training.
+  config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
+  command = [sys.executable, "-m", "dl.cli.train", f"--config={config}"]
+  command += [f"--workdir={tmp_path}", "--config.parallel=data", "--config.num_train_steps=1000000"]
+  port, children = launch.free_port(), []
+  try:
+    for i in range(2):
+      env = launch.child_env(
+        os.environ, process_id=i, num_processes=2, port=port, devices_per_process=1
+      )
+      env["DL_HEARTBEAT_TIMEOUT_SECONDS"] = str(HEARTBEAT_S)
+      with open(tmp_path / f"{i}.log", "w") as log:
+        children.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _records_written(tmp_path):  # A record: both processes are training.
+      if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+        pytest.fail(f"no training record in {TIMEOUT_S} s:\n{_log(tmp_path, 0)}")
+      time.sleep(0.2)
+    children[1].kill()
+    try:
+      code = children[0].wait(timeout=HEARTBEAT_S + 50)  # JAX's default would wait 100 s.
+    except subprocess.TimeoutExpired:
+      pytest.fail(f"process 0 still runs {HEARTBEAT_S + 50} s later:\n{_log(tmp_path, 0)}")
+  finally:
+    for child in children:
+      child.kill()
+      child.wait()
+  assert code != 0, _log(tmp_path, 0)  # JAX ends it (SIGABRT), naming the dead process:
+  assert re.search(r"stopped sending heartbeats\):\s+1\n", _log(tmp_path, 0))
+
+
+def _records_written(workdir) -> bool:
+  path = os.path.join(workdir, "metrics.jsonl")
+  return os.path.exists(path) and os.path.getsize(path) > 0
+
+
+def _log(workdir, process: int) -> str:
+  with open(os.path.join(workdir, f"{process}.log")) as f:
+    return f.read()[-3000:]
 
 
 def test_launch_stops_the_others_when_one_fails():

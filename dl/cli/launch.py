@@ -6,9 +6,12 @@ r"""Command line: runs one training run as several processes on this machine.
 
 Each child runs the command after `--` with `DL_COORDINATOR_ADDRESS` (127.0.0.1 and a free
 port), `DL_NUM_PROCESSES` and `DL_PROCESS_ID` set (read by `dl.distributed`), and with
-`--devices_per_process` fake CPU devices when that is given. Output lines come prefixed with
-the process index. When a child fails, the others are stopped; the exit status is then the
-first failure's.
+`--devices_per_process` fake CPU devices when that is given; the rest of the environment,
+`DL_HEARTBEAT_TIMEOUT_SECONDS` and the other timeouts of `dl.distributed` included, is
+inherited. Output lines come prefixed with the process index. When a child fails, the others
+are stopped: SIGTERM (which JAX's preemption service catches: a run that checks
+`reached_preemption_sync_point` stops at its next step, others carry on), then SIGKILL after
+`--grace_seconds`; the exit status is then the first failure's.
 """
 
 import os
