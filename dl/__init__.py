@@ -27,6 +27,7 @@ from dl import (
   grads,
   inference,
   learning_curve,
+  lock,
   models,
   monitor,
   objectives,
@@ -35,7 +36,7 @@ from dl import (
   sampling,
   training,
 )
-from dl.checkpoint import Checkpointer, CheckpointError
+from dl.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
 from dl.config import TrainConfig, default_config
 from dl.config import parse as parse_config
 from dl.from_config import build, restore, train
@@ -53,6 +54,7 @@ __version__ = "0.1.0"
 __all__ = [
   "NNX",
   "CheckpointError",
+  "CheckpointWriteError",
   "Checkpointer",
   "FitConfig",
   "Hook",
@@ -80,6 +82,7 @@ __all__ = [
   "inference",
   "jit_step",
   "learning_curve",
+  "lock",
   "models",
   "monitor",
   "objectives",

@@ -76,7 +76,7 @@ class Checkpointer:
         self._move_aside(step, error)
     distributed.barrier("dl.checkpoint: damaged steps moved aside")
     self._pending: tuple[int, int] | None = None  # (step, bytes) of a save not yet known done
-    self._quiet = _QuietOrbaxFailures()
+    self._quiet: _QuietOrbaxFailures | None = None  # from the first save until `close`
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
@@ -100,6 +100,9 @@ class Checkpointer:
       best_mode=best_mode,
       cleanup_tmp_directories=True,
       enable_async_checkpointing=self._options["async_saves"],
+      # Created in the background, a directory that cannot be made (no permission, a
+      # read-only disk) would leave orbax's writer threads waiting minutes for it.
+      async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
     )
     return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
 
@@ -113,7 +116,8 @@ class Checkpointer:
       CheckpointWriteError: when the previous save or this one failed (see `check`).
     """
     self.wait()
-    self._pending = (step, _nbytes(state) + len(json.dumps(data)))
+    self._quiet = self._quiet or _QuietOrbaxFailures()
+    self._pending = (step, _nbytes(state) + len(json.dumps(data, default=str)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
     try:
       self._manager.save(step, args=args, metrics=metrics, force=True)
@@ -161,7 +165,8 @@ class Checkpointer:
       log.error("%s", e)
     finally:
       self._manager.close()
-      self._quiet.remove()
+      if self._quiet:
+        self._quiet.remove()
 
   def _fail(self, error: BaseException) -> None:
     """Cleans up after a failed save, leaves a working manager, raises one clear error."""
@@ -170,17 +175,29 @@ class Checkpointer:
     log.debug("checkpoint of step %d failed", step, exc_info=error)
     with contextlib.suppress(Exception):  # a second report of the error we hold
       self._manager.close()  # joins orbax's threads
-    if distributed.is_primary():
-      for name in os.listdir(self.directory) if os.path.isdir(self.directory) else []:
-        if name.startswith(f"{step}{_TMP_SUFFIX}"):
-          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    left = self._remove_partial(step)
     _drop_tracebacks(error)  # Their frames hold orbax's abandoned write coroutines, which
     gc.collect()  # end quietly now instead of noisily at exit.
-    self._manager = self._open()
-    kept = self._manager.latest_step()
-    raise CheckpointWriteError(
-      _write_failure_message(self.directory, step, needed, kept, error), step, kept, error
-    ) from None
+    try:
+      self._manager = self._open()  # forgets the failed step, sees the kept ones
+    except Exception as e:  # noqa: BLE001 - the write error is the one to report
+      log.warning("could not reopen %s after a failed save: %s", self.directory, e)
+    kept = max(_finished_steps(self.directory), default=None)
+    message = _write_failure_message(self.directory, step, needed, kept, left, error)
+    raise CheckpointWriteError(message, step, kept, error) from None
+
+  def _remove_partial(self, step: int) -> list[str]:
+    """Removes the temporary directory of `step`; returns what could not be removed."""
+    if not distributed.is_primary() or not os.path.isdir(self.directory):
+      return []
+    left = []
+    for name in os.listdir(self.directory):
+      if name.startswith(f"{step}{_TMP_SUFFIX}"):
+        path = os.path.join(self.directory, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if os.path.exists(path):
+          left.append(path)
+    return left
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -205,6 +222,7 @@ class Checkpointer:
     Raises:
       CheckpointError: when checkpoints exist but none restores into `abstract_state`
         (for example, the config now names another model).
+      CheckpointWriteError: when a save still pending fails (restore waits for it first).
     """
     self.wait()
     if step is not None:
@@ -282,6 +300,8 @@ def _drop_tracebacks(error: BaseException | None) -> None:
   while error is not None and id(error) not in seen:
     seen.add(id(error))
     error.__traceback__ = None
+    if error.__cause__ is not None and error.__context__ is not None:
+      _drop_tracebacks(error.__context__)
     error = error.__cause__ or error.__context__
 
 
@@ -337,16 +357,22 @@ def _free_bytes(directory: str) -> int:
   return shutil.disk_usage(directory).free
 
 
+def _finished_steps(directory: str) -> list[int]:
+  """Steps whose checkpoint is complete on disk (orbax renames a step's directory when it is)."""
+  names = os.listdir(directory) if os.path.isdir(directory) else []
+  return [int(name) for name in names if name.isdigit()]
+
+
 def _write_failure_message(
-  directory: str, step: int, needed: int, kept: int | None, error: BaseException
+  directory: str, step: int, needed: int, kept: int | None, left: list[str], error: BaseException
 ) -> str:
-  """One paragraph: where, which step, why (space needed and free, or the path refused), what
-  is kept."""
+  """One paragraph: where, which step, why (the space needed and free, or the path refused),
+  what is kept and what to do."""
   number, path = _os_cause(error)
   if number in (errno.ENOSPC, errno.EDQUOT):
     what = "the disk is full" if number == errno.ENOSPC else "the disk quota is exceeded"
     why = (
-      f"{what}: it needs about {_size(needed)} (the state's size) and "
+      f"{what}: it needs about {_size(needed)} (the size of the state) and "
       f"{_size(_free_bytes(directory))} is free there"
     )
     fix = "free some space (or move the workdir to a larger disk)"
@@ -356,26 +382,25 @@ def _write_failure_message(
   else:
     why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
     fix = "fix the cause"
-  if kept is None:
-    resume = "There is no earlier checkpoint: a rerun starts from step 0."
+  if left:  # never restored: orbax lists only renamed, complete steps, and removes these
+    partial = f"Its half-written files ({', '.join(left)}) go at the next start."
   else:
-    resume = f"The last good checkpoint, step {kept}, is kept: {fix}, then rerun to resume from it."
-    fix = ""
-  if fix:
-    resume = f"{fix[0].upper()}{fix[1:]}, then rerun. {resume}"
-  return (
-    f"could not write the checkpoint of step {step} to {directory}: {why}. Nothing "
-    f"half-written is left. {resume}"
-  )
+    partial = "Nothing half-written is left."
+  if kept is None:
+    then = f"There is no earlier checkpoint: {fix}, then rerun (it starts from step 0)."
+  else:
+    then = f"The last good checkpoint, step {kept}, is kept: {fix}, then rerun to resume from it."
+  return f"could not write the checkpoint of step {step} to {directory}: {why}. {partial} {then}"
 
 
 class _QuietOrbaxFailures:
   """Quiets what orbax's threads print about a failed write, which `Checkpointer` raises itself.
 
   Two kinds of noise: orbax logs each failed thread's traceback at ERROR (turned into
-  DEBUG records here, so they still show at debug level), and tensorstore's finished writes call back into the
-  event loop of the failed thread, which orbax has closed ("Event loop is closed", through
-  `sys.unraisablehook`). Installed by a Checkpointer while it is open.
+  DEBUG records here, shown only where debug logging is on), and tensorstore's writes that
+  finish after the first failed one call back into an event loop that orbax has closed
+  ("Event loop is closed", through `sys.unraisablehook`). A Checkpointer installs this at its
+  first save and removes it at `close`.
   """
 
   _MESSAGES = (

@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
     checkpoint_every_seconds: also checkpoint when this much wall time has passed since the
       last checkpoint (checked at log steps; 0: never). SIGTERM and SIGINT always save one.
+    async_checkpoints: write checkpoints in the background (False: each save blocks).
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: validation metric that picks the best checkpoint: "loss" or one of the
       objective's metrics ("": the objective's choice: "accuracy" when classifying, else
@@ -111,6 +112,7 @@ class TrainConfig:
   eval_every_steps: int = 0
   checkpoint_every_steps: int = 0
   checkpoint_every_seconds: float = 0.0
+  async_checkpoints: bool = True
   keep_checkpoints: int = 3
   best_metric: str = ""
   best_mode: str = ""

@@ -18,16 +18,18 @@ How long the processes wait for each other (both ways of starting; seconds, JAX'
   DL_SHUTDOWN_TIMEOUT_SECONDS        300  for every process to reach the end
 
 A process that dies mid-run (killed, out of memory, its host gone) stops sending heartbeats.
-Within DL_HEARTBEAT_TIMEOUT_SECONDS JAX's coordinator declares it dead and ends every other
-process (SIGABRT, exit status 134) with a log line that names it by index:
+Within DL_HEARTBEAT_TIMEOUT_SECONDS JAX's coordinator (in process 0) declares it dead and ends
+every other process (SIGABRT, exit status 134) with log lines that name it by index:
 
-  Terminating process because the JAX distributed service detected fatal errors. ...
   The following tasks are unhealthy (stopped sending heartbeats):
   1
 
-When process 0 (the coordinator) is the one that died, the others end at once with "Failed to
-send RPC to coordination service. Either the leader task was preempted/died...". Either way,
-restart every process with the same command: training resumes from the last checkpoint.
+If process 0 died, the others end at once ("Failed to send RPC to coordination service. Either
+the leader task was preempted/died..."). On CPU, gloo may first raise "Connection reset by peer"
+(the end still comes as above), or end the others at once, naming no one ("Received data size
+doesn't match expected size"). A process that fails alone (a Python error) waits up to
+DL_SHUTDOWN_TIMEOUT_SECONDS for the others at JAX's shutdown barrier, then all end. In every
+case, restart all processes with the same command: training resumes from the last checkpoint.
 
 JAX's preemption service is on: a SIGTERM to any process no longer ends it but is noted, and
 `jax.experimental.multihost_utils.reached_preemption_sync_point(step)` then returns True on
@@ -96,13 +98,11 @@ def initialize_from_env(environ: Mapping[str, str] | None = None) -> bool:
   host, _, port = address.rpartition(":")
   if not host or not port.isdigit():
     raise ValueError(f"{COORDINATOR_ADDRESS} must look like 'host:port'; got {address!r}.")
+  timeouts = _timeouts(environ)
   # CPU devices talk through gloo (the GPU and TPU backends do not read this option).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   _initialize(
-    coordinator_address=address,
-    num_processes=num_processes,
-    process_id=process_id,
-    **_timeouts(environ),
+    coordinator_address=address, num_processes=num_processes, process_id=process_id, **timeouts
   )
   return True
 

@@ -147,6 +147,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     eval_every=c.eval_every_steps,
     checkpoint_every=c.checkpoint_every_steps,
     checkpoint_every_seconds=c.checkpoint_every_seconds,
+    async_checkpoints=c.async_checkpoints,
     keep_checkpoints=c.keep_checkpoints,
     best_metric=c.best_metric,
     best_mode=c.best_mode,

@@ -46,3 +46,11 @@ def test_lm_throughput_quick_reports_training_and_both_samplers():
     "sample no cache",
   ]
   assert all(row["tokens_per_sec"] > 0 for row in rows)
+
+
+def test_checkpoint_overhead_quick_reports_sync_and_async_percentiles():
+  rows = _quick_rows("checkpoint_overhead.py", "saves")
+  assert [row["saves"] for row in rows] == ["sync", "async"]
+  for row in rows:
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["after_save_ms"] > 0 and row["wall_s"] > 0

@@ -64,7 +64,9 @@ def test_two_processes_train_what_one_process_trains(tmp_path, mode):
 
 
 def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
-  # Started by hand, as on a cluster without dl.launch; process 1 is SIGKILLed mid-training.
+  # Started by hand, as on a cluster without dl.launch. Process 1 is frozen mid-training
+  # (SIGSTOP), as a host that is gone falls silent; a SIGKILL here would also close its
+  # sockets, and gloo, seeing that, sometimes aborts process 0 at once, naming no one.
   config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
   command = [sys.executable, "-m", "dl.cli.train", f"--config={config}"]
   command += [f"--workdir={tmp_path}", "--config.parallel=data", "--config.num_train_steps=1000000"]
@@ -72,17 +74,19 @@ def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
   try:
     for i in range(2):
       env = launch.child_env(
-        os.environ, process_id=i, num_processes=2, port=port, devices_per_process=1
+        os.environ, process_id=i, num_processes=2, port=port, devices_per_process=4
       )
       env["DL_HEARTBEAT_TIMEOUT_SECONDS"] = str(HEARTBEAT_S)
       with open(tmp_path / f"{i}.log", "w") as log:
-        children.append(subprocess.Popen(command, env=env, stdout=log, stderr=log))
+        # In tmp_path: where core dumps are on, process 0's abort leaves one there.
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=tmp_path)
+        children.append(child)
     deadline = time.monotonic() + TIMEOUT_S
     while not _records_written(tmp_path):  # A record: both processes are training.
       if time.monotonic() > deadline or any(c.poll() is not None for c in children):
         pytest.fail(f"no training record in {TIMEOUT_S} s:\n{_log(tmp_path, 0)}")
       time.sleep(0.2)
-    children[1].kill()
+    children[1].send_signal(signal.SIGSTOP)
     try:
       code = children[0].wait(timeout=HEARTBEAT_S + 50)  # JAX's default would wait 100 s.
     except subprocess.TimeoutExpired:
@@ -91,8 +95,9 @@ def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
     for child in children:
       child.kill()
       child.wait()
-  assert code != 0, _log(tmp_path, 0)  # JAX ends it (SIGABRT), naming the dead process:
-  assert re.search(r"stopped sending heartbeats\):\s+1\n", _log(tmp_path, 0))
+  # JAX ends it (SIGABRT) and names the dead process.
+  assert code != 0, _log(tmp_path, 0)
+  assert re.search(r"stopped sending heartbeats\):\s+1\n", _log(tmp_path, 0, 100_000))
 
 
 def _records_written(workdir) -> bool:
@@ -100,9 +105,9 @@ def _records_written(workdir) -> bool:
   return os.path.exists(path) and os.path.getsize(path) > 0
 
 
-def _log(workdir, process: int) -> str:
+def _log(workdir, process: int, length: int = 3000) -> str:
   with open(os.path.join(workdir, f"{process}.log")) as f:
-    return f.read()[-3000:]
+    return f.read()[-length:]
 
 
 def test_launch_stops_the_others_when_one_fails():
@@ -137,6 +142,25 @@ def test_child_env_sets_the_device_count_and_keeps_other_xla_flags():
   )
 
 
+@pytest.mark.parametrize(
+  "env",
+  [
+    {"DL_DISTRIBUTED": "auto"},
+    {"DL_NUM_PROCESSES": "2", "DL_PROCESS_ID": "1", "DL_COORDINATOR_ADDRESS": "host:1234"},
+  ],
+)
+def test_timeouts_and_the_preemption_service_reach_jax(monkeypatch, env):
+  calls, options = [], {}
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kwargs: calls.append(kwargs))
+  monkeypatch.setattr(jax.config, "update", options.__setitem__)
+  assert distributed.initialize_from_env(env | {"DL_HEARTBEAT_TIMEOUT_SECONDS": "10"})
+  assert options["jax_enable_preemption_service"] is True
+  (kwargs,) = calls
+  assert kwargs["heartbeat_timeout_seconds"] == 10
+  assert (kwargs["initialization_timeout"], kwargs["shutdown_timeout_seconds"]) == (300, 300)
+
+
 def test_one_process_is_not_distributed():
   assert not distributed.initialize_from_env({})
   assert not distributed.initialize_from_env({distributed.NUM_PROCESSES: "1"})
@@ -154,6 +178,14 @@ def test_one_process_is_not_distributed():
       "DL_COORDINATOR_ADDRESS must look like 'host:port'; got 'localhost'",
     ),
     ({"DL_DISTRIBUTED": "yes"}, "DL_DISTRIBUTED must be 'auto' or unset; got 'yes'"),
+    (
+      {"DL_DISTRIBUTED": "auto", "DL_HEARTBEAT_TIMEOUT_SECONDS": "0"},
+      "DL_HEARTBEAT_TIMEOUT_SECONDS must be a whole number of seconds >= 1; got 0",
+    ),
+    (
+      {"DL_DISTRIBUTED": "auto", "DL_SHUTDOWN_TIMEOUT_SECONDS": "1.5"},
+      "DL_SHUTDOWN_TIMEOUT_SECONDS must be an integer; got '1.5'",
+    ),
   ],
 )
 def test_bad_environment_is_named(env, message):

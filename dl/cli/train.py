@@ -14,6 +14,7 @@ Several processes (see `dl.launch`, `dl.distributed`):
 """
 
 import json
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -32,7 +33,11 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   dl.distributed.initialize_from_env()  # Before anything touches devices.
-  _, history = dl.train(_CONFIG.value, _WORKDIR.value)
+  try:
+    _, history = dl.train(_CONFIG.value, _WORKDIR.value)
+  except (dl.CheckpointError, dl.lock.WorkdirLockedError) as e:  # one line says it all
+    print(f"dl: {e}", file=sys.stderr)
+    sys.exit(1)
   summary = {"workdir": _WORKDIR.value}
   for split, prefix in (("eval", "validation_"), ("test", "test_")):
     if history.get(split):

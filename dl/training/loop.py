@@ -116,6 +116,9 @@ class FitConfig:
     checkpoint_every_seconds: also checkpoint when this much wall time has passed since the
       last checkpoint (checked at log steps; 0: never). SIGTERM and SIGINT always save one
       (`dl.training.preemption`).
+    async_checkpoints: write checkpoints in the background while training goes on (a
+      failed write stops the run at the next log step); False: each save blocks until the
+      checkpoint is on disk.
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: eval metric that picks the best checkpoint ("": the trainable's choice).
     best_mode: "min" or "max" of `best_metric` ("": the trainable's choice, else "max").
@@ -137,6 +140,7 @@ class FitConfig:
   eval_every: int = 0
   checkpoint_every: int = 0
   checkpoint_every_seconds: float = 0.0
+  async_checkpoints: bool = True
   keep_checkpoints: int = 3
   best_metric: str = ""
   best_mode: str = ""
@@ -261,8 +265,7 @@ def fit(
       with preemption.StopRequests(c.checkpoint_every_seconds) as stops:
         state = run.train(state, batches, stops)
       run.test(state, abstract_state)
-    finally:
-      ckpt.wait()
+    finally:  # `run.test` waited for the last save (raising its failure); close never raises.
       ckpt.close()
       writer.close()
     distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
@@ -342,6 +345,7 @@ def _checkpointer(workdir: str, c: FitConfig, selection: tuple[str, str] | None)
     keep=c.keep_checkpoints,
     best_metric=selection and selection[0],
     best_mode=selection[1] if selection else "max",
+    async_saves=c.async_checkpoints,
   )
 
 
@@ -496,6 +500,7 @@ class _Run:
 
   def at_event(self, state, step: int, batches: Batches, events, stops, stop: bool) -> None:
     """Logs, evaluates and checkpoints as the schedule says; stops after a checkpoint if asked."""
+    self.ckpt.check()  # A background save that failed stops the run here, with one clear error.
     record = _sync(self.pending, step, self.last_sync, self.examples_per_step, self.num_members)
     self.pending, self.last_sync = [], (step, time.perf_counter())
     for hook in self.hooks:
