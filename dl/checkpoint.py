@@ -120,7 +120,8 @@ class Checkpointer:
     self._pending = (step, _nbytes(state) + len(json.dumps(data, default=str)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
     try:
-      self._manager.save(step, args=args, metrics=metrics, force=True)
+      with _no_warning_for_steps_without_metrics(metrics):
+        self._manager.save(step, args=args, metrics=metrics, force=True)
     except Exception as e:  # Orbax raises ValueError, OSError, ... for a failed write.
       self._fail(e)
     if not self._options["async_saves"]:
@@ -391,6 +392,23 @@ def _write_failure_message(
   else:
     then = f"The last good checkpoint, step {kept}, is kept: {fix}, then rerun to resume from it."
   return f"could not write the checkpoint of step {step} to {directory}: {why}. {partial} {then}"
+
+
+@contextlib.contextmanager
+def _no_warning_for_steps_without_metrics(metrics: dict | None):
+  """Orbax warns at every save without metrics when it tracks a best one; the loop saves
+  those between evaluations on purpose (they are kept only as the latest)."""
+  logger = logging.getLogger("absl")
+
+  def drop(record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in str(record.msg)
+
+  if metrics is None:
+    logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 class _QuietOrbaxFailures:

@@ -121,7 +121,13 @@ def launch(
       relay = threading.Thread(target=_relay, args=(child.stdout, f"[{i}] ", out, lock))
       relay.start()
       relays.append(relay)
-    return _wait(children, grace_seconds)
+    try:
+      return _wait(children, grace_seconds)
+    except _Terminated:  # Pass the signal on: each process checkpoints and exits (status 75).
+      for child in children:
+        if child.poll() is None:
+          child.terminate()
+      return _wait(children, grace_seconds)
   finally:
     _stop([c for c in children if c.poll() is None], grace_seconds)
     for relay in relays:
@@ -166,12 +172,22 @@ def _stop(children: list[subprocess.Popen], grace_seconds: float) -> None:
       child.wait()
 
 
+class _Terminated(Exception):
+  """The launcher received SIGTERM."""
+
+
+def _raise_terminated(signum, frame) -> None:
+  del signum, frame
+  raise _Terminated
+
+
 def main(argv: list[str]) -> None:
   command = argv[1:]
   if not command:
     raise app.UsageError("give the command to run after `--`, e.g. -- python -m dl.cli.train ...")
-  # A terminated launcher stops its children (through `launch`'s cleanup).
-  signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+  # A terminated launcher terminates its children, which save a checkpoint and exit with
+  # status 75 (`dl.training.preemption`); it waits for them and returns that status.
+  signal.signal(signal.SIGTERM, _raise_terminated)
   sys.exit(
     launch(
       command,
