@@ -86,7 +86,7 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_exac
   """2 processes x 4 fake devices (data parallel): a SIGTERM to process 1 alone stops both
   after saving one checkpoint at the same step; the resumed run equals an uninterrupted one."""
   launch = [sys.executable, "-m", "dl.cli.launch", "--num_processes=2", "--devices_per_process=4"]
-  steps = 200  # a data-parallel step across two processes on CPU takes tens of ms
+  steps = 100  # a data-parallel step across two processes on CPU takes tens of ms
 
   def command(workdir):
     return [*launch, "--", *_script(workdir, "parallel=data", steps=steps)]
