@@ -63,13 +63,29 @@ def test_two_processes_train_what_one_process_trains(tmp_path, mode):
   assert os.path.exists(tmp_path / "2x4" / "curves.png")
 
 
-def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
-  # Started by hand, as on a cluster without dl.launch. Process 1 is frozen mid-training
-  # (SIGSTOP), as a host that is gone falls silent; a SIGKILL here would also close its
-  # sockets, and gloo, seeing that, sometimes aborts process 0 at once, naming no one.
+def test_a_killed_process_ends_the_others_within_the_heartbeat_timeout_naming_it(tmp_path):
+  # Started by hand, as on a cluster without dl.launch; process 1 is killed (SIGKILL)
+  # mid-training. On CPU, gloo sometimes sees the broken connection first and aborts process 0
+  # at once with "Received data size doesn't match expected size", naming no one (GPU and TPU
+  # collectives do not use gloo): that attempt is repeated, up to three in all.
+  for attempt in range(3):
+    workdir = tmp_path / str(attempt)
+    code, seconds, log = _kill_one_of_two(workdir)
+    assert code != 0, log[-3000:]
+    assert seconds < HEARTBEAT_S + 30, f"process 0 ended {seconds:.0f} s after:\n{log[-3000:]}"
+    if "Received data size doesn't match expected size" not in log:
+      break
+  # JAX's coordinator (in process 0) declares process 1 dead and ends process 0 (SIGABRT).
+  assert re.search(r"stopped sending heartbeats\):\s+1\n", log), log[-3000:]
+
+
+def _kill_one_of_two(workdir) -> tuple[int, float, str]:
+  """Starts 2 training processes, SIGKILLs process 1 once both train; (status, seconds, log)
+  of process 0, which must end by itself."""
+  os.makedirs(workdir)
   config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
   command = [sys.executable, "-m", "dl.cli.train", f"--config={config}"]
-  command += [f"--workdir={tmp_path}", "--config.parallel=data", "--config.num_train_steps=1000000"]
+  command += [f"--workdir={workdir}", "--config.parallel=data", "--config.num_train_steps=1000000"]
   port, children = launch.free_port(), []
   try:
     for i in range(2):
@@ -77,27 +93,26 @@ def test_a_dead_process_ends_the_others_within_the_heartbeat_timeout(tmp_path):
         os.environ, process_id=i, num_processes=2, port=port, devices_per_process=4
       )
       env["DL_HEARTBEAT_TIMEOUT_SECONDS"] = str(HEARTBEAT_S)
-      with open(tmp_path / f"{i}.log", "w") as log:
-        # In tmp_path: where core dumps are on, process 0's abort leaves one there.
-        child = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=tmp_path)
+      with open(workdir / f"{i}.log", "w") as log:
+        # In workdir: where core dumps are on, process 0's abort leaves one there.
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=log, cwd=workdir)
         children.append(child)
     deadline = time.monotonic() + TIMEOUT_S
-    while not _records_written(tmp_path):  # A record: both processes are training.
+    while not _records_written(workdir):  # A record: both processes are training.
       if time.monotonic() > deadline or any(c.poll() is not None for c in children):
-        pytest.fail(f"no training record in {TIMEOUT_S} s:\n{_log(tmp_path, 0)}")
+        pytest.fail(f"no training record in {TIMEOUT_S} s:\n{_log(workdir, 0)}")
       time.sleep(0.2)
-    children[1].send_signal(signal.SIGSTOP)
+    children[1].kill()
+    start = time.monotonic()
     try:
       code = children[0].wait(timeout=HEARTBEAT_S + 50)  # JAX's default would wait 100 s.
     except subprocess.TimeoutExpired:
-      pytest.fail(f"process 0 still runs {HEARTBEAT_S + 50} s later:\n{_log(tmp_path, 0)}")
+      pytest.fail(f"process 0 still runs {HEARTBEAT_S + 50} s later:\n{_log(workdir, 0)}")
+    return code, time.monotonic() - start, _log(workdir, 0, 100_000)
   finally:
     for child in children:
       child.kill()
       child.wait()
-  # JAX ends it (SIGABRT) and names the dead process.
-  assert code != 0, _log(tmp_path, 0)
-  assert re.search(r"stopped sending heartbeats\):\s+1\n", _log(tmp_path, 0, 100_000))
 
 
 def _records_written(workdir) -> bool:
