@@ -77,6 +77,14 @@ class TrainConfig:
       train records then carry the `epsilon` spent (see `dl.privacy`).
     dp_l2_clip: DP-SGD clips each example's gradient to this L2 norm.
     dp_delta: the delta at which DP-SGD's epsilon is reported.
+    dp_sampling: "poisson" (each example joins a batch with probability
+      batch_size * grad_accum_steps / N; batches padded and masked: what the accountant
+      assumes) or "shuffle" (fixed-size shuffled batches, whose records carry
+      `epsilon_if_poisson`, a figure their sampling is not covered by).
+    dp_max_batch_size: rows of a padded Poisson batch (0: chosen so that any of the run's
+      steps overflows with probability <= 1%; overflows are truncated and accounted for).
+    dp_accountant: "pld" (privacy loss distributions, tight; accounts for the truncation)
+      or "rdp" (Renyi DP, looser; untruncated Poisson sampling).
     group_feature: a ClassLabel feature of the eval data (e.g. "age_band" of "credit") whose
       groups get their own eval metrics (`dl.fairness`): accuracy per group and, for binary
       tasks, TPR, FPR, demographic parity and equalized odds differences ("": none).
@@ -125,6 +133,9 @@ class TrainConfig:
   dp_noise_multiplier: float = 0.0
   dp_l2_clip: float = 1.0
   dp_delta: float = 1e-5
+  dp_sampling: str = "poisson"
+  dp_max_batch_size: int = 0
+  dp_accountant: str = "pld"
   group_feature: str = ""
   progress: bool = True
   tensorboard: bool = True
@@ -257,6 +268,17 @@ def _check_values(c: TrainConfig) -> None:
   )
   _require(c.dp_l2_clip > 0, "dp_l2_clip", "a number > 0", c.dp_l2_clip)
   _require(0 < c.dp_delta < 1, "dp_delta", "in (0, 1)", c.dp_delta)
+  _require(
+    c.dp_sampling in ("poisson", "shuffle"), "dp_sampling", "'poisson' or 'shuffle'", c.dp_sampling
+  )
+  _require(c.dp_max_batch_size >= 0, "dp_max_batch_size", "an integer >= 0", c.dp_max_batch_size)
+  _require(c.dp_accountant in ("pld", "rdp"), "dp_accountant", "'pld' or 'rdp'", c.dp_accountant)
+  _require(
+    not (c.dp_accountant == "rdp" and c.dp_max_batch_size and c.dp_sampling == "poisson"),
+    "dp_accountant",
+    "'pld' when dp_max_batch_size truncates Poisson batches (RDP has no truncated event)",
+    c.dp_accountant,
+  )
   _require(c.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", c.parallel)
   _require(c.compute_dtype in DTYPES, "compute_dtype", f"one of {DTYPES}", c.compute_dtype)
   _require(c.best_mode in ("max", "min"), "best_mode", "'max' or 'min'", c.best_mode)

@@ -2,7 +2,7 @@
 
 `build(config)` reads the data set a config names, holds out validation data, fits the
 preprocessing on the training inputs alone, and makes the model, objective, optimizer and
-step (DP-SGD's when `dp_noise_multiplier` > 0) into a `dl.Task`. `train` runs it through
+step (DP-SGD's, on Poisson-sampled batches, when `dp_noise_multiplier` > 0) into a `dl.Task`. `train` runs it through
 the one loop with the hooks the config asks for (the privacy budget, slice metrics).
 Nothing here is needed to train user parts: `dl.fit(dl.task(...), workdir)` does that.
 """
@@ -12,6 +12,7 @@ import functools
 import math
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -65,7 +66,7 @@ def build(config) -> Task:
     grad_clip_norm=c.grad_clip_norm,
     grad_accum_steps=c.grad_accum_steps,
   )
-  return task(
+  built = task(
     model=Linen(module),
     objective=objectives.create(c.objective, label_smoothing=c.label_smoothing),
     optimizer=tx,
@@ -79,6 +80,37 @@ def build(config) -> Task:
     name=f"{c.model['name']}/{c.dataset}",
     config=dataclasses.asdict(c),
   )
+  if _poisson(c):
+    updates = max(num_steps // c.grad_accum_steps, 1)
+    arrays = built.train.arrays
+    built = dataclasses.replace(
+      built,
+      train=privacy.PoissonData(
+        arrays,
+        max_batch_size=_max_batch_size(c, len(built.train), updates),
+        accum_steps=c.grad_accum_steps,
+      ),
+    )
+  return built
+
+
+def _poisson(c: config_lib.TrainConfig) -> bool:
+  return c.dp_noise_multiplier > 0 and c.dp_sampling == "poisson"
+
+
+def _max_batch_size(c: config_lib.TrainConfig, num_examples: int, updates: int) -> int:
+  """The padded logical batch of a Poisson-sampled run: the config's, else one that any of
+  the run's `updates` draws overflows with probability at most 1%."""
+  multiple = c.grad_accum_steps * math.lcm(8, jax.device_count())
+  size = c.dp_max_batch_size or privacy.max_batch_size(
+    num_examples, c.batch_size * c.grad_accum_steps / num_examples, updates, multiple=multiple
+  )
+  if size % multiple:
+    raise ValueError(
+      f"dp_max_batch_size ({size}) must be a multiple of grad_accum_steps x lcm(8, devices) "
+      f"= {multiple}."
+    )
+  return size
 
 
 def _load(
@@ -112,6 +144,8 @@ def _train_step(c: config_lib.TrainConfig):
     l2_clip=c.dp_l2_clip,
     noise_multiplier=c.dp_noise_multiplier,
     accum_steps=c.grad_accum_steps,
+    # Poisson batches vary in size: the sum is divided by the expected micro-batch.
+    expected_batch_size=c.batch_size if _poisson(c) else None,
   )
 
 
@@ -163,13 +197,18 @@ def hooks(config, task: Task) -> list[loop.Hook]:
   c = config_lib.parse(config)
   out = []
   if c.dp_noise_multiplier > 0:
+    num_examples = len(task.train)
+    truncation = getattr(task.train, "max_batch_size", None) if c.dp_accountant == "pld" else None
     out.append(
       privacy.BudgetHook(
-        num_examples=len(task.train),
-        batch_size=c.batch_size * c.grad_accum_steps,
+        num_examples=num_examples,
+        sampling_rate=min(c.batch_size * c.grad_accum_steps / num_examples, 1.0),
         noise_multiplier=c.dp_noise_multiplier,
         delta=c.dp_delta,
         accum_steps=c.grad_accum_steps,
+        max_batch_size=truncation,
+        accountant_name=c.dp_accountant,
+        poisson=_poisson(c),
       )
     )
   if c.group_feature:

@@ -1,4 +1,4 @@
-"""DP-SGD: clipping bounds each example, noise is drawn once per logical batch, epsilon."""
+"""DP-SGD: clipping bounds each example, noise is drawn once per logical batch, the accountants."""
 
 import functools
 
@@ -116,19 +116,55 @@ def test_accumulation_adds_the_noise_of_one_large_batch():
   assert stds[4] == pytest.approx(stds[1], rel=0.04)
 
 
-def _accountant_epsilon(q, sigma, steps, delta, accountant):
-  event = dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+def _accountant_epsilon(event, steps, delta, accountant):
   accountant.compose(event, steps)
   return accountant.get_epsilon(delta)
 
 
+def _poisson(q, sigma):
+  return dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma))
+
+
 @pytest.mark.parametrize("q,sigma,steps", [(0.01, 1.1, 1000), (32 / 1437, 0.7, 450), (1.0, 5.0, 3)])
 def test_epsilon_is_dp_accountings(q, sigma, steps):
-  ours = privacy.epsilon(q, sigma, steps, 1e-5)
-  assert ours == _accountant_epsilon(q, sigma, steps, 1e-5, rdp.RdpAccountant())
-  # RDP is an upper bound: the tighter PLD accountant agrees within a factor, never above.
-  tight = _accountant_epsilon(q, sigma, steps, 1e-5, pld.PLDAccountant())
-  assert 0.5 * ours < tight <= ours * 1.001
+  rdp_eps = privacy.epsilon(q, sigma, steps, 1e-5, accountant_name="rdp")
+  assert rdp_eps == _accountant_epsilon(_poisson(q, sigma), steps, 1e-5, rdp.RdpAccountant())
+  pld_eps = privacy.epsilon(q, sigma, steps, 1e-5)  # dl's default: PLD on a 1e-3 grid
+  grid = pld.PLDAccountant(value_discretization_interval=1e-3)
+  assert pld_eps == pytest.approx(_accountant_epsilon(_poisson(q, sigma), steps, 1e-5, grid), 1e-9)
+  # PLD is tighter than RDP, and the coarse grid stays within 1e-3 of the default one.
+  fine = _accountant_epsilon(_poisson(q, sigma), steps, 1e-5, pld.PLDAccountant())
+  assert fine <= pld_eps <= fine + 1e-3
+  assert 0.5 * rdp_eps < pld_eps <= rdp_eps * 1.001
+
+
+def test_truncated_poisson_epsilon_is_dp_accountings_and_rdp_refuses_it():
+  n, q, b, sigma = 1293, 64 / 1293, 104, 1.0
+  ours = privacy.epsilon(q, sigma, 600, 1e-5, num_examples=n, max_batch_size=b)
+  event = dp_accounting.TruncatedSubsampledGaussianDpEvent(n, q, b, sigma)
+  grid = pld.PLDAccountant(value_discretization_interval=1e-3)
+  assert ours == pytest.approx(_accountant_epsilon(event, 600, 1e-5, grid), rel=1e-9)
+  # Truncation far in the tail costs (almost) nothing over plain Poisson sampling.
+  assert privacy.epsilon(q, sigma, 600, 1e-5) == pytest.approx(ours, rel=1e-3)
+  # A batch truncated to its mean costs privacy: a kept example's weight in it grows.
+  assert privacy.epsilon(q, sigma, 600, 1e-5, num_examples=n, max_batch_size=64) != ours
+  with pytest.raises(ValueError, match="RDP accountant has no truncated Poisson event"):
+    privacy.epsilon(q, sigma, 600, 1e-5, accountant_name="rdp", num_examples=n, max_batch_size=b)
+
+
+@pytest.mark.parametrize("accountant", ["pld", "rdp"])
+def test_calibrated_noise_hits_its_target_epsilon(accountant):
+  q, steps, delta = 256 / 60_000, 2000, 1e-5
+  for target in (1.0, 4.0):
+    sigma = privacy.calibrate_noise_multiplier(target, delta, q, steps, accountant_name=accountant)
+    spent = privacy.epsilon(q, sigma, steps, delta, accountant_name=accountant)
+    assert spent == pytest.approx(target, rel=0.01)
+    assert spent <= target * (1 + 1e-3)  # at or just under the target
+  # Truncated Poisson sampling (PLD only).
+  if accountant == "pld":
+    kw = {"num_examples": 1000, "max_batch_size": 80}
+    sigma = privacy.calibrate_noise_multiplier(2.0, delta, 0.05, 200, **kw)
+    assert privacy.epsilon(0.05, sigma, 200, delta, **kw) == pytest.approx(2.0, rel=0.01)
 
 
 def test_epsilon_grows_with_steps_and_shrinks_with_noise():
@@ -143,14 +179,26 @@ def test_train_logs_the_accountants_epsilon_with_accumulation(tmp_path):
   accum = 2
   config = tiny_config(dp_noise_multiplier=1.0, grad_accum_steps=accum, steps_per_dispatch=10)
   _, history = dl.train(config, str(tmp_path))
-  num_train = len(dl.build(config).train)
-  for record in history["train"]:
-    expected = _accountant_epsilon(
-      32 * accum / num_train, 1.0, record["step"] // accum, 1e-5, rdp.RdpAccountant()
-    )
-    assert record["epsilon"] == pytest.approx(expected, rel=1e-12)
-    assert 0.0 <= record["clipped"] <= 1.0
+  task = dl.build(config)
+  n, b_max = len(task.train), task.train.max_batch_size
+  assert isinstance(task.train, privacy.PoissonData) and b_max % (8 * accum) == 0
+  epsilons = [r["epsilon"] for r in history["train"]]
+  assert epsilons == sorted(epsilons) and epsilons[0] > 0
+  last = history["train"][-1]
+  event = dp_accounting.TruncatedSubsampledGaussianDpEvent(n, 32 * accum / n, b_max, 1.0)
+  grid = pld.PLDAccountant(value_discretization_interval=1e-3)
+  expected = _accountant_epsilon(event, last["step"] // accum, 1e-5, grid)
+  assert last["epsilon"] == pytest.approx(expected, rel=1e-9)
+  assert all(0.0 <= r["clipped"] <= 1.0 for r in history["train"])
   assert history["eval"][-1]["accuracy"] > 0.2  # learns despite the noise (chance: 0.1)
+
+
+def test_shuffled_dp_batches_are_labelled_not_covered(tmp_path):
+  config = tiny_config(dp_noise_multiplier=1.0, dp_sampling="shuffle", num_train_steps=10)
+  _, history = dl.train(config, str(tmp_path))
+  record = history["train"][-1]
+  assert "epsilon" not in record and record["epsilon_if_poisson"] > 0
+  assert isinstance(dl.build(config).train, dl.data.sources.InMemory)
 
 
 def test_dp_rejects_batch_norm_and_bad_config():
@@ -158,6 +206,10 @@ def test_dp_rejects_batch_norm_and_bad_config():
     dl.config.parse(tiny_config(dp_noise_multiplier=-1.0))
   with pytest.raises(ValueError, match=r"dp_delta must be in \(0, 1\); got 2.0"):
     dl.config.parse(tiny_config(dp_delta=2.0))
+  with pytest.raises(ValueError, match="dp_sampling must be 'poisson' or 'shuffle'; got 'fixed'"):
+    dl.config.parse(tiny_config(dp_sampling="fixed"))
+  with pytest.raises(ValueError, match="dp_accountant must be 'pld' when dp_max_batch_size"):
+    dl.config.parse(tiny_config(dp_accountant="rdp", dp_max_batch_size=64))
   tx = optax.sgd(0.1)
 
   class WithBatchNorm(nn.Module):
@@ -175,11 +227,19 @@ def test_dp_rejects_batch_norm_and_bad_config():
     step(state, batch)
 
 
-def test_dp_training_is_the_same_under_jit_and_pmap(tmp_path):
-  # pmap: clipped sums are added over the 8 devices and every device adds the same noise once.
+def test_dp_training_is_the_same_in_every_compile_mode_and_in_an_ensemble(tmp_path):
+  # pmap: clipped sums are added over the 8 devices and every device adds the same noise once;
+  # "data": the same step over a mesh. Poisson batches (padded, masked) are split over devices.
   params = {}
-  for mode in ("jit", "pmap"):
+  for mode in ("jit", "pmap", "data"):
     config = tiny_config(dp_noise_multiplier=1.0, parallel=mode, num_train_steps=10)
     state, _ = dl.train(config, str(tmp_path / mode))
     params[mode] = jax.device_get(state.params)
   chex.assert_trees_all_close(params["jit"], params["pmap"], rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(params["jit"], params["data"], rtol=1e-4, atol=1e-5)
+  # Member 1 of an ensemble (own seed: own init, noise and Poisson draws) is the run of seed 1.
+  dp = {"dp_noise_multiplier": 1.0, "num_train_steps": 10}
+  ensemble, _ = dl.train(tiny_config(ensemble_size=2, **dp), str(tmp_path / "ensemble"))
+  alone, _ = dl.train(tiny_config(seed=1, **dp), str(tmp_path / "seed1"))
+  member = jax.tree.map(lambda x: x[1], jax.device_get(ensemble.params))
+  chex.assert_trees_all_close(member, jax.device_get(alone.params), rtol=1e-5, atol=1e-6)

@@ -61,10 +61,7 @@ class ShuffledBatches:
 
   def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
     """The next batch, or `num_batches` batches stacked on a new leading axis."""
-    if num_batches is None:
-      return self._next_one()
-    batches = [self._next_one() for _ in range(num_batches)]
-    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+    return next_batches(self._next_one, num_batches)
 
   def _next_one(self) -> dict[str, np.ndarray]:
     if self._index == self.steps_per_epoch:
@@ -77,6 +74,14 @@ class ShuffledBatches:
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     while True:
       yield self._next_one()
+
+
+def next_batches(next_one, num_batches: int | None) -> dict[str, np.ndarray]:
+  """`next_one()`, or `num_batches` of its batches stacked on a new leading axis."""
+  if num_batches is None:
+    return next_one()
+  batches = [next_one() for _ in range(num_batches)]
+  return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
 
 
 def padded_batches(
