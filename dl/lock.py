@@ -2,7 +2,7 @@
 
 `<workdir>/dl.lock` holds JSON: the holder's process id, host, start time (of the run and of
 the process, so a reused pid is not mistaken for it), command line and number of processes.
-It is created atomically (`O_CREAT | O_EXCL`); a run that finds it refuses to start with an
+It is created atomically with its content (written beside it, then hard-linked to its name); a run that finds it refuses to start with an
 error naming the holder, unless the holder is gone:
 
 - on this host, its process no longer exists (or is another process under the same pid);
@@ -50,16 +50,16 @@ class WorkdirLock:
     """Takes the lock, or a stale one over; raises `WorkdirLockedError` if a live run holds it."""
     for _ in range(3):  # Another run may take over the same stale lock at the same moment.
       try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        self._create(num_processes)
       except FileExistsError:
         holder = self._read()
+        if holder is None and not os.path.exists(self.path):
+          continue  # released in between
         if holder is not None and not self._is_stale(holder):
           raise WorkdirLockedError(_locked_message(self.path, holder)) from None
         log.warning("%s", _stale_message(self.path, holder))
         self._remove()
         continue
-      with os.fdopen(fd, "w") as f:
-        json.dump(_this_process(num_processes), f)
       self._held = True
       return
     raise WorkdirLockedError(f"could not take the lock {self.path}: other runs keep taking it.")
@@ -89,6 +89,17 @@ class WorkdirLock:
         return json.load(f)
     except (OSError, ValueError):
       return None
+
+  def _create(self, num_processes: int) -> None:
+    """Creates the lock file with its content in one step, so no reader sees it half written:
+    written beside it, then hard-linked to its name (raises `FileExistsError` if taken)."""
+    tmp = f"{self.path}.{socket.gethostname()}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+      json.dump(_this_process(num_processes), f)
+    try:
+      os.link(tmp, self.path)
+    finally:
+      os.remove(tmp)
 
   def _is_stale(self, holder: dict[str, Any]) -> bool:
     if holder.get("host") == socket.gethostname():
