@@ -1,14 +1,46 @@
 """Strict JAX for every test: 8 fake CPU devices, rank promotion raises."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One compilation cache for the session, its workers and the processes they start: a test
+# that trains the same program in three processes (kill, resume, reference) compiles it once.
+# Only programs that took 0.5 s or more to compile are kept.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dl-test-xla-")
+  atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+# Files whose tests take 15-65 s each (processes started and killed, notebooks, benchmarks):
+# collected first, so that `pytest -n 2` hands them out early and ends on short tests instead
+# of one worker finishing a long test while the other waits.
+SLOW_FILES = (
+  "faults_test.py",
+  "notebook_test.py",
+  "distributed_test.py",
+  "generative_test.py",
+  "privacy_sampling_test.py",
+  "benchmarks_test.py",
+  "audit_test.py",
+  "trainer_test.py",
+  "fit_test.py",
+  "privacy_test.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+  rank = {name: i for i, name in enumerate(SLOW_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable
 
 
 @pytest.fixture(scope="session", autouse=True)
