@@ -27,7 +27,7 @@ case "${1:-}" in
   train)
     setup
     workdir="${2:-workdirs/digits_cnn}"
-    "$PY" -m dl.train --config experiments/digits_cnn.py --workdir "$workdir"
+    "$PY" -m dl.cli.train --config experiments/digits_cnn.py --workdir "$workdir"
     echo "Checkpoints, metrics.jsonl, TensorBoard events and curves.png are in $workdir" >&2
     ;;
   test)
