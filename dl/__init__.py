@@ -34,6 +34,7 @@ from dl import (
   privacy,
   recommend,
   sampling,
+  search,
   training,
 )
 from dl.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
