@@ -5,8 +5,13 @@ import os
 import shutil
 import tempfile
 
-# Must be set before jax is imported anywhere.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Must be set before jax is imported anywhere. 8 fake CPU devices; LLVM's optimisations off
+# (`--xla_backend_optimization_level=0`): the tests' tiny programs spend far longer compiling
+# than running, and compile about a third faster without them (same XLA semantics). The
+# processes tests start inherit both.
+os.environ.setdefault(
+  "XLA_FLAGS", "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0"
+)
 # One compilation cache for the session, its workers and the processes they start: a test
 # that trains the same program in three processes (kill, resume, reference) compiles it once.
 # Only programs that took 0.5 s or more to compile are kept.
