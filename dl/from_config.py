@@ -2,8 +2,9 @@
 
 `build(config)` reads the data set a config names, holds out validation data, fits the
 preprocessing on the training inputs alone, and makes the model, objective, optimizer and
-step (DP-SGD's, on Poisson-sampled batches, when `dp_noise_multiplier` > 0) into a `dl.Task`. `train` runs it through
-the one loop with the hooks the config asks for (the privacy budget, slice metrics).
+step (DP-SGD's, on Poisson-sampled batches, when `dp_noise_multiplier` > 0) into a
+`dl.Task`. `train` runs it through the one loop with the hooks the config asks for (the
+privacy budget, slice metrics).
 Nothing here is needed to train user parts: `dl.fit(dl.task(...), workdir)` does that.
 """
 

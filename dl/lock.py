@@ -2,8 +2,9 @@
 
 `<workdir>/dl.lock` holds JSON: the holder's process id, host, start time (of the run and of
 the process, so a reused pid is not mistaken for it), command line and number of processes.
-It is created atomically with its content (written beside it, then hard-linked to its name); a run that finds it refuses to start with an
-error naming the holder, unless the holder is gone:
+It is created atomically with its content (written beside it, then hard-linked to its name);
+a run that finds it refuses to start with an error naming the holder, unless the holder is
+gone:
 
 - on this host, its process no longer exists (or is another process under the same pid);
 - on another host (a shared filesystem), the lock has not been refreshed (`refresh`, which the
