@@ -11,4 +11,6 @@ def test_every_module_run_sh_starts_exists():
   modules = re.findall(r'"\$PY" -m ([\w.]+)', RUN_SH.read_text())
   assert "dl.cli.train" in modules and "pytest" in modules, modules
   for module in modules:
-    assert importlib.util.find_spec(module) is not None, f"run.sh runs `-m {module}`: no such module"
+    assert importlib.util.find_spec(module) is not None, (
+      f"run.sh runs `-m {module}`: no such module"
+    )
