@@ -1,13 +1,22 @@
-r"""Grid against random search at an equal budget, each trained as one population; and the
-population's wall time against the same trials trained one after another.
+r"""Grid, random search, ASHA, PBT and Optuna's TPE at an equal budget, each trained as one
+population of 8 slots; and the population's wall time against the same trials trained one
+after another.
 
-The task and space of `experiments/search_digits_mlp.py` (MLP on digits, AdamW, learning rate
-in [1e-4, 1] and weight decay in [1e-6, 0.1], both log-uniform). Budget: 8 trials of 300 steps.
-The grid is 4 learning rates x 2 weight decays, geometric over the same box. For each seed s,
-training uses config.seed = s (init and data order), random search also draws with seed s.
-The trial best on validation is scored once on test.
+The task and space of `experiments/search_digits_mlp.py` (MLP on digits, AdamW with a cosine
+schedule, learning rate in [1e-4, 1] and weight decay in [1e-6, 0.1], both log-uniform).
+Budget: 8 slots x 300 steps for every algorithm. The grid is 4 learning rates x 2 weight
+decays, geometric over the same box; random search draws 8 trials; ASHA refills stopped
+slots (first rung after one epoch, reduction factor 3); PBT exploits and explores once per
+epoch; TPE asks 8 trials in each of 4 rounds of 75 steps. For each seed s, training uses
+config.seed = s (init and data order) and the search draws with seed s. The trial best on
+validation is scored once on test.
 
 python experiments/search_study.py --seeds 3
+python experiments/search_study.py --experiment search_mnist5k_mlp --seeds 3
+
+The second runs the same comparison on `experiments/search_mnist5k_mlp.py` (real MNIST digits,
+learning rate in [1e-5, 1]); `--experiment` names any file in experiments/ with
+get_config() and get_search_space() over learning_rate and weight_decay.
 """
 
 import argparse
@@ -25,10 +34,11 @@ import dl
 from dl import search
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ALGORITHMS = ("grid", "random", "asha", "pbt", "tpe")
 
 
-def _experiment():
-  spec = importlib.util.spec_from_file_location("search_digits_mlp", f"{HERE}/search_digits_mlp.py")
+def _experiment(name: str):
+  spec = importlib.util.spec_from_file_location(name, f"{HERE}/{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -36,10 +46,11 @@ def _experiment():
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--experiment", default="search_digits_mlp", help="a file in experiments/")
   parser.add_argument("--seeds", type=int, default=3)
-  parser.add_argument("--num_steps", type=int, default=0, help="0: the experiment's 15 epochs")
+  parser.add_argument("--num_steps", type=int, default=0, help="0: the experiment's epochs")
   args = parser.parse_args()
-  experiment = _experiment()
+  experiment = _experiment(args.experiment)
   space = experiment.get_search_space()
   grid = search.grid(
     {
@@ -54,15 +65,20 @@ def main() -> None:
       config.seed, config.progress = seed, False
       if args.num_steps:
         config.num_train_steps = args.num_steps
-      for name, trials in (("grid", grid), ("random", search.sample(space, len(grid), seed))):
+      for name in ALGORITHMS:
         start = time.perf_counter()
-        result = search.train_trials(config, trials, f"{root}/{name}{seed}", title=name)
+        workdir = f"{root}/{name}{seed}"
+        if name == "grid":
+          result = search.train_trials(config, grid, workdir, title=name)
+        else:
+          result = search.run(config, space, workdir, name, num_slots=len(grid), seed=seed)
         wall = time.perf_counter() - start
         chosen = result.trials[result.best]
         rows.append(
           {
             "search": name,
             "seed": seed,
+            "trials": len(result.trials),
             "learning_rate": chosen["learning_rate"],
             "weight_decay": chosen["weight_decay"],
             "validation_accuracy": chosen["validation_accuracy"],
@@ -85,12 +101,13 @@ def main() -> None:
   print(
     f"\n{platform.processor() or platform.machine()}, jax {jax.__version__}, {jax.devices()[0]}"
   )
-  print("| search | chosen validation accuracy | its test accuracy (once) | wall s |")
-  print("|---|---|---|---|")
-  for name in ("grid", "random"):
+  print("| search | trials | chosen validation accuracy | its test accuracy (once) | wall s |")
+  print("|---|---|---|---|---|")
+  for name in ALGORITHMS:
     mine = [r for r in rows if r["search"] == name]
     print(
-      f"| {name} | {_spread([r['validation_accuracy'] for r in mine])} | "
+      f"| {name} | {np.mean([r['trials'] for r in mine]):.0f} | "
+      f"{_spread([r['validation_accuracy'] for r in mine])} | "
       f"{_spread([r['test_accuracy'] for r in mine])} | "
       f"{np.mean([r['wall_s'] for r in mine]):.1f} |"
     )

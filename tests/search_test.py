@@ -1,6 +1,7 @@
 """Hyperparameter search: trials drawn from a space train as one population."""
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -10,12 +11,15 @@ import sys
 
 import chex
 import jax
+import jax.numpy as jnp
+import kill
 import numpy as np
 import pytest
 from tiny_config import tiny_config
 
 import dl
 from dl import search
+from dl.search import population
 
 SPACE = {
   "learning_rate": search.LogUniform(3e-3, 0.1),
@@ -120,5 +124,169 @@ def test_the_study_runs_short(monkeypatch, capsys):
   assert [line.split(" |")[0] for line in out.splitlines() if line.startswith("| ")][1:] == [
     "| grid",
     "| random",
+    "| asha",
+    "| pbt",
+    "| tpe",
   ], out
   assert "8 trials as one population" in out
+
+
+def _population(num_slots: int):
+  """A task whose step counts its traces, and its population state (slots stacked)."""
+  traces = []
+
+  def counted(*args, **kwargs):
+    traces.append(1)
+    return dl.train_step(*args, **kwargs)
+
+  task = dataclasses.replace(dl.build(tiny_config(optimizer="adamw")), train_step=counted)
+  slots = population.Slots(sorted(SPACE), lambda: task.init(0))
+  state = jax.tree.map(lambda x: jnp.stack([x] * num_slots), task.init(0))
+  batch = task.batches(32, seed=0).next()
+  batches = jax.tree.map(lambda x: np.stack([x] * num_slots), batch)
+  step = jax.jit(jax.vmap(task.step))
+  return task, slots, step, state, batches, traces
+
+
+def _lr(state):
+  return np.asarray(dl.training.optim.get_hyperparam(state.opt_state, "learning_rate"))
+
+
+def test_asha_refill_compiles_nothing_new_and_leaves_other_slots_untouched():
+  task, slots, step, state, batches, traces = _population(4)
+  asha = search.SuccessiveHalving(
+    SPACE, slots, num_slots=4, metric="accuracy", mode="max", num_steps=10, min_steps=1
+  )
+  state, _ = step(asha.on_start(state, 0), batches)
+  before = jax.device_get(state)
+  # At the first rung (1 step), slots 1 and 3 fall outside the best third: stopped, refilled.
+  refilled = asha.after_eval(state, 1, {"accuracy": [0.9, 0.1, 0.8, 0.7]})
+  assert [t["status"] for t in asha.trials[:4]] == [
+    "running",
+    "stopped at rung 0",
+    "running",
+    "stopped at rung 0",
+  ]
+  assert asha.slot_trial == [0, 4, 2, 5]
+  after = jax.device_get(refilled)
+  fresh = jax.device_get(task.init(0))
+  for slot in (0, 2):
+    chex.assert_trees_all_equal(population.Slots.member(after, slot), slots.member(before, slot))
+  for slot, trial in ((1, 4), (3, 5)):
+    member = population.Slots.member(after, slot)
+    chex.assert_trees_all_equal(member.params, fresh.params)
+    assert int(member.step) == 1  # the slot's step count goes on; its optimizer starts again
+    assert _lr(after)[slot] == np.float32(asha.trials[trial]["hparams"]["learning_rate"])
+  step(refilled, batches)
+  assert len(traces) == 1 and step._cache_size() == 1
+
+
+def test_pbt_exploit_compiles_nothing_new_and_leaves_other_members_untouched():
+  _, slots, step, state, batches, traces = _population(4)
+  pbt = search.PopulationBasedTraining(
+    SPACE, slots, num_slots=4, metric="accuracy", mode="max", num_steps=10, seed=1
+  )
+  state, _ = step(pbt.on_start(state, 0), batches)
+  before = jax.device_get(state)
+  exploited = pbt.after_eval(state, 1, {"accuracy": [0.5, 0.9, 0.7, 0.2]})
+  after = jax.device_get(exploited)
+  # The worst quarter (member 3) copies the best (member 1) and perturbs what it copied.
+  assert pbt.slot_trial == [0, 1, 2, 4] and pbt.trials[4]["parent"] == 1
+  chex.assert_trees_all_equal(
+    population.Slots.member(after, 3).params, population.Slots.member(before, 1).params
+  )
+  copied = pbt.trials[1]["hparams"]["learning_rate"]
+  explored = pbt.trials[4]["hparams"]["learning_rate"]
+  assert explored != copied and _lr(after)[3] == np.float32(explored)
+  for slot in (0, 1, 2):
+    chex.assert_trees_all_equal(
+      population.Slots.member(after, slot), population.Slots.member(before, slot)
+    )
+  step(exploited, batches)
+  assert len(traces) == 1 and step._cache_size() == 1
+
+
+def _experiment(tmp_path, num_steps: int) -> pathlib.Path:
+  """An experiment file for the command line: the tiny config and SPACE."""
+  experiment = tmp_path / "experiment.py"
+  experiment.write_text(
+    "import sys\n"
+    f"sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+    "import dl\n"
+    "from tiny_config import tiny_config\n"
+    "def get_config():\n"
+    f"  return tiny_config(optimizer='adamw', num_train_steps={num_steps}, eval_every_steps=10)\n"
+    "def get_search_space():\n"
+    "  return {'learning_rate': dl.search.LogUniform(3e-3, 0.1),\n"
+    "          'weight_decay': dl.search.Choice((0.0, 1e-4, 1e-3))}\n"
+  )
+  return experiment
+
+
+@pytest.mark.parametrize("algorithm", ["asha", "pbt"])
+def test_search_killed_mid_way_resumes_to_the_same_table_and_state(tmp_path, algorithm):
+  experiment, killed = _experiment(tmp_path, 60), tmp_path / "killed"
+  command = [
+    sys.executable,
+    "-m",
+    "dl.search",
+    f"--config={experiment}",
+    f"--workdir={killed}",
+    f"--algorithm={algorithm}",
+    "--num_trials=4",
+  ]
+  assert kill.kill_then_rerun(command, killed, 30) < 60
+  config = tiny_config(optimizer="adamw", num_train_steps=60, eval_every_steps=10)
+  result = search.run(config, SPACE, str(tmp_path / "whole"), algorithm, num_slots=4)
+  with open(killed / "trials.jsonl") as f:
+    resumed_rows = [json.loads(line) for line in f]
+  with open(tmp_path / "whole" / "trials.jsonl") as f:
+    assert resumed_rows == [json.loads(line) for line in f]
+  # The run decided something before the kill: trials were stopped, or members copied.
+  assert len(resumed_rows) > 4
+  ckpt = dl.Checkpointer(str(killed / "checkpoints"))
+  try:
+    _, resumed, _ = ckpt.restore(jax.eval_shape(lambda: result.state), 60)
+  finally:
+    ckpt.close()
+  chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(result.state))
+
+
+def _tell(hook, asked=()):
+  """Adds `asked` ([(params, system attributes)]) as trials, then tells every trial a value."""
+  for params, attrs in asked:
+    hook.add_trial(params, 0, 0, system_attrs=attrs)
+  for trial in hook.trials:  # best near learning rate 0.1
+    value = -abs(np.log10(trial["hparams"]["learning_rate"]) + 1)
+    trial["value"] = trial["validation"] = value
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_optuna_asks_are_the_same_for_the_same_history(tmp_path, sampler):
+  def hook():
+    return search.OptunaTrials(
+      {"learning_rate": search.LogUniform(1e-3, 1.0), "weight_decay": search.Uniform(0.0, 0.1)},
+      None,
+      num_slots=4,
+      metric="accuracy",
+      mode="max",
+      num_steps=40,
+      trial_steps=10,
+      sampler=sampler,
+      seed=5,
+      workdir=str(tmp_path),
+    )
+
+  # Rebuilt from what was told (as after a resume), the study asks for the same trials.
+  a, b = hook(), hook()
+  _tell(a), _tell(b)
+  second = a.ask(4)
+  assert second == b.ask(4) and len({tuple(p.items()) for p, _ in second}) == 4
+  _tell(a, second), _tell(b, second)
+  third = a.ask(4)
+  assert third == b.ask(4)
+  for params, _ in second + third:
+    assert 1e-3 <= params["learning_rate"] <= 1.0 and 0.0 <= params["weight_decay"] <= 0.1
+  # The sampler reads the history: other values told, other trials asked.
+  b.trials[4]["value"] = b.trials[5]["value"] = 1.0
+  assert b.ask(4) != third

@@ -2,103 +2,63 @@
 
 dl trains K models that differ in their injected hyperparameters (`optax.inject_hyperparams`:
 the learning rate and the weight decay of every optimizer `dl.training.optim` builds) as one
-`jax.vmap`ped program (`FitConfig.sweep`). A search draws K trials from a space and trains
-them as such a population: one compilation, one pass over the data per step for all trials.
+`jax.vmap`ped program. A search trains its trials as the K slots of such a population: one
+compilation, one pass over the data per step for all of them. The algorithms are hooks of
+the one loop (`dl.search.population`) that, at evaluations, stop trials and start new ones
+in their slots or copy one member over another, inside the stacked state, so nothing is
+compiled again:
+
+- `random_search` (and `train_trials` for a given list, e.g. a `grid`): K trials, start to end;
+- `successive_halving`: ASHA: trials measured at rungs, the worst stopped and their slots
+  refilled with new draws (`dl.search.asha`);
+- `population_based_training`: PBT: the worst members copy the best and perturb their
+  hyperparameters (`dl.search.pbt`);
+- `optuna_search`: Optuna's TPE or CMA-ES, asked for K trials at a time through its
+  ask-and-tell interface (`dl.search.optuna_trials`).
 
     space = {"learning_rate": dl.search.LogUniform(1e-3, 0.3),
              "weight_decay": dl.search.LogUniform(1e-6, 1e-2)}
-    result = dl.search.random_search(config, space, "workdirs/search", num_trials=8)
+    result = dl.search.successive_halving(config, space, "workdirs/asha", num_slots=8)
     result.trials[result.best]   # hyperparameters, validation metric, test metric
 
 or, with the space in the experiment's file (a `get_search_space()` beside `get_config()`):
 
-    python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/search
+    python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/asha \
+        --algorithm asha
 
-Trials share the init seed and the data order of `config.seed`, so they differ only in
-their hyperparameters. The best trial is chosen on validation data (its metric at the last
-step); the test split is scored once, for that trial alone. The workdir holds the population's
-checkpoints and `metrics.jsonl` (one value per trial), `trials.csv` and `trials.jsonl` (one
-row per trial) and `trials.png` (validation metric against training steps, every trial).
-
-`grid` lays out today's grid as trials for `train_trials`, trained the same way. Random search
-and grids are what is here; successive halving, population-based training and Optuna's
-samplers are to come.
+Every algorithm trains K slots for the config's number of steps: the same budget of
+training steps. Trials start from the same initial state (`config.seed`) and see the data in
+the same order, so they differ only in their hyperparameters. The chosen trial is the best
+on validation (its metric at its last evaluation); the test split is scored once, for it
+alone. A search resumes from its checkpoints after any interruption, kill -9 included, and
+takes the same decisions: its records travel in every checkpoint. The workdir holds the
+population's checkpoints and `metrics.jsonl`, `trials.csv` and `trials.jsonl` (one row per
+trial), `trials.png` (validation metric against each trial's training steps) and, for PBT,
+`schedules.png` (each member's hyperparameters over time).
 """
 
 import csv
 import dataclasses
-import itertools
+import functools
 import json
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
 import numpy as np
 from matplotlib.figure import Figure
 
 from dl import config as config_lib
 from dl import distributed, from_config
+from dl.search import space as space_lib
+from dl.search.asha import SuccessiveHalving
+from dl.search.optuna_trials import OptunaTrials
+from dl.search.pbt import PopulationBasedTraining
+from dl.search.population import Search, Slots
+from dl.search.space import SEARCHABLE, Choice, LogUniform, Space, Uniform, grid, sample
 from dl.training import loop
 
-# Hyperparameters that live in the state as arrays: every optimizer dl builds injects these.
-SEARCHABLE = ("learning_rate", "weight_decay")
-
-
-@dataclasses.dataclass(frozen=True)
-class LogUniform:
-  """Values whose logarithm is uniform on [log(low), log(high)] (rates, decays)."""
-
-  low: float
-  high: float
-
-  def __post_init__(self):
-    if not 0 < self.low < self.high:
-      raise ValueError(f"LogUniform needs 0 < low < high; got low={self.low}, high={self.high}.")
-
-  def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.exp(rng.uniform(math.log(self.low), math.log(self.high), n))
-
-
-@dataclasses.dataclass(frozen=True)
-class Uniform:
-  """Values uniform on [low, high]."""
-
-  low: float
-  high: float
-
-  def __post_init__(self):
-    if not self.low < self.high:
-      raise ValueError(f"Uniform needs low < high; got low={self.low}, high={self.high}.")
-
-  def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.uniform(self.low, self.high, n)
-
-
-@dataclasses.dataclass(frozen=True)
-class Choice:
-  """One of `values`, each equally likely."""
-
-  values: Sequence[float]
-
-  def __post_init__(self):
-    if not self.values:
-      raise ValueError("Choice needs at least one value.")
-
-  def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-    return np.asarray(self.values, np.float64)[rng.integers(0, len(self.values), n)]
-
-
-Space = Mapping[str, LogUniform | Uniform | Choice]
-
-
-def sample(space: Space, num_trials: int, seed: int = 0) -> list[dict[str, float]]:
-  """`num_trials` draws from `space`, the same for the same seed: [{name: value}, ...]."""
-  _check_space(space)
-  rng = np.random.default_rng(seed)
-  columns = {name: space[name].sample(rng, num_trials) for name in sorted(space)}
-  return [{name: float(v[i]) for name, v in columns.items()} for i in range(num_trials)]
+ALGORITHMS = ("random", "asha", "pbt", "tpe", "cmaes")
 
 
 @dataclasses.dataclass
@@ -106,12 +66,14 @@ class SearchResult:
   """What a search found.
 
   Attributes:
-    trials: one dict per trial: "trial", its hyperparameters, "steps", "validation_<metric>"
-      (at the last step), "best_validation_<metric>" (over evaluations), and for the chosen
-      trial alone "test_<metric>" (scored once).
+    trials: one dict per trial: "trial", its hyperparameters, "steps" (its training steps),
+      "validation_<metric>" (at its last evaluation), "best_validation_<metric>", what the
+      algorithm adds ("rung" and "status"; "generation" and "parent"), "chosen", and for
+      the chosen trial alone "test_<metric>" (scored once).
     best: index of the trial chosen on validation.
     metric: the validation metric that chose it; `mode` says whether higher ("max") is better.
-    state: the population's final state (a leading trial axis on every leaf).
+    state: the population's final state (a leading slot axis on every leaf).
+    chosen_state: the chosen trial's state (no slot axis).
   """
 
   trials: list[dict[str, Any]]
@@ -119,16 +81,11 @@ class SearchResult:
   metric: str
   mode: str
   state: Any
+  chosen_state: Any
 
 
 def random_search(
-  config,
-  space: Space,
-  workdir: str,
-  *,
-  num_trials: int = 8,
-  seed: int = 0,
-  metric: str = "",
+  config, space: Space, workdir: str, *, num_trials: int = 8, seed: int = 0, metric: str = ""
 ) -> SearchResult:
   """Trains `num_trials` draws from `space` as one population and picks one on validation.
 
@@ -144,17 +101,9 @@ def random_search(
   Returns:
     A `SearchResult`; also written to `workdir/trials.csv`, `trials.jsonl`, `trials.png`.
   """
-  trials = sample(space, num_trials, seed)
-  return train_trials(config, trials, workdir, metric=metric, title="random search")
-
-
-def grid(values: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
-  """Every combination of `values` ({hyperparameter: values}), as trials for `train_trials`."""
-  _check_names(values)
-  names = sorted(values)
-  return [
-    dict(zip(names, map(float, combo))) for combo in itertools.product(*map(values.get, names))
-  ]
+  return train_trials(
+    config, sample(space, num_trials, seed), workdir, metric=metric, title="random search"
+  )
 
 
 def train_trials(
@@ -162,6 +111,179 @@ def train_trials(
 ) -> SearchResult:
   """Trains `trials` ([{hyperparameter: value}], e.g. from `sample` or `grid`) as one
   population, chooses one on validation and scores it once on test (see `random_search`)."""
+  names = sorted(trials[0]) if trials else []
+  if any(sorted(t) != names for t in trials):
+    raise ValueError(f"every trial needs the same hyperparameters {names}; got {list(trials)}.")
+
+  def make(slots, metric, mode, num_steps, eval_every):
+    return Search(slots, trials, metric, mode, num_steps), eval_every, num_steps
+
+  return _search(config, workdir, names, len(trials), make, metric, title or "search")
+
+
+def successive_halving(
+  config,
+  space: Space,
+  workdir: str,
+  *,
+  num_slots: int = 8,
+  min_steps: int = 0,
+  reduction_factor: int = 3,
+  seed: int = 0,
+  metric: str = "",
+) -> SearchResult:
+  """ASHA: trials stopped at rungs by validation, their slots refilled (`dl.search.asha`).
+
+  Args:
+    config, space, workdir, seed, metric: as for `random_search`.
+    num_slots: trials trained at once.
+    min_steps: a trial's steps at the first rung (0: about the run's steps /
+      reduction_factor**3, a multiple of the config's evaluation interval).
+    reduction_factor: each rung keeps the best 1 / reduction_factor of the trials.
+
+  Returns:
+    A `SearchResult` ("rung" and "status" in each trial's row).
+  """
+
+  def make(slots, metric, mode, num_steps, eval_every):
+    # The first rung: about 3 rungs below the run's end, on the evaluation schedule.
+    first = min_steps or max(1, round(num_steps / reduction_factor**3 / eval_every)) * eval_every
+    hook = SuccessiveHalving(
+      space,
+      slots,
+      num_slots=num_slots,
+      metric=metric,
+      mode=mode,
+      num_steps=num_steps,
+      min_steps=first,
+      reduction_factor=reduction_factor,
+      seed=seed,
+    )
+    return hook, eval_every if first % eval_every == 0 else first, num_steps
+
+  return _search(config, workdir, sorted(space), num_slots, make, metric, "ASHA")
+
+
+def population_based_training(
+  config,
+  space: Space,
+  workdir: str,
+  *,
+  num_slots: int = 8,
+  fraction: float = 0.25,
+  resample_probability: float = 0.25,
+  seed: int = 0,
+  metric: str = "",
+) -> SearchResult:
+  """PBT: at each evaluation the worst members copy the best and perturb (`dl.search.pbt`).
+
+  Args:
+    config, space, workdir, seed, metric: as for `random_search`; the config's evaluation
+      interval is PBT's (eval_every_steps, else once per epoch).
+    num_slots: members of the population.
+    fraction: the share of members replaced at each evaluation.
+    resample_probability: the chance that a perturbed hyperparameter is drawn afresh.
+
+  Returns:
+    A `SearchResult` ("generation" and "parent" in each row; a row is one member's stretch
+    of training with one set of hyperparameters); `schedules.png` in the workdir.
+  """
+
+  def make(slots, metric, mode, num_steps, eval_every):
+    hook = PopulationBasedTraining(
+      space,
+      slots,
+      num_slots=num_slots,
+      metric=metric,
+      mode=mode,
+      num_steps=num_steps,
+      fraction=fraction,
+      resample_probability=resample_probability,
+      seed=seed,
+    )
+    return hook, eval_every, num_steps
+
+  return _search(config, workdir, sorted(space), num_slots, make, metric, "PBT")
+
+
+def optuna_search(
+  config,
+  space: Space,
+  workdir: str,
+  *,
+  sampler: str = "tpe",
+  num_slots: int = 8,
+  num_rounds: int = 4,
+  seed: int = 0,
+  metric: str = "",
+) -> SearchResult:
+  """Optuna's TPE or CMA-ES, `num_slots` trials asked at a time (`dl.search.optuna_trials`).
+
+  Args:
+    config, space, workdir, seed, metric: as for `random_search`.
+    sampler: "tpe" or "cmaes".
+    num_slots: trials asked for, and trained, at once.
+    num_rounds: batches of trials; each trains the run's steps / num_rounds steps (its
+      learning-rate schedule spans them), so the search trains num_slots * num_rounds
+      trials in the budget of num_slots full runs.
+
+  Returns:
+    A `SearchResult`; the chosen trial's state is kept in `workdir/best_trials`.
+  """
+
+  def make(slots, metric, mode, num_steps, eval_every):
+    trial_steps = num_steps // num_rounds
+    if trial_steps == 0:
+      raise ValueError(f"{num_rounds} rounds need >= {num_rounds} steps; the run has {num_steps}.")
+    hook = OptunaTrials(
+      space,
+      slots,
+      num_slots=num_slots,
+      metric=metric,
+      mode=mode,
+      num_steps=trial_steps * num_rounds,
+      trial_steps=trial_steps,
+      sampler=sampler,
+      seed=seed,
+      workdir=workdir,
+    )
+    # Evaluations at the end of each round, and as often as the config asks where that fits.
+    every = eval_every if trial_steps % eval_every == 0 else trial_steps
+    return hook, every, trial_steps * num_rounds
+
+  return _search(
+    config,
+    workdir,
+    sorted(space),
+    num_slots,
+    make,
+    metric,
+    f"Optuna {sampler}",
+    steps_per_trial=lambda num_steps: num_steps // num_rounds,
+  )
+
+
+def run(config, space: Space, workdir: str, algorithm: str, *, num_slots: int = 8, seed: int = 0):
+  """The search `algorithm` (one of `ALGORITHMS`) with its defaults: the command line's."""
+  if algorithm == "random":
+    return random_search(config, space, workdir, num_trials=num_slots, seed=seed)
+  if algorithm == "asha":
+    return successive_halving(config, space, workdir, num_slots=num_slots, seed=seed)
+  if algorithm == "pbt":
+    return population_based_training(config, space, workdir, num_slots=num_slots, seed=seed)
+  if algorithm in ("tpe", "cmaes"):
+    return optuna_search(config, space, workdir, sampler=algorithm, num_slots=num_slots, seed=seed)
+  raise ValueError(f"unknown search algorithm {algorithm!r}; expected one of {ALGORITHMS}.")
+
+
+def _search(
+  config, workdir: str, names, num_slots: int, make, metric: str, title: str, steps_per_trial=None
+):
+  """Builds the parts, trains the population with the algorithm's hook, scores the chosen.
+
+  `steps_per_trial(num_steps)`, when given, is the length of every trial: the optimizer's
+  schedule is built for it.
+  """
   c = config_lib.parse(config)
   if c.sweep_learning_rate or c.sweep_weight_decay or c.ensemble_size > 1:
     raise ValueError(
@@ -169,80 +291,57 @@ def train_trials(
       f"sweep_weight_decay and ensemble_size unset (got {c.sweep_learning_rate}, "
       f"{c.sweep_weight_decay}, {c.ensemble_size})."
     )
-  if len(trials) < 2:
-    raise ValueError(f"a search trains 2 or more trials as one population; got {len(trials)}.")
-  names = sorted(trials[0])
-  _check_names(names)
-  if any(sorted(t) != names for t in trials):
-    raise ValueError(f"every trial needs the same hyperparameters {names}; got {list(trials)}.")
+  if num_slots < 2:
+    raise ValueError(f"a search trains 2 or more trials as one population; got {num_slots}.")
+  space_lib.check_names(names)
   with distributed.primary_first("dl.search: data prepared"):
-    built = from_config.build(config)
+    built = from_config.build(c)
+  fit_config = from_config.fit_config(c, built)
+  if steps_per_trial:
+    trial_steps = steps_per_trial(fit_config.num_steps)
+    built = from_config.build(dataclasses.replace(c, num_train_steps=max(trial_steps, 1)))
+  metric = metric or built.objective.select
+  mode = built.mode(metric)
+  slots = Slots(names, functools.partial(built.init, fit_config.seed))
+  eval_every = fit_config.eval_every or len(built.train) // fit_config.batch_size
+  hook, eval_every, num_steps = make(slots, metric, mode, fit_config.num_steps, eval_every)
+  first = [hook.trials[t]["hparams"] for t in hook.slot_trial]
   fit_config = dataclasses.replace(
-    from_config.fit_config(config, built),
-    sweep={name: tuple(t[name] for t in trials) for name in names},
+    fit_config,
+    num_steps=num_steps,
+    eval_every=eval_every,
+    checkpoint_every=0,  # at each evaluation, where the hook's decisions are taken
+    sweep={name: tuple(h[name] for h in first) for name in names},
   )
   # The test split is scored below, once, for the chosen trial only.
   population = dataclasses.replace(built, test=None)
-  state, history = loop.fit(population, workdir, fit_config, hooks=from_config.hooks(config, built))
-  metric = metric or built.objective.select
-  mode = built.mode(metric)
-  table = _table(trials, history, metric, mode, fit_config.num_steps)
-  scores = [t[f"validation_{metric}"] for t in table]
-  best = int(np.nanargmax(scores) if mode == "max" else np.nanargmin(scores))
+  hooks = [*from_config.hooks(c, built), hook]
+  state, _ = loop.fit(population, workdir, fit_config, hooks=hooks)
+  best, chosen_state = hook.chosen(state)
+  rows = _rows(hook, metric)
   if built.test is not None:
-    chosen = jax.tree.map(lambda x: x[best], state)
-    test = built.evaluate(chosen, "test", fit_config.eval_batch_size)
-    table[best] |= {f"test_{k}": float(v) for k, v in test.items()}
+    test = built.evaluate(chosen_state, "test", fit_config.eval_batch_size)
+    rows[best] |= {f"test_{k}": float(v) for k, v in test.items()}
   if distributed.is_primary():
-    title = f"{title or 'search'}: {len(table)} trials trained as one population"
-    _write(workdir, table, best, history, metric, title)
-  return SearchResult(table, best, metric, mode, state)
+    _write(workdir, rows, best, hook, metric, f"{title}: {num_slots} slots, one population")
+  return SearchResult(rows, best, metric, mode, state, chosen_state)
 
 
-def _check_names(names) -> None:
-  if not names:
-    raise ValueError(f"the search space is empty; give one or more of {', '.join(SEARCHABLE)}.")
-  for name in names:
-    if name not in SEARCHABLE:
-      raise ValueError(
-        f"cannot search over {name!r}: the searchable hyperparameters are "
-        f"{', '.join(SEARCHABLE)} (they live in the optimizer state as arrays)."
-      )
+_HIDDEN = ("hparams", "curve", "system_attrs", "value", "validation", "best_validation")
 
 
-def _check_space(space: Space) -> None:
-  _check_names(space)
-  for name, dist in space.items():
-    if not isinstance(dist, LogUniform | Uniform | Choice):
-      raise ValueError(
-        f"the space's {name!r} is {dist!r}; expected dl.search.LogUniform, Uniform or Choice."
-      )
-
-
-def _table(drawn, history, metric: str, mode: str, steps: int) -> list[dict[str, Any]]:
-  """One row per trial from the population's eval records (one value per trial)."""
-  evals = [r for r in history["eval"] if metric in r]
-  if not evals:
-    raise ValueError(
-      f"no validation records with {metric!r}: the search chooses on validation data; "
-      "give the data a validation split (or validation_fraction) and an eval metric."
-    )
-  per_trial = np.array([np.atleast_1d(r[metric]) for r in evals], np.float64)  # (evals, trials)
-  best_of = np.nanmax if mode == "max" else np.nanmin
+def _rows(hook: Search, metric: str) -> list[dict[str, Any]]:
+  """One row per trial: hyperparameters, steps, validation metric, the algorithm's fields."""
   return [
-    {
-      "trial": i,
-      **hparams,
-      "steps": steps,
-      f"validation_{metric}": float(per_trial[-1, i]),
-      f"best_validation_{metric}": float(best_of(per_trial[:, i])),
-    }
-    for i, hparams in enumerate(drawn)
+    {"trial": t["trial"], **t["hparams"], "steps": t["steps"]}
+    | {f"validation_{metric}": t["validation"], f"best_validation_{metric}": t["best_validation"]}
+    | {k: v for k, v in t.items() if k not in _HIDDEN and k not in ("trial", "steps")}
+    for t in hook.trials
   ]
 
 
-def _write(workdir: str, trials, best: int, history, metric: str, title: str) -> None:
-  rows = [{**t, "chosen": i == best} for i, t in enumerate(trials)]
+def _write(workdir: str, rows, best: int, hook: Search, metric: str, title: str) -> None:
+  rows = [{**row, "chosen": i == best} for i, row in enumerate(rows)]
   with open(os.path.join(workdir, "trials.jsonl"), "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in rows)
   fields = list(dict.fromkeys(k for row in rows for k in row))
@@ -250,32 +349,81 @@ def _write(workdir: str, trials, best: int, history, metric: str, title: str) ->
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-  _plot(history, metric, trials, best, title, os.path.join(workdir, "trials.png"))
+  _plot_trials(hook, best, metric, title, os.path.join(workdir, "trials.png"))
+  if isinstance(hook, PopulationBasedTraining):
+    _plot_schedules(hook, os.path.join(workdir, "schedules.png"))
 
 
-def _plot(history, metric: str, trials, best: int, title: str, path: str) -> None:
-  """Validation `metric` against training steps, one line per trial, the chosen one bold."""
-  records = [r for r in history["eval"] if metric in r]
-  steps = [r["step"] for r in records]
-  values = np.array([np.atleast_1d(r[metric]) for r in records], np.float64)
+def _plot_trials(hook: Search, best: int, metric: str, title: str, path: str) -> None:
+  """Validation `metric` against each trial's own training steps; the chosen one bold."""
   fig = Figure(figsize=(7, 4.5))  # a bare Figure: headless, the user's backend left alone
   ax = fig.subplots()
-  names = [k for k in trials[0] if k in SEARCHABLE]
-  for i, trial in enumerate(trials):
-    label = ", ".join(f"{k}={trial[k]:.3g}" for k in names)
-    chosen = i == best
+  many = len(hook.trials) > 12
+  for trial in hook.trials:
+    if not trial["curve"]:
+      continue
+    steps, values = np.array([c[1] for c in trial["curve"]]), [c[2] for c in trial["curve"]]
+    chosen = trial["trial"] == best
+    label = ", ".join(f"{k}={v:.3g}" for k, v in trial["hparams"].items())
     ax.plot(
       steps,
-      values[:, i],
+      values,
       "o-" if chosen else "-",
+      color="black" if chosen else None,
       linewidth=2.5 if chosen else 1.0,
-      alpha=1.0 if chosen else 0.6,
-      label=f"{label} (chosen)" if chosen else label,
+      alpha=1.0 if chosen else 0.5,
+      label=f"{label} (chosen)" if chosen else (None if many else label),
     )
-  ax.set_xlabel("training steps (each trial)")
+  ax.set_xlabel("training steps of the trial")
   ax.set_ylabel(f"validation {metric}")
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
+
+
+def _plot_schedules(hook: PopulationBasedTraining, path: str) -> None:
+  """Each PBT member's hyperparameters over the run's steps, one panel per hyperparameter."""
+  names = list(hook.slots.names)
+  fig = Figure(figsize=(7, 2.6 * len(names)))
+  axes = np.atleast_1d(fig.subplots(len(names), 1, sharex=True))
+  for slot, points in hook.schedules().items():
+    steps = [p[0] for p in points] + [hook.num_steps]
+    for ax, name in zip(axes, names):
+      values = [p[1][name] for p in points]
+      ax.step(steps, values + values[-1:], where="post", label=f"member {slot}")
+  for ax, name in zip(axes, names):
+    ax.set_ylabel(name)
+    if isinstance(hook.space[name], LogUniform):
+      ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+  axes[0].set_title("PBT: each member's hyperparameters over time")
+  axes[0].legend(fontsize=7, ncol=4)
+  axes[-1].set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+
+
+__all__ = [
+  "ALGORITHMS",
+  "SEARCHABLE",
+  "Choice",
+  "LogUniform",
+  "OptunaTrials",
+  "PopulationBasedTraining",
+  "Search",
+  "SearchResult",
+  "Slots",
+  "Space",
+  "SuccessiveHalving",
+  "Uniform",
+  "grid",
+  "optuna_search",
+  "population_based_training",
+  "random_search",
+  "run",
+  "sample",
+  "successive_halving",
+  "train_trials",
+]

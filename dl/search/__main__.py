@@ -7,7 +7,9 @@ The search space is in the experiment's file, a `get_search_space()` beside `get
             "weight_decay": dl.search.LogUniform(1e-6, 1e-2)}
 
   python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/search \
-      --algorithm random --num_trials 8
+      --algorithm asha --num_trials 8
+
+`--algorithm` is one of random, asha, pbt, tpe, cmaes (`dl.search.ALGORITHMS`).
 
 Prints one JSON line per trial (the chosen one last, with its test metrics, scored once) and
 writes trials.csv, trials.jsonl and trials.png in the workdir.
@@ -27,8 +29,13 @@ _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment file with get_config() and get_search_space().", lock_config=True
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, trials.")
-_ALGORITHM = flags.DEFINE_enum("algorithm", "random", ["random"], "Search algorithm.")
-_NUM_TRIALS = flags.DEFINE_integer("num_trials", 8, "Trials trained together.")
+_ALGORITHM = flags.DEFINE_enum(
+  "algorithm",
+  "random",
+  list(search.ALGORITHMS),
+  "random search, ASHA, population-based training, or Optuna's TPE or CMA-ES.",
+)
+_NUM_TRIALS = flags.DEFINE_integer("num_trials", 8, "Trials trained together (the population).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the draws (config.seed seeds the training).")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -53,8 +60,13 @@ def main(argv: list[str]) -> None:
   dl.distributed.initialize_from_env()  # Before anything touches devices.
   space = search_space(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
-    result = search.random_search(
-      _CONFIG.value, space, _WORKDIR.value, num_trials=_NUM_TRIALS.value, seed=_SEED.value
+    result = search.run(
+      _CONFIG.value,
+      space,
+      _WORKDIR.value,
+      _ALGORITHM.value,
+      num_slots=_NUM_TRIALS.value,
+      seed=_SEED.value,
     )
   except (dl.CheckpointError, dl.lock.WorkdirLockedError) as e:  # one line says it all
     print(f"dl: {e}", file=sys.stderr)

@@ -79,7 +79,13 @@ class Trainable(Protocol):
 
 
 class Hook:
-  """Extends the loop's records without entering the loop; override what you need."""
+  """Extends the loop without entering it; override what you need.
+
+  Most hooks add to the records (`on_log`, `on_eval`). A hook that steers training (a
+  search that stops and refills trials, population-based training) returns a new state
+  from `on_start` and `after_eval`, and keeps its own bookkeeping in the checkpoint through
+  `get_state`/`set_state`, so a resumed run takes the same decisions.
+  """
 
   def on_log(self, step: int, record: Metrics) -> Metrics:
     """Extra metrics for the train record of `step` (e.g. the privacy budget spent)."""
@@ -90,6 +96,29 @@ class Hook:
     """Extra metrics when `state` is evaluated on `split` ("eval" or "test")."""
     del state, step, split
     return {}
+
+  def on_start(self, state: Any, step: int) -> Any:
+    """The state to train from, given the new or restored one at `step` (logical copy)."""
+    del step
+    return state
+
+  def after_eval(self, state: Any, step: int, metrics: Metrics) -> Any:
+    """The state to go on with after the validation `metrics` of `step` were written.
+
+    Called before the checkpoint of `step` is saved, so the checkpoint holds what this
+    returns. The new state must keep the structure, shapes and dtypes of `state`: the
+    compiled step is then reused as it is.
+    """
+    del step, metrics
+    return state
+
+  def get_state(self) -> Any:
+    """The hook's own state, JSON-serialisable, saved in each checkpoint (None: nothing)."""
+    return None
+
+  def set_state(self, state: Any) -> None:
+    """Takes back what `get_state` returned, when a run resumes from a checkpoint."""
+    del state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +284,8 @@ def fit(
       record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
       _write_json(os.path.join(workdir, "fit_config.json"), record)
     ckpt = _checkpointer(workdir, c, selection)
-    state = _start(layout, ckpt, init, abstract_state, batches, members)
+    position = _Position(batches, hooks)
+    state = _start(layout, ckpt, init, abstract_state, position, members)
     writer = (
       writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
     )
@@ -263,7 +293,7 @@ def fit(
     run.on_log = lambda step: lock.refresh()
     try:
       with preemption.StopRequests(c.checkpoint_every_seconds) as stops:
-        state = run.train(state, batches, stops)
+        state = run.train(state, position, stops)
       run.test(state, abstract_state)
     finally:  # `run.test` waited for the last save (raising its failure); close never raises.
       ckpt.close()
@@ -391,7 +421,34 @@ def _selection(trainable: Trainable, c: FitConfig) -> tuple[str, str] | None:
   return c.best_metric, "min" if c.best_metric == "loss" else "max"
 
 
-def _start(layout, ckpt: Checkpointer, init, abstract_state, batches: Batches, members) -> Any:
+class _Position:
+  """What a checkpoint keeps beside the state: the data position and the hooks' own state."""
+
+  def __init__(self, batches: Batches, hooks: Sequence[Hook]):
+    self.batches = batches
+    self.hooks = [hook for hook in hooks if hook.get_state() is not None]
+
+  def get_state(self) -> Any:
+    if not self.hooks:
+      return self.batches.get_state()
+    return {"batches": self.batches.get_state(), "hooks": [h.get_state() for h in self.hooks]}
+
+  def set_state(self, saved: Any) -> None:
+    if not self.hooks:
+      self.batches.set_state(saved)
+      return
+    if not (isinstance(saved, dict) and len(saved.get("hooks", ())) == len(self.hooks)):
+      raise ValueError(
+        f"the checkpoint holds no state for this run's {len(self.hooks)} stateful hooks "
+        f"({', '.join(type(h).__name__ for h in self.hooks)}); it was written by another kind "
+        "of run. Resume it with the hooks it was trained with, or train in a new workdir."
+      )
+    self.batches.set_state(saved["batches"])
+    for hook, hook_state in zip(self.hooks, saved["hooks"]):
+      hook.set_state(hook_state)
+
+
+def _start(layout, ckpt: Checkpointer, init, abstract_state, position: _Position, members) -> Any:
   """The state laid out for training: restored from `ckpt` if it has one, else new.
 
   A restored state takes its injected hyperparameters (`optax.inject_hyperparams`: learning
@@ -401,8 +458,8 @@ def _start(layout, ckpt: Checkpointer, init, abstract_state, batches: Batches, m
   restored = ckpt.restore(layout.restore_target(abstract_state))
   if restored is None:
     return layout.init(init)
-  _, state, position = restored
-  batches.set_state(position)
+  _, state, saved_position = restored
+  position.set_state(saved_position)
   return layout.put_state(_replace_hyperparams(state, init))
 
 
@@ -459,7 +516,7 @@ class _Run:
     count = getattr(self.trainable, "examples_per_step", None)
     return count(self.config.batch_size) if count else self.config.batch_size
 
-  def train(self, state: Any, batches: Batches, stops: preemption.StopRequests) -> Any:
+  def train(self, state: Any, position: _Position, stops: preemption.StopRequests) -> Any:
     """Runs steps from `state.step` to `num_steps`, stopping at each event step.
 
     Raises:
@@ -471,8 +528,10 @@ class _Run:
       step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
     one_step = self.layout.compile(step_fn, fused=False)
     fused_steps = self.layout.compile(step_fn, fused=True)
+    batches = position.batches
     events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
+    state = self.let_hooks(state, lambda hook, logical: hook.on_start(logical, step))
     self.pending, self.last_sync = [], (step, time.perf_counter())
     self.bar = tqdm.tqdm(
       total=self.num_steps,
@@ -495,11 +554,22 @@ class _Run:
         self.bar.update(k)
         stop = stops.requested(step)
         if events.any(step) or stop:
-          self.at_event(state, step, batches, events, stops, stop)
+          state = self.at_event(state, step, position, events, stops, stop)
     return state
 
-  def at_event(self, state, step: int, batches: Batches, events, stops, stop: bool) -> None:
-    """Logs, evaluates and checkpoints as the schedule says; stops after a checkpoint if asked."""
+  def let_hooks(self, state: Any, call) -> Any:
+    """`state` after each hook's `call(hook, logical_state)`, laid out again if one changed it."""
+    logical = self.layout.get_state(state)
+    changed = logical
+    for hook in self.hooks:
+      changed = call(hook, changed)
+    return state if changed is logical else self.layout.put_state(changed)
+
+  def at_event(self, state, step: int, position: _Position, events, stops, stop: bool) -> Any:
+    """Logs, evaluates and checkpoints as the schedule says; stops after a checkpoint if asked.
+
+    Returns the state to go on with (hooks may change it after an evaluation).
+    """
     self.ckpt.check()  # A background save that failed stops the run here, with one clear error.
     record = _sync(self.pending, step, self.last_sync, self.examples_per_step, self.num_members)
     self.pending, self.last_sync = [], (step, time.perf_counter())
@@ -519,10 +589,13 @@ class _Run:
       )
     if eval_metrics:
       _say(self.bar, f"step {step}: eval {_format(eval_metrics, self.num_members)}")
+      state = self.let_hooks(
+        state, lambda hook, logical: hook.after_eval(logical, step, eval_metrics)
+      )
     if events.is_checkpoint(step) or stops.checkpoint_due() or stop:
       logical = self.layout.get_state(state)
       _check_finite(logical, step, self.ckpt)
-      self.ckpt.save(step, logical, batches.get_state(), _mean(eval_metrics))
+      self.ckpt.save(step, logical, position.get_state(), _mean(eval_metrics))
       stops.checkpointed()
     if stop:
       self.ckpt.wait()
@@ -530,6 +603,7 @@ class _Run:
       if distributed.is_primary():
         self.bar.write(f"dl: {preempted}", file=sys.stderr)
       raise preempted
+    return state
 
   def evaluate(self, state: Any, step: int, split: str) -> Metrics | None:
     """The trainable's metrics on `split` and the hooks', written as a `split` record."""
