@@ -49,6 +49,9 @@ class TrainConfig:
     warmup_steps: linear warmup from 0 to `learning_rate`.
     weight_decay: decoupled weight decay (adamw, lamb, lion) or L2 added to grads (others).
     momentum: momentum of "momentum" and "rmsprop".
+    injected_hyperparams: the optimizer's hyperparameters, beyond the learning rate and
+      weight decay, that live in its state as arrays ("momentum"; "b1", "b2"), so a search
+      can give each member its own (`dl.search` sets this for the space it searches).
     grad_clip_norm: clip gradients to this global norm (0: no clipping).
     grad_accum_steps: accumulate gradients over this many steps per update (optax.MultiSteps).
     label_smoothing: smoothing of the one-hot targets (classification only).
@@ -111,6 +114,7 @@ class TrainConfig:
   warmup_steps: int = 0
   weight_decay: float = 1e-4
   momentum: float = 0.9
+  injected_hyperparams: tuple = ()
   grad_clip_norm: float = 0.0
   grad_accum_steps: int = 1
   label_smoothing: float = 0.0

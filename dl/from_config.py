@@ -66,6 +66,7 @@ def build(config) -> Task:
     momentum=c.momentum,
     grad_clip_norm=c.grad_clip_norm,
     grad_accum_steps=c.grad_accum_steps,
+    injected=c.injected_hyperparams,
   )
   built = task(
     model=Linen(module),

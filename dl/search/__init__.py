@@ -1,8 +1,8 @@
 """Hyperparameter search whose trials train together, as one population.
 
 dl trains K models that differ in their injected hyperparameters (`optax.inject_hyperparams`:
-the learning rate and the weight decay of every optimizer `dl.training.optim` builds) as one
-`jax.vmap`ped program. A search trains its trials as the K slots of such a population: one
+the learning rate and weight decay of every optimizer `dl.training.optim` builds, and the
+momentum or Adam betas b1 and b2 when a search names them) as one `jax.vmap`ped program. A search trains its trials as the K slots of such a population: one
 compilation, one pass over the data per step for all of them. The algorithms are hooks of
 the one loop (`dl.search.population`) that, at evaluations, stop trials and start new ones
 in their slots or copy one member over another, inside the stacked state, so nothing is
@@ -294,6 +294,10 @@ def _search(
   if num_slots < 2:
     raise ValueError(f"a search trains 2 or more trials as one population; got {num_slots}.")
   space_lib.check_names(names)
+  injected = tuple(n for n in names if n not in ("learning_rate", "weight_decay"))
+  c = dataclasses.replace(
+    c, injected_hyperparams=tuple(sorted({*c.injected_hyperparams, *injected}))
+  )
   with distributed.primary_first("dl.search: data prepared"):
     built = from_config.build(c)
   fit_config = from_config.fit_config(c, built)

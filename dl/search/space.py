@@ -7,8 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-# Hyperparameters that live in the state as arrays: every optimizer dl builds injects these.
-SEARCHABLE = ("learning_rate", "weight_decay")
+# Hyperparameters that live in the optimizer state as arrays: every optimizer dl builds injects
+# the learning rate and weight decay; a search injects the others it names where the optimizer
+# has them (`dl.training.optim.hyperparams_of`: momentum for momentum and rmsprop, the Adam
+# betas b1 and b2 for adam, adamw, lamb and lion).
+SEARCHABLE = ("learning_rate", "weight_decay", "momentum", "b1", "b2")
 
 
 @dataclasses.dataclass(frozen=True)

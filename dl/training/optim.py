@@ -8,34 +8,61 @@ models with different values, e.g. a `jax.vmap` sweep (see `set_hyperparams`).
 Any optax `GradientTransformation` works with `dl.fit`; these are what configs name.
 """
 
+import inspect
+from collections.abc import Sequence
+
 import jax.numpy as jnp
 import optax
 
 
-def _coupled(make):
-  """An optimizer with L2 weight decay added to the gradients (optax's own decay is absent)."""
-  return lambda learning_rate, weight_decay, momentum: optax.chain(
-    optax.add_decayed_weights(weight_decay), make(learning_rate, momentum)
-  )
+def _sgd(learning_rate, weight_decay):
+  return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(learning_rate))
 
 
-def _decoupled(make):
-  """An optimizer with decoupled (AdamW-style) weight decay."""
-  return lambda learning_rate, weight_decay, momentum: make(
-    learning_rate, weight_decay=weight_decay
-  )
+def _momentum(learning_rate, weight_decay, momentum=0.9):
+  sgd = optax.sgd(learning_rate, momentum=momentum, nesterov=True)
+  return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
 
 
-# name -> (learning_rate, weight_decay, momentum) -> optax.GradientTransformation
+def _adam(learning_rate, weight_decay, b1=0.9, b2=0.999):
+  adam = optax.adam(learning_rate, b1=b1, b2=b2)
+  return optax.chain(optax.add_decayed_weights(weight_decay), adam)
+
+
+def _rmsprop(learning_rate, weight_decay, momentum=0.9):
+  rmsprop = optax.rmsprop(learning_rate, momentum=momentum)
+  return optax.chain(optax.add_decayed_weights(weight_decay), rmsprop)
+
+
+def _adamw(learning_rate, weight_decay, b1=0.9, b2=0.999):
+  return optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+def _lamb(learning_rate, weight_decay, b1=0.9, b2=0.999):
+  return optax.lamb(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+def _lion(learning_rate, weight_decay, b1=0.9, b2=0.99):
+  return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
+
+
+# name -> (learning_rate, weight_decay, [momentum | b1, b2]) -> optax.GradientTransformation.
+# Weight decay is L2 added to the gradients (sgd, momentum, adam, rmsprop) or decoupled (the rest).
 OPTIMIZERS = {
-  "sgd": _coupled(lambda lr, momentum: optax.sgd(lr)),
-  "momentum": _coupled(lambda lr, momentum: optax.sgd(lr, momentum=momentum, nesterov=True)),
-  "adam": _coupled(lambda lr, momentum: optax.adam(lr)),
-  "rmsprop": _coupled(lambda lr, momentum: optax.rmsprop(lr, momentum=momentum)),
-  "adamw": _decoupled(optax.adamw),
-  "lamb": _decoupled(optax.lamb),
-  "lion": _decoupled(optax.lion),
+  "sgd": _sgd,
+  "momentum": _momentum,
+  "adam": _adam,
+  "rmsprop": _rmsprop,
+  "adamw": _adamw,
+  "lamb": _lamb,
+  "lion": _lion,
 }
+
+
+def hyperparams_of(name: str) -> tuple[str, ...]:
+  """The hyperparameters of optimizer `name` beyond the learning rate and weight decay."""
+  return tuple(inspect.signature(OPTIMIZERS[name]).parameters)[2:]
+
 
 # name -> decay_steps -> schedule from 1.0 (multiplies the peak learning rate)
 SCHEDULES = {
@@ -65,6 +92,7 @@ def create_optimizer(
   momentum: float = 0.9,
   grad_clip_norm: float = 0.0,
   grad_accum_steps: int = 1,
+  injected: Sequence[str] = (),
 ) -> optax.GradientTransformation:
   """Clip, the optimizer `name`, its schedule, then gradient accumulation, from optax.
 
@@ -77,15 +105,29 @@ def create_optimizer(
     momentum: of "momentum" and "rmsprop".
     grad_clip_norm: clip gradients to this global norm first (0: no clipping).
     grad_accum_steps: average this many micro-batches per update (`optax.MultiSteps`).
+    injected: hyperparameters of the optimizer that live in its state as arrays too, beside
+      the learning rate and weight decay (which always do): "momentum" (momentum, rmsprop)
+      or "b1", "b2" (the Adam family, lion), starting at `momentum` or optax's defaults.
+      A search or a sweep can then give each member its own value.
   """
   if name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {name!r}; expected one of: {', '.join(OPTIMIZERS)}.")
   if schedule not in SCHEDULES:
     raise ValueError(f"unknown schedule {schedule!r}; expected one of: {', '.join(SCHEDULES)}.")
-  make = OPTIMIZERS[name]
+  extra = {
+    n: momentum if n == "momentum" else p.default
+    for n, p in inspect.signature(OPTIMIZERS[name]).parameters.items()
+    if n not in ("learning_rate", "weight_decay")
+  }
+  unknown = set(injected) - set(extra)
+  if unknown:
+    raise ValueError(
+      f"optimizer {name!r} has no hyperparameter {', '.join(sorted(unknown))} to inject; "
+      f"it has learning_rate, weight_decay{''.join(', ' + n for n in extra)}."
+    )
   optimizer = optax.inject_hyperparams(
-    lambda learning_rate, weight_decay: make(learning_rate, weight_decay, momentum)
-  )(learning_rate=learning_rate, weight_decay=weight_decay)
+    OPTIMIZERS[name], static_args=tuple(n for n in extra if n not in injected)
+  )(learning_rate=learning_rate, weight_decay=weight_decay, **extra)
   chain = [optimizer, optax.scale_by_schedule(schedule_shape(schedule, num_steps, warmup_steps))]
   if grad_clip_norm > 0:
     chain.insert(0, optax.clip_by_global_norm(grad_clip_norm))
