@@ -309,3 +309,25 @@ def test_adam_betas_are_searched_in_the_state(tmp_path):
     )
   with pytest.raises(ValueError, match="optimizer 'sgd' has no hyperparameter b1"):
     search.random_search(tiny_config(optimizer="sgd"), space, str(tmp_path / "sgd"), num_trials=2)
+
+
+def test_widths_form_groups_and_the_best_is_scored_once(tmp_path):
+  space = {"learning_rate": search.LogUniform(1e-2, 0.1), "model.width": search.Choice((8, 16))}
+  config = tiny_config(num_train_steps=10, eval_every_steps=10)
+  result = search.run(config, space, str(tmp_path), "random", num_slots=2)
+  assert [(r["group"], r["model.width"]) for r in result.trials] == [
+    (0, 8),
+    (0, 8),
+    (1, 16),
+    (1, 16),
+  ]
+  scored = [i for i, r in enumerate(result.trials) if "test_accuracy" in r]
+  assert scored == [result.best] and result.trials[result.best]["chosen"]
+  best_of = [
+    max(r["validation_accuracy"] for r in result.trials if r["group"] == g) for g in (0, 1)
+  ]
+  assert result.trials[result.best]["validation_accuracy"] == max(best_of)
+  width = result.trials[result.best]["model.width"]
+  assert result.chosen_state.params["Dense_0"]["kernel"].shape == (64, width)
+  with pytest.raises(ValueError, match="give it as dl.search.Choice"):
+    search.run(config, {"model.width": search.Uniform(8, 16)}, str(tmp_path / "u"), "random")

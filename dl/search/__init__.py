@@ -26,6 +26,9 @@ or, with the space in the experiment's file (a `get_search_space()` beside `get_
     python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/asha \
         --algorithm asha
 
+Hyperparameters that change shapes (`"model.width": Choice((64, 128))`) make groups: `run`
+searches each combination as its own population (one compiled program per group).
+
 Every algorithm trains K slots for the config's number of steps: the same budget of
 training steps. Trials start from the same initial state (`config.seed`) and see the data in
 the same order, so they differ only in their hyperparameters. The chosen trial is the best
@@ -40,6 +43,7 @@ trial), `trials.png` (validation metric against each trial's training steps) and
 import csv
 import dataclasses
 import functools
+import itertools
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -85,7 +89,14 @@ class SearchResult:
 
 
 def random_search(
-  config, space: Space, workdir: str, *, num_trials: int = 8, seed: int = 0, metric: str = ""
+  config,
+  space: Space,
+  workdir: str,
+  *,
+  num_trials: int = 8,
+  seed: int = 0,
+  metric: str = "",
+  score_test: bool = True,
 ) -> SearchResult:
   """Trains `num_trials` draws from `space` as one population and picks one on validation.
 
@@ -97,17 +108,26 @@ def random_search(
     num_trials: trials in the population.
     seed: the search's seed (draws); `config.seed` seeds the init and data order of all.
     metric: validation metric to choose by (default: the objective's, e.g. "accuracy").
+    score_test: score the chosen trial on test (False where the caller chooses among
+      several searches and scores its own choice once).
 
   Returns:
     A `SearchResult`; also written to `workdir/trials.csv`, `trials.jsonl`, `trials.png`.
   """
+  trials = sample(space, num_trials, seed)
   return train_trials(
-    config, sample(space, num_trials, seed), workdir, metric=metric, title="random search"
+    config, trials, workdir, metric=metric, title="random search", score_test=score_test
   )
 
 
 def train_trials(
-  config, trials: Sequence[Mapping[str, float]], workdir: str, *, metric: str = "", title: str = ""
+  config,
+  trials: Sequence[Mapping[str, float]],
+  workdir: str,
+  *,
+  metric: str = "",
+  title: str = "",
+  score_test: bool = True,
 ) -> SearchResult:
   """Trains `trials` ([{hyperparameter: value}], e.g. from `sample` or `grid`) as one
   population, chooses one on validation and scores it once on test (see `random_search`)."""
@@ -118,7 +138,9 @@ def train_trials(
   def make(slots, metric, mode, num_steps, eval_every):
     return Search(slots, trials, metric, mode, num_steps), eval_every, num_steps
 
-  return _search(config, workdir, names, len(trials), make, metric, title or "search")
+  return _search(
+    config, workdir, names, len(trials), make, metric, title or "search", score_test=score_test
+  )
 
 
 def successive_halving(
@@ -131,11 +153,12 @@ def successive_halving(
   reduction_factor: int = 3,
   seed: int = 0,
   metric: str = "",
+  score_test: bool = True,
 ) -> SearchResult:
   """ASHA: trials stopped at rungs by validation, their slots refilled (`dl.search.asha`).
 
   Args:
-    config, space, workdir, seed, metric: as for `random_search`.
+    config, space, workdir, seed, metric, score_test: as for `random_search`.
     num_slots: trials trained at once.
     min_steps: a trial's steps at the first rung (0: about the run's steps /
       reduction_factor**3, a multiple of the config's evaluation interval).
@@ -161,7 +184,9 @@ def successive_halving(
     )
     return hook, eval_every if first % eval_every == 0 else first, num_steps
 
-  return _search(config, workdir, sorted(space), num_slots, make, metric, "ASHA")
+  return _search(
+    config, workdir, sorted(space), num_slots, make, metric, "ASHA", score_test=score_test
+  )
 
 
 def population_based_training(
@@ -174,11 +199,12 @@ def population_based_training(
   resample_probability: float = 0.25,
   seed: int = 0,
   metric: str = "",
+  score_test: bool = True,
 ) -> SearchResult:
   """PBT: at each evaluation the worst members copy the best and perturb (`dl.search.pbt`).
 
   Args:
-    config, space, workdir, seed, metric: as for `random_search`; the config's evaluation
+    config, space, workdir, seed, metric, score_test: as for `random_search`; the config's evaluation
       interval is PBT's (eval_every_steps, else once per epoch).
     num_slots: members of the population.
     fraction: the share of members replaced at each evaluation.
@@ -203,7 +229,9 @@ def population_based_training(
     )
     return hook, eval_every, num_steps
 
-  return _search(config, workdir, sorted(space), num_slots, make, metric, "PBT")
+  return _search(
+    config, workdir, sorted(space), num_slots, make, metric, "PBT", score_test=score_test
+  )
 
 
 def optuna_search(
@@ -216,11 +244,12 @@ def optuna_search(
   num_rounds: int = 4,
   seed: int = 0,
   metric: str = "",
+  score_test: bool = True,
 ) -> SearchResult:
   """Optuna's TPE or CMA-ES, `num_slots` trials asked at a time (`dl.search.optuna_trials`).
 
   Args:
-    config, space, workdir, seed, metric: as for `random_search`.
+    config, space, workdir, seed, metric, score_test: as for `random_search`.
     sampler: "tpe" or "cmaes".
     num_slots: trials asked for, and trained, at once.
     num_rounds: batches of trials; each trains the run's steps / num_rounds steps (its
@@ -260,24 +289,97 @@ def optuna_search(
     metric,
     f"Optuna {sampler}",
     steps_per_trial=lambda num_steps: num_steps // num_rounds,
+    score_test=score_test,
   )
 
 
-def run(config, space: Space, workdir: str, algorithm: str, *, num_slots: int = 8, seed: int = 0):
-  """The search `algorithm` (one of `ALGORITHMS`) with its defaults: the command line's."""
+def run(
+  config,
+  space: Space,
+  workdir: str,
+  algorithm: str,
+  *,
+  num_slots: int = 8,
+  seed: int = 0,
+  score_test: bool = True,
+) -> SearchResult:
+  """The search `algorithm` (one of `ALGORITHMS`) with its defaults: the command line's.
+
+  Hyperparameters that change shapes (`"model.width"`, `"model.depth"`, any `"model.*"`
+  field, each a `Choice`) split the search into groups: every combination of their values is
+  its own population (one compiled program each, in `workdir/group<i>`), searched with
+  `algorithm` and the rest of the space. The trial best on validation over all groups is
+  scored once on test; `workdir/trials.csv` and `trials.jsonl` hold every group's trials.
+  """
+  shapes = {name: dist for name, dist in space.items() if name.startswith("model.")}
+  if shapes:
+    return _grouped(config, space, workdir, algorithm, num_slots=num_slots, seed=seed)
+  kwargs = {"seed": seed, "score_test": score_test}
   if algorithm == "random":
-    return random_search(config, space, workdir, num_trials=num_slots, seed=seed)
+    return random_search(config, space, workdir, num_trials=num_slots, **kwargs)
   if algorithm == "asha":
-    return successive_halving(config, space, workdir, num_slots=num_slots, seed=seed)
+    return successive_halving(config, space, workdir, num_slots=num_slots, **kwargs)
   if algorithm == "pbt":
-    return population_based_training(config, space, workdir, num_slots=num_slots, seed=seed)
+    return population_based_training(config, space, workdir, num_slots=num_slots, **kwargs)
   if algorithm in ("tpe", "cmaes"):
-    return optuna_search(config, space, workdir, sampler=algorithm, num_slots=num_slots, seed=seed)
+    return optuna_search(config, space, workdir, sampler=algorithm, num_slots=num_slots, **kwargs)
   raise ValueError(f"unknown search algorithm {algorithm!r}; expected one of {ALGORITHMS}.")
 
 
+def _grouped(config, space: Space, workdir: str, algorithm: str, **kwargs) -> SearchResult:
+  """`run` once per combination of the shape hyperparameters; the best scored once on test."""
+  c = config_lib.parse(config)
+  shapes = {name: dist for name, dist in space.items() if name.startswith("model.")}
+  for name, dist in shapes.items():
+    if not isinstance(dist, Choice):
+      raise ValueError(
+        f"{name!r} changes the model's shapes, so each of its values is its own compiled "
+        f"program: give it as dl.search.Choice((...)); got {dist!r}."
+      )
+  rest = {name: dist for name, dist in space.items() if name not in shapes}
+  groups = [
+    dict(zip(shapes, values)) for values in itertools.product(*(d.values for d in shapes.values()))
+  ]
+  rows, found = [], []
+  for i, group in enumerate(groups):
+    model = {**c.model, **{name.removeprefix("model."): value for name, value in group.items()}}
+    group_config = dataclasses.replace(c, model=model)
+    result = run(
+      group_config, rest, os.path.join(workdir, f"group{i}"), algorithm, score_test=False, **kwargs
+    )
+    found.append((group_config, result))
+    rows += [{"group": i, **group, **row, "chosen": False} for row in result.trials]
+  best_group = max(range(len(found)), key=lambda g: _chosen_score(found[g][1]))
+  group_config, result = found[best_group]
+  best = next(
+    j for j, row in enumerate(rows) if row["group"] == best_group and row["trial"] == result.best
+  )
+  rows[best]["chosen"] = True
+  built = from_config.build(group_config)
+  if built.test is not None:
+    test = built.evaluate(result.chosen_state, "test", group_config.eval_batch_size)
+    rows[best] |= {f"test_{k}": float(v) for k, v in test.items()}
+  if distributed.is_primary():
+    _write_table(workdir, rows)
+  return SearchResult(rows, best, result.metric, result.mode, result.state, result.chosen_state)
+
+
+def _chosen_score(result: SearchResult) -> float:
+  """The chosen trial's validation metric, higher is better."""
+  value = result.trials[result.best][f"validation_{result.metric}"]
+  return value if result.mode == "max" else -value
+
+
 def _search(
-  config, workdir: str, names, num_slots: int, make, metric: str, title: str, steps_per_trial=None
+  config,
+  workdir: str,
+  names,
+  num_slots: int,
+  make,
+  metric: str,
+  title: str,
+  steps_per_trial=None,
+  score_test: bool = True,
 ):
   """Builds the parts, trains the population with the algorithm's hook, scores the chosen.
 
@@ -323,7 +425,7 @@ def _search(
   state, _ = loop.fit(population, workdir, fit_config, hooks=hooks)
   best, chosen_state = hook.chosen(state)
   rows = _rows(hook, metric)
-  if built.test is not None:
+  if built.test is not None and score_test:
     test = built.evaluate(chosen_state, "test", fit_config.eval_batch_size)
     rows[best] |= {f"test_{k}": float(v) for k, v in test.items()}
   if distributed.is_primary():
@@ -345,7 +447,14 @@ def _rows(hook: Search, metric: str) -> list[dict[str, Any]]:
 
 
 def _write(workdir: str, rows, best: int, hook: Search, metric: str, title: str) -> None:
-  rows = [{**row, "chosen": i == best} for i, row in enumerate(rows)]
+  _write_table(workdir, [{**row, "chosen": i == best} for i, row in enumerate(rows)])
+  _plot_trials(hook, best, metric, title, os.path.join(workdir, "trials.png"))
+  if isinstance(hook, PopulationBasedTraining):
+    _plot_schedules(hook, os.path.join(workdir, "schedules.png"))
+
+
+def _write_table(workdir: str, rows: list[dict[str, Any]]) -> None:
+  """`trials.jsonl` and `trials.csv`: one row per trial."""
   with open(os.path.join(workdir, "trials.jsonl"), "w") as f:
     f.writelines(json.dumps(row) + "\n" for row in rows)
   fields = list(dict.fromkeys(k for row in rows for k in row))
@@ -353,9 +462,6 @@ def _write(workdir: str, rows, best: int, hook: Search, metric: str, title: str)
     writer = csv.DictWriter(f, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
-  _plot_trials(hook, best, metric, title, os.path.join(workdir, "trials.png"))
-  if isinstance(hook, PopulationBasedTraining):
-    _plot_schedules(hook, os.path.join(workdir, "schedules.png"))
 
 
 def _plot_trials(hook: Search, best: int, metric: str, title: str, path: str) -> None:
