@@ -16,9 +16,11 @@ from typing import Any
 import ml_collections
 
 from dl import objectives
+from dl.data import augment as augment_lib
 from dl.training import optim, placement
 
 DTYPES = ("float32", "bfloat16")
+DATA_PATHS = ("auto", "memory", "stream")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +93,17 @@ class TrainConfig:
     group_feature: a ClassLabel feature of the eval data (e.g. "age_band" of "credit") whose
       groups get their own eval metrics (`dl.fairness`): accuracy per group and, for binary
       tasks, TPR, FPR, demographic parity and equalized odds differences ("": none).
+    data_path: how training batches are read: "memory" (the split decoded once into host
+      arrays), "stream" (read record by record through a grain pipeline, `dl.data.streaming`:
+      for splits larger than memory) or "auto" (stream when the split's in-memory size
+      exceeds `data_memory_budget_mb`). Without augmentation both give the same batches.
+    data_memory_budget_mb: the in-memory size above which "auto" streams a split.
+    data_workers: grain worker processes that read, decode and augment streamed batches (0:
+      in the training process; each worker starts in ~2.5 s).
+    augment: per-example augmentations seeded from (seed, epoch, example index), in order
+      (`dl.data.augment.AUGMENTATIONS`): "crop:P" (pad P pixels, crop back), "translate:S"
+      (shift up to S pixels), "flip" (horizontal, with probability 0.5; not for digits),
+      "mixup:A" (Beta(A, A) mixup within each batch; classification only).
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -141,6 +154,10 @@ class TrainConfig:
   dp_max_batch_size: int = 0
   dp_accountant: str = "pld"
   group_feature: str = ""
+  data_path: str = "auto"
+  data_memory_budget_mb: float = 2048.0
+  data_workers: int = 0
+  augment: tuple = ()
   progress: bool = True
   tensorboard: bool = True
 
@@ -293,7 +310,19 @@ def _check_values(c: TrainConfig) -> None:
     f"one of {metrics} for objective {c.objective!r}",
     c.best_metric,
   )
+  _require(c.data_path in DATA_PATHS, "data_path", f"one of {DATA_PATHS}", c.data_path)
+  _require(
+    c.data_memory_budget_mb > 0, "data_memory_budget_mb", "a number > 0", c.data_memory_budget_mb
+  )
+  _require(c.data_workers >= 0, "data_workers", "an integer >= 0", c.data_workers)
+  augment_lib.from_names(c.augment)  # raises naming an unknown augmentation
   if c.objective != "classification":
+    _require(
+      not any(name.startswith("mixup") for name in c.augment),
+      "augment",
+      "free of 'mixup' unless classifying",
+      c.augment,
+    )
     _require(c.label_smoothing == 0, "label_smoothing", "0 unless classifying", c.label_smoothing)
     _require(not c.group_feature, "group_feature", "'' unless classifying", c.group_feature)
 

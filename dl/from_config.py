@@ -10,6 +10,7 @@ Nothing here is needed to train user parts: `dl.fit(dl.task(...), workdir)` does
 
 import dataclasses
 import functools
+import logging
 import math
 from typing import Any
 
@@ -20,11 +21,13 @@ import numpy as np
 from dl import config as config_lib
 from dl import data as data_lib
 from dl import distributed, fairness, models, objectives, privacy, writers
-from dl.data import sources
+from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
 from dl.training import loop, optim, steps
 from dl.training.task import Task, task
+
+log = logging.getLogger(__name__)
 
 
 def build(config) -> Task:
@@ -32,7 +35,9 @@ def build(config) -> Task:
 
   The validation data is the config's `validation_split`, else the data set's "validation"
   split, else `validation_fraction` of the training split (`sources.split_validation`). The
-  test split is kept for one score at the end.
+  test split is kept for one score at the end. The training split is decoded into memory, or
+  streamed (`dl.data.streaming`) when `config.data_path` says so or, for "auto", when its
+  in-memory size exceeds `config.data_memory_budget_mb`; both give the same batches.
   """
   c = config_lib.parse(config)
   data_dir = c.data_dir or None
@@ -43,16 +48,16 @@ def build(config) -> Task:
       f"for {c.objective!r}. Set config.objective={spec.objective!r}."
     )
   load = functools.partial(_load, c, spec)
-  train = load(c.train_split)
   validation_split = c.validation_split or ("validation" if "validation" in spec.splits else "")
-  if validation_split:
-    validation = load(validation_split)
-  elif c.validation_fraction > 0:
-    train, validation = sources.split_validation(train, c.validation_fraction)
+  if _streams(c):
+    train, validation = _streamed(c, spec, validation_split)
+    preprocess = streaming.fit_preprocess(train, c.normalize)
   else:
-    validation = None
+    train, validation = _in_memory(c, load, validation_split)
+    preprocess = Preprocess.fit(train["input"], c.normalize)
+    train = {k: v for k, v in train.items() if k != fairness.GROUP_KEY}
   test = load(c.test_split) if c.test_split else None
-  num_steps = _num_steps(c, len(train["label"]))
+  num_steps = _num_steps(c, len(train["label"]) if isinstance(train, dict) else len(train))
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
   model_kwargs.setdefault("dtype", jnp.dtype(c.compute_dtype))
   module = models.create(c.model["name"], num_classes=spec.num_classes, **model_kwargs)
@@ -72,17 +77,23 @@ def build(config) -> Task:
     model=Linen(module),
     objective=objectives.create(c.objective, label_smoothing=c.label_smoothing),
     optimizer=tx,
-    train={k: v for k, v in train.items() if k != fairness.GROUP_KEY},
+    train=train,
     eval=validation,
     test=test,
     validation_fraction=0.0,
-    preprocess={"input": Preprocess.fit(train["input"], c.normalize)},
+    preprocess={"input": preprocess},
+    augment=augment.from_names(c.augment),
     train_step=_train_step(c),
     class_names=_class_names(c, spec),
     name=f"{c.model['name']}/{c.dataset}",
     config=dataclasses.asdict(c),
   )
   if _poisson(c):
+    if not isinstance(built.train, sources.InMemory):
+      raise ValueError(
+        "dp_sampling='poisson' samples from arrays in memory; this config streams its "
+        "training split. Set data_path='memory' (or dp_sampling='shuffle')."
+      )
     updates = max(num_steps // c.grad_accum_steps, 1)
     arrays = built.train.arrays
     built = dataclasses.replace(
@@ -94,6 +105,52 @@ def build(config) -> Task:
       ),
     )
   return built
+
+
+def _streams(c: config_lib.TrainConfig) -> bool:
+  """Whether the training split is streamed: as `data_path` says, or by size for "auto"."""
+  if c.data_path != "auto":
+    return c.data_path == "stream"
+  size = streaming.in_memory_bytes(c.dataset, c.train_split, data_dir=c.data_dir or None)
+  budget = c.data_memory_budget_mb * 2**20
+  if size > budget:
+    log.info(
+      "streaming %s %s: %.0f MiB in memory > data_memory_budget_mb %.0f",
+      c.dataset,
+      c.train_split,
+      size / 2**20,
+      c.data_memory_budget_mb,
+    )
+  return size > budget
+
+
+def _in_memory(c: config_lib.TrainConfig, load, validation_split: str):
+  """(train arrays, validation arrays or None), the training split decoded into memory."""
+  train = load(c.train_split)
+  if validation_split:
+    return train, load(validation_split)
+  if c.validation_fraction > 0:
+    return sources.split_validation(train, c.validation_fraction)
+  return train, None
+
+
+def _streamed(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, validation_split: str):
+  """(train stream, validation arrays or None): the training split read as it trains, less
+  the examples `split_validation` would hold out, which are decoded into memory."""
+  data_dir = c.data_dir or None
+  source = data_lib.loading.data_source(c.dataset, c.train_split, data_dir=data_dir)
+  indices, validation = None, None
+  if validation_split:
+    validation = _load(c, spec, validation_split)
+  elif c.validation_fraction > 0:
+    held_out = sources.held_out_mask(len(source), c.validation_fraction)
+    indices = np.flatnonzero(~held_out)
+    records = streaming.read_records(source, np.flatnonzero(held_out))
+    validation = _formatted(c, spec, {k: v for k, v in records.items() if v is not None})
+  train = streaming.Streaming(
+    source, input_key=spec.input_key, indices=indices, num_workers=c.data_workers
+  )
+  return train, validation
 
 
 def _poisson(c: config_lib.TrainConfig) -> bool:
@@ -119,7 +176,13 @@ def _load(
   c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str
 ) -> dict[str, np.ndarray]:
   """A split in the batch format, with the group ids of `group_feature` when set."""
-  arrays = data_lib.load(c.dataset, split, data_dir=c.data_dir or None)
+  return _formatted(c, spec, data_lib.load(c.dataset, split, data_dir=c.data_dir or None))
+
+
+def _formatted(
+  c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, arrays: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+  """Decoded features in the batch format, with the group ids of `group_feature` when set."""
   batch = to_batch_format(arrays, spec.input_key)
   if c.group_feature:
     data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=c.data_dir or None)  # checks

@@ -85,6 +85,9 @@ def _classification(
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Softmax cross-entropy against `batch["label"]` (B,) integer class ids.
 
+  A mixup batch (`dl.data.augment.Mixup`) also holds "mix_label" and "mix_weight" (B,): the
+  loss is then `w * CE(label) + (1 - w) * CE(mix_label)`; accuracy counts `label`.
+
   Returns:
     (B,) losses and {"accuracy": (B,) 0/1}.
   """
@@ -97,6 +100,10 @@ def _classification(
     )
   _check_leading(logits_BxC, labels_B, "classification", "(B, num_classes)")
   loss_B = cross_entropy(logits_BxC, labels_B, label_smoothing)
+  if "mix_weight" in batch:
+    weight_B = batch["mix_weight"]
+    partner_loss_B = cross_entropy(logits_BxC, batch["mix_label"], label_smoothing)
+    loss_B = weight_B * loss_B + (1 - weight_B) * partner_loss_B
   correct_B = (jnp.argmax(logits_BxC, -1) == labels_B).astype(jnp.float32)
   return loss_B, {"accuracy": correct_B}
 

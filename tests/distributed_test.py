@@ -22,13 +22,15 @@ TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
 HEARTBEAT_S = 10  # Low, so that a dead peer ends the run long before JAX's default 100 s.
 
 
-def _launch(workdir, mode: str) -> tuple[int, str]:
-  """Trains the tiny config with `python -m dl.cli.launch`: 2 processes, 4 fake CPU devices each."""
+def _launch(workdir, mode: str, *overrides: str) -> tuple[int, str]:
+  """Trains the tiny config with `python -m dl.cli.launch`: 2 processes, 4 fake CPU devices each
+  (`overrides`: more `--config.key=value` flags)."""
   config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
   command = [
     *(sys.executable, "-m", "dl.cli.launch", "--num_processes=2", "--devices_per_process=4", "--"),
     *(sys.executable, "-m", "dl.cli.train", f"--config={config}", f"--workdir={workdir}"),
     f"--config.parallel={mode}",
+    *overrides,
   ]
   launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
@@ -45,9 +47,11 @@ def _records(workdir) -> list[tuple[str, int]]:
     return [(r["split"], r["step"]) for r in map(json.loads, f)]
 
 
-@pytest.mark.parametrize("mode", ["data", "fsdp"])
-def test_two_processes_train_what_one_process_trains(tmp_path, mode):
-  code, out = _launch(tmp_path / "2x4", mode)
+@pytest.mark.parametrize("mode, data_path", [("data", "memory"), ("fsdp", "stream")])
+def test_two_processes_train_what_one_process_trains(tmp_path, mode, data_path):
+  # "stream": each process reads only its half of each global batch through grain
+  # (`dl.data.streaming`); the one-process reference holds the data in memory.
+  code, out = _launch(tmp_path / "2x4", mode, f"--config.data_path={data_path}")
   assert code == 0, out[-3000:]
   assert '[0] {"workdir"' in out and '[1] {"workdir"' in out  # both finished, output prefixed
 

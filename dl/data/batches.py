@@ -8,6 +8,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
+from dl.data.augment import Augment
+
 
 class ShuffledBatches:
   """Endless shuffled batches over epochs; drops each epoch's incomplete last batch.
@@ -15,7 +17,8 @@ class ShuffledBatches:
   The order is a pure function of (seed, epoch), so `get_state`/`set_state`
   (two integers) restore the exact position after a restart. With `num_shards` > 1
   (one shard per process), every process walks the same global order and returns only
-  its `shard_index`-th slice of each global batch.
+  its `shard_index`-th slice of each global batch. `augment` (`dl.data.augment.Augment`)
+  transforms each batch as a pure function of (seed, epoch, example index).
   """
 
   def __init__(
@@ -26,6 +29,7 @@ class ShuffledBatches:
     *,
     shard_index: int = 0,
     num_shards: int = 1,
+    augment: Augment | None = None,
   ):
     sizes = {k: len(v) for k, v in arrays.items()}
     if len(set(sizes.values())) != 1:
@@ -40,6 +44,7 @@ class ShuffledBatches:
     self.batch_size = batch_size
     self.steps_per_epoch = self._num_examples // batch_size
     self._seed = seed
+    self._augment = augment
     if batch_size % num_shards:
       raise ValueError(f"batch_size {batch_size} must be divisible by the {num_shards} processes.")
     local = batch_size // num_shards
@@ -68,8 +73,11 @@ class ShuffledBatches:
       self.set_state({"epoch": self._epoch + 1, "index": 0})
     start = self._index * self.batch_size
     idx = self._order[start : start + self.batch_size][self._local]
+    batch = {k: v[idx] for k, v in self._arrays.items()}
+    if self._augment is not None:
+      batch = self._augment(batch, idx, seed=self._seed, epoch=self._epoch, index=self._index)
     self._index += 1
-    return {k: v[idx] for k, v in self._arrays.items()}
+    return batch
 
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     while True:
@@ -103,7 +111,8 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
 
 
 class MemberBatches:
-  """One `ShuffledBatches` per ensemble member, stacked on a member axis after any steps axis.
+  """One stream per ensemble member (`ShuffledBatches`, `StreamBatches`), stacked on a member
+  axis after any steps axis.
 
   `next()` gives (members, B, ...); `next(k)` gives (k, members, B, ...), the layout a
   `lax.scan` over steps of a `jax.vmap` over members expects.
@@ -125,3 +134,8 @@ class MemberBatches:
   def set_state(self, state) -> None:
     for member, member_state in zip(self._members, state["members"], strict=True):
       member.set_state(member_state)
+
+  def close(self) -> None:
+    """Stops what the members' streams run in the background (worker processes, threads)."""
+    for member in self._members:
+      getattr(member, "close", lambda: None)()

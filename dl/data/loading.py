@@ -166,6 +166,19 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
   )
 
 
+def builder_info(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetInfo:
+  """The data set's TFDS info (features, splits and their sizes), preparing it if needed."""
+  return _prepared_builder(name, data_dir).info
+
+
+def data_source(name: str, split: str, *, data_dir: str | None = None) -> Any:
+  """A random-access source of a split's records, prepared and checked as `load` does, but
+  decoding nothing until a record is read (`dl.data.streaming.Streaming` reads it)."""
+  builder = _prepared_builder(name, data_dir)
+  _check_split(builder, split)
+  return builder.as_data_source(split=split)
+
+
 def class_names(name: str, feature: str, *, data_dir: str | None = None) -> tuple[str, ...]:
   """The names of a ClassLabel feature of a data set, e.g. a group attribute's groups.
 

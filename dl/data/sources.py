@@ -18,6 +18,7 @@ import grain
 import numpy as np
 
 from dl.data import loading
+from dl.data.augment import Augment
 from dl.data.batches import ShuffledBatches
 from dl.data.transforms import to_batch_format
 
@@ -42,10 +43,15 @@ def is_train_data(data: Any) -> bool:
 
 
 class InMemory:
-  """A split held as numpy arrays; batches are shuffled anew each epoch from (seed, epoch)."""
+  """A split held as numpy arrays; batches are shuffled anew each epoch from (seed, epoch).
 
-  def __init__(self, arrays: Mapping[str, np.ndarray]):
+  `augment` transforms each batch as a pure function of (seed, epoch, example index)
+  (`dl.data.augment`), exactly as the streaming path (`dl.data.streaming.Streaming`) does.
+  """
+
+  def __init__(self, arrays: Mapping[str, np.ndarray], augment: Augment | None = None):
     self.arrays = check_arrays(arrays, "training data")
+    self.augment = augment
 
   def __len__(self) -> int:
     return len(next(iter(self.arrays.values())))
@@ -58,7 +64,12 @@ class InMemory:
   ) -> ShuffledBatches:
     """This process's share of endless shuffled batches (see `ShuffledBatches`)."""
     return ShuffledBatches(
-      self.arrays, batch_size, seed, shard_index=shard_index, num_shards=num_shards
+      self.arrays,
+      batch_size,
+      seed,
+      shard_index=shard_index,
+      num_shards=num_shards,
+      augment=self.augment,
     )
 
 
@@ -108,7 +119,15 @@ def split_validation(arrays: Arrays, fraction: float) -> tuple[Arrays, Arrays]:
   ensemble member on the same data holds out the same examples; both parts keep the
   original order.
   """
-  n = len(next(iter(arrays.values())))
+  held_out = held_out_mask(len(next(iter(arrays.values()))), fraction)
+  return (
+    {k: v[~held_out] for k, v in arrays.items()},
+    {k: v[held_out] for k, v in arrays.items()},
+  )
+
+
+def held_out_mask(n: int, fraction: float) -> np.ndarray:
+  """(n,) bool: the examples `split_validation` holds out of `n` for validation."""
   num_validation = round(n * fraction)
   if not 0 < num_validation < n:
     raise ValueError(
@@ -117,7 +136,4 @@ def split_validation(arrays: Arrays, fraction: float) -> tuple[Arrays, Arrays]:
     )
   held_out = np.zeros(n, bool)
   held_out[np.random.default_rng(VALIDATION_SEED).permutation(n)[:num_validation]] = True
-  return (
-    {k: v[~held_out] for k, v in arrays.items()},
-    {k: v[held_out] for k, v in arrays.items()},
-  )
+  return held_out

@@ -9,6 +9,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 
 KINDS = ("scale", "standardize", "cast")
@@ -94,3 +95,17 @@ class Preprocess:
   def from_arrays(cls, arrays: Mapping[str, Any]) -> "Preprocess":
     arrays = dict(arrays)
     return cls(str(arrays.pop("kind")), {k: np.asarray(v) for k, v in arrays.items()})
+
+
+def preprocessed(
+  arrays: Mapping[str, np.ndarray], preprocess: Mapping[str, Preprocess]
+) -> dict[str, np.ndarray]:
+  """Each array preprocessed if it has a `Preprocess`; 64-bit values as the 32-bit ones JAX
+  computes with (unless `jax_enable_x64`)."""
+  return {k: preprocess[k](v) if k in preprocess else as_32_bit(v) for k, v in arrays.items()}
+
+
+def as_32_bit(x: np.ndarray) -> np.ndarray:
+  if jax.config.jax_enable_x64 or x.dtype.itemsize != 8 or x.dtype.kind not in "iuf":
+    return x
+  return x.astype({"i": np.int32, "u": np.uint32, "f": np.float32}[x.dtype.kind])

@@ -28,7 +28,7 @@ from dl import distributed, inference, parallel, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches
 from dl.lock import WorkdirLock, WorkdirLockedError
-from dl.training import optim, placement, preemption
+from dl.training import feed, optim, placement, preemption
 
 Metrics = dict[str, Any]
 
@@ -284,7 +284,8 @@ def fit(
       record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
       _write_json(os.path.join(workdir, "fit_config.json"), record)
     ckpt = _checkpointer(workdir, c, selection)
-    position = _Position(batches, hooks)
+    # Batches prepared one dispatch ahead and laid out for the step, in the background.
+    position = _Position(feed.Feed(batches, layout.put_batch), hooks)
     state = _start(layout, ckpt, init, abstract_state, position, members)
     writer = (
       writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
@@ -296,6 +297,7 @@ def fit(
         state = run.train(state, position, stops)
       run.test(state, abstract_state)
     finally:  # `run.test` waited for the last save (raising its failure); close never raises.
+      position.batches.close()
       ckpt.close()
       writer.close()
     distributed.barrier("dl.fit: metrics written")  # The others then read process 0's file.
@@ -545,10 +547,9 @@ class _Run:
     with self.bar:
       while step < self.num_steps:
         k = events.steps_until_next(step)
-        if k == 1:
-          state, metrics = one_step(state, self.layout.put_batch(batches.next(), fused=False))
-        else:
-          state, metrics = fused_steps(state, self.layout.put_batch(batches.next(k), fused=True))
+        then = events.steps_until_next(step + k) if step + k < self.num_steps else None
+        batch = batches.take(k, then=then)  # laid out; the next call's is prepared meanwhile
+        state, metrics = (one_step if k == 1 else fused_steps)(state, batch)
         self.pending.append(metrics)  # Stays on device until the next sync.
         step += k
         self.bar.update(k)

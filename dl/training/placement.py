@@ -87,7 +87,7 @@ class Placement:
   def put_batch(self, batch: dict[str, np.ndarray], *, fused: bool) -> Any:
     """Moves this process's part of a batch (or stacked batches) into this layout."""
     if self.mode == "jit":
-      return batch
+      return jax.device_put(batch)
     if self.mode == "pmap":
       return parallel.shard_for_pmap(batch, jax.local_device_count(), fused=fused)
     return parallel.global_batch(batch, parallel.batch_sharding(self.mesh, fused=fused))

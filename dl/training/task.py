@@ -14,7 +14,7 @@ the same from a config.
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -24,7 +24,9 @@ import optax
 
 from dl import inference, objectives
 from dl.data import sources
-from dl.data.transforms import Preprocess
+from dl.data.augment import Augment
+from dl.data.streaming import Streaming
+from dl.data.transforms import Preprocess, preprocessed
 from dl.models.adapters import Model, as_model
 from dl.training import steps
 from dl.training.state import TrainState, create_train_state
@@ -40,7 +42,8 @@ class Task:
     model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
     objective: the per-example loss and metrics (`dl.objectives.Objective`).
     optimizer: any optax `GradientTransformation`.
-    train: the training data (`dl.data.sources.InMemory`, or any `TrainData` part).
+    train: the training data (`dl.data.sources.InMemory`, `dl.data.streaming.Streaming`, or
+      any `TrainData` part).
     eval: validation arrays that choose the best checkpoint, or None.
     test: test arrays, scored once at the end, or None.
     inputs: the raw inputs the model takes, {key: (example shape, dtype)}, as `dl.predict`
@@ -116,6 +119,7 @@ def task(
   test: Any = None,
   validation_fraction: float = 0.1,
   preprocess: Mapping[str, Preprocess] | None = None,
+  augment: Sequence[Any] = (),
   train_step: Callable[..., tuple[Any, dict]] = steps.train_step,
   class_names: tuple[str, ...] = (),
   name: str = "",
@@ -131,9 +135,11 @@ def task(
       that also says which metrics are better when lower.
     optimizer: any optax `GradientTransformation` (with its own schedule).
     train: a dict of arrays with one leading example axis, a (TFDS name, split) pair such as
-      ("digits", "train"), a data source (`tfds.data_source(...)`), or a data part of your
-      own (`dl.data.sources.TrainData`: `len`, `example()`, `batches(...)`), kept as it is
-      (no preprocessing or hold-out: pass `eval` yourself).
+      ("digits", "train"), a data source (`tfds.data_source(...)`, decoded once into memory),
+      a `dl.data.streaming.Streaming` over a source (read in batches, for data larger than
+      memory; no hold-out: pass `eval` yourself), or a data part of your own
+      (`dl.data.sources.TrainData`: `len`, `example()`, `batches(...)`), kept as it is (no
+      preprocessing, augmentation or hold-out).
     eval: validation data in the same forms. None: `validation_fraction` of `train`, held out
       by a fixed seeded permutation (`dl.data.sources.split_validation`).
     test: test data in the same forms, scored once at the end; None for none.
@@ -142,6 +148,9 @@ def task(
     preprocess: {input key: `dl.data.Preprocess`} applied to every split (and by
       `dl.predict` and exports). None: for a TFDS name, `Preprocess.fit` of the training
       inputs (after the validation hold-out); otherwise no preprocessing.
+    augment: transforms of the training batches (`dl.data.augment`: `RandomCrop`,
+      `RandomTranslate`, `HorizontalFlip`, `Mixup`, or any grain `RandomMap`), seeded from
+      (seed, epoch, example index), so a resumed run sees the same batches.
     train_step: the pure step (see `Task.train_step`).
     class_names: one name per class, for exports.
     name: shown on the progress bar and the plot.
@@ -161,13 +170,20 @@ def task(
       f"{type(optimizer).__name__}."
     )
   load = functools.partial(sources.as_arrays, data_dir=data_dir)
+  augmentation = Augment.create(augment) or getattr(train, "augment", None)
   part = train if sources.is_train_data(train) and not isinstance(train, sources.InMemory) else None
-  if part is not None and preprocess:
+  if part is not None and not isinstance(part, Streaming) and (preprocess or augment):
     raise ValueError(
-      "a data part of your own is used as it is: preprocess its batches yourself and pass "
-      f"preprocess=None; got preprocess for {sorted(preprocess)}."
+      "a data part of your own is used as it is: preprocess and augment its batches yourself "
+      f"and pass preprocess=None, augment=(); got preprocess for {sorted(preprocess or ())} "
+      f"and {len(augment)} augmentations."
     )
-  train_arrays = part.example() if part is not None else load(train, "train")
+  if isinstance(part, Streaming):  # raw inputs here; preprocessed and augmented as it reads
+    train_arrays = part.with_options(preprocess={}, augment=None).example()
+    preprocess = part.preprocess if preprocess is None else preprocess
+    part = part.with_options(preprocess=preprocess, augment=augmentation)
+  else:
+    train_arrays = part.example() if part is not None else load(train, "train")
   eval_arrays = None if eval is None else load(eval, "eval")
   if eval is None and validation_fraction > 0 and part is None:
     train_arrays, eval_arrays = sources.split_validation(train_arrays, validation_fraction)
@@ -186,7 +202,9 @@ def task(
     model=model,
     objective=objective,
     optimizer=optimizer,
-    train=part if part is not None else sources.InMemory(_preprocessed(train_arrays, preprocess)),
+    train=part
+    if part is not None
+    else sources.InMemory(_preprocessed(train_arrays, preprocess), augmentation),
     eval=eval_arrays and _preprocessed(eval_arrays, preprocess),
     test=test_arrays and _preprocessed(test_arrays, preprocess),
     inputs=raw,
@@ -199,12 +217,5 @@ def task(
 
 
 def _preprocessed(arrays: Arrays, preprocess: Mapping[str, Preprocess]) -> Arrays:
-  """Each array preprocessed if it has a `Preprocess`; 64-bit values as the 32-bit ones JAX
-  computes with (unless `jax_enable_x64`)."""
-  return {k: preprocess[k](v) if k in preprocess else _as_32_bit(v) for k, v in arrays.items()}
-
-
-def _as_32_bit(x: np.ndarray) -> np.ndarray:
-  if jax.config.jax_enable_x64 or x.dtype.itemsize != 8 or x.dtype.kind not in "iuf":
-    return x
-  return x.astype({"i": np.int32, "u": np.uint32, "f": np.float32}[x.dtype.kind])
+  """Each array preprocessed if it has a `Preprocess`; 64-bit values as 32-bit ones."""
+  return preprocessed(arrays, preprocess)
