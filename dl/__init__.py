@@ -35,6 +35,8 @@ from dl import (
   recommend,
   sampling,
   search,
+  segmentation,
+  speech,
   training,
 )
 from dl.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
@@ -96,6 +98,9 @@ __all__ = [
   "restore",
   "sampling",
   "scan_steps",
+  "search",
+  "segmentation",
+  "speech",
   "task",
   "train",
   "train_step",

@@ -32,6 +32,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 SLOW_FILES = (
   "faults_test.py",
   "notebook_test.py",
+  "streaming_test.py",
+  "search_test.py",
+  "segmentation_test.py",
   "distributed_test.py",
   "generative_test.py",
   "privacy_sampling_test.py",

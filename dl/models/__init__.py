@@ -14,7 +14,9 @@ from dl.models.mlp import MLP
 from dl.models.recommender import MatrixFactorization, NeuMF
 from dl.models.resnet import ResNet, ResNet8, ResNet18
 from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
+from dl.models.speech import CTCRecognizer, KeywordCNN, LogMel
 from dl.models.transformer import TransformerClassifier, TransformerLM, TransformerSeq2Seq
+from dl.models.unet import UNet
 
 MODELS = {
   "mlp": MLP,
@@ -60,9 +62,12 @@ def create(name: str, **kwargs) -> nn.Module:
 
 __all__ = [
   "CNN",
+  "CTCRecognizer",
   "MLP",
   "MODELS",
   "CenterNet",
+  "KeywordCNN",
+  "LogMel",
   "MatrixFactorization",
   "NeuMF",
   "ResNet",
@@ -74,5 +79,6 @@ __all__ = [
   "TransformerClassifier",
   "TransformerLM",
   "TransformerSeq2Seq",
+  "UNet",
   "create",
 ]
