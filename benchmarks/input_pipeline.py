@@ -5,7 +5,8 @@ r"""Input pipeline throughput: the streaming path alone, and the CNN trained thr
    (`InMemory`) and streamed from array_record (`Streaming`) with 0, 1 and 2 grain worker
    processes, with and without augmentation (crop, translate, mixup).
 2. The MNIST-example CNN on mnist5k at batch 128 trained by `dl.train` on each data path
-   (batches prepared one step ahead by the loop), beside the hand-written Flax+Optax loop of
+   (batches prepared one dispatch ahead by the loop), one step per dispatch and 10 unrolled
+   steps per dispatch, beside the hand-written Flax+Optax loop of
    `benchmarks/train_throughput.py`, as ratios from one run (median of repeats).
 
   python benchmarks/input_pipeline.py            # full (mnist64/16k; 300 CNN steps, 3 repeats)
@@ -65,33 +66,37 @@ def pipeline_rows(dataset: str, num_batches: int, workers: tuple[int, ...]) -> N
       print(json.dumps(row | {"examples_per_sec": round(rate, 1)}), flush=True)
 
 
-def cnn_rows(num_steps: int, repeats: int) -> None:
-  configs = {
-    path: train_throughput.dl_config(
-      "mnist5k", {"name": "cnn"}, BATCH, num_steps, 1, max(num_steps // 6, 1)
-    )
-    for path in ("memory", "stream")
-  }
-  for path, config in configs.items():
-    config.data_path = path
-  task = dl.build(configs["memory"])
-  results = {"memory": [], "stream": [], "handwritten": []}
+def cnn_rows(num_steps: int, repeats: int, fused: int) -> None:
+  """The CNN through `dl.train` on each data path, one step per dispatch and `fused` steps
+  per dispatch (unrolled: `dl.training.compile.scan_steps`), beside the hand-written loop."""
+  log_every = max(num_steps // 6, fused)
+  configs = {}
+  for path in ("memory", "stream"):
+    for k in (1, fused):
+      config = train_throughput.dl_config(
+        "mnist5k", {"name": "cnn"}, BATCH, num_steps, k, log_every, unroll=k > 1
+      )
+      config.data_path = path
+      configs[path, k] = config
+  task = dl.build(configs["memory", 1])
+  results = {key: [] for key in configs} | {"handwritten": []}
   for _ in range(repeats):  # interleaved, so that machine noise hits every side
-    for path, config in configs.items():
-      results[path].append(train_throughput.dl_examples_per_sec(config))
+    for key, config in configs.items():
+      results[key].append(train_throughput.dl_examples_per_sec(config))
     results["handwritten"].append(
       train_throughput.handwritten_examples_per_sec(
-        task.model.module, task.train.arrays, BATCH, num_steps, configs["memory"].learning_rate
+        task.model.module, task.train.arrays, BATCH, num_steps, configs["memory", 1].learning_rate
       )
     )
-  medians = {k: statistics.median(v) for k, v in results.items()}
-  for path in ("memory", "stream"):
+  medians = {key: statistics.median(v) for key, v in results.items()}
+  for path, k in configs:
+    dispatch = "1 step/dispatch" if k == 1 else f"{k} steps/dispatch, unrolled"
     row = {
-      "benchmark": f"cnn_mnist5k_b{BATCH} dl.train data_path={path}",
-      "dl_examples_per_sec": round(medians[path], 1),
+      "benchmark": f"cnn_mnist5k_b{BATCH} dl.train data_path={path} ({dispatch})",
+      "dl_examples_per_sec": round(medians[path, k], 1),
       "handwritten_examples_per_sec": round(medians["handwritten"], 1),
-      "ratio": round(medians[path] / medians["handwritten"], 3),
-      "repeats": [round(x, 1) for x in results[path]],
+      "ratio": round(medians[path, k] / medians["handwritten"], 3),
+      "repeats": [round(x, 1) for x in results[path, k]],
       "handwritten_repeats": [round(x, 1) for x in results["handwritten"]],
     }
     print(json.dumps(row), flush=True)
@@ -116,10 +121,10 @@ def main():
   )
   if args.quick:
     pipeline_rows("mnist64/4k", 4, workers=(0,))
-    cnn_rows(12, 1)
+    cnn_rows(12, 1, fused=3)
   else:
     pipeline_rows("mnist64/16k", 100, workers=(0, 1, 2))
-    cnn_rows(300, args.repeats)
+    cnn_rows(300, args.repeats, fused=10)
 
 
 if __name__ == "__main__":

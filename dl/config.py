@@ -59,6 +59,8 @@ class TrainConfig:
     label_smoothing: smoothing of the one-hot targets (classification only).
     normalize: scale uint8 images to [0, 1]; standardise float features by train statistics.
     steps_per_dispatch: train steps fused into one compiled call (lax.scan).
+    unroll_steps: write the fused steps out as straight-line code instead of a loop: longer
+      compile, much faster for convolutional models on CPU (`dl.training.compile.scan_steps`).
     log_every_steps: how often train metrics are averaged and written.
     eval_every_steps: how often to evaluate (0: once per epoch).
     checkpoint_every_steps: how often to checkpoint (0: at each evaluation).
@@ -133,6 +135,7 @@ class TrainConfig:
   label_smoothing: float = 0.0
   normalize: bool = True
   steps_per_dispatch: int = 1
+  unroll_steps: bool = False
   log_every_steps: int = 50
   eval_every_steps: int = 0
   checkpoint_every_steps: int = 0

@@ -242,6 +242,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     ensemble_size=c.ensemble_size,
     sweep=sweep,
     steps_per_dispatch=c.steps_per_dispatch,
+    unroll_steps=c.unroll_steps,
     log_every=c.log_every_steps,
     eval_every=c.eval_every_steps,
     checkpoint_every=c.checkpoint_every_steps,

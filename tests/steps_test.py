@@ -69,15 +69,21 @@ def test_train_step_compiles_once_across_steps():
   assert int(state.step) == len(batches)
 
 
-def test_fused_steps_match_one_per_dispatch():
-  """k steps in one lax.scan give the same params as k separate dispatches."""
+@pytest.mark.parametrize("unroll", [False, True])
+def test_fused_steps_match_one_per_dispatch(unroll):
+  """k steps in one lax.scan (a loop, or unrolled) give the params of k separate dispatches."""
   state, batches, step = _setup()
   one = dl.jit_step(step)
   s1 = state
   for batch in batches:
     s1, _ = one(s1, batch)
   state, _, _ = _setup()  # The first state's buffers were donated.
-  fused = dl.jit_step(step, fused=True)
+  fused = dl.jit_step(step, fused=True, unroll=unroll)
+  loops = [
+    f.lower(*a).as_text().count("stablehlo.while")
+    for f, a in ((one, (state, batches[0])), (fused, (state, _stack(batches))))
+  ]
+  assert loops[1] - loops[0] == (0 if unroll else 1), "unrolled: no loop over the steps"
   s2, metrics = fused(state, _stack(batches))
   chex.assert_shape(metrics["loss"], (len(batches),))
   chex.assert_trees_all_close(s1.params, s2.params, rtol=1e-5, atol=1e-6)

@@ -30,10 +30,13 @@ def test_train_writes_metrics_plot_and_checkpoints(tmp_path):
   assert json.loads(lines[0])["split"] == "train"
 
 
-def test_fused_steps_land_on_the_same_steps(tmp_path):
+@pytest.mark.parametrize("unroll", [False, True])
+def test_fused_steps_land_on_the_same_steps(tmp_path, unroll):
+  """Fused steps (a loop, or unrolled) log, evaluate and save at the steps single ones do."""
   config = tiny_config(log_every_steps=5, eval_every_steps=15, checkpoint_every_steps=10)
   s1, h1 = dl.train(config, str(tmp_path / "one"))
   config.steps_per_dispatch = 7
+  config.unroll_steps = unroll
   s2, h2 = dl.train(config, str(tmp_path / "fused"))
   for split in ("train", "eval"):
     assert [r["step"] for r in h1[split]] == [r["step"] for r in h2[split]]

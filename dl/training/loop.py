@@ -139,6 +139,9 @@ class FitConfig:
       best one is chosen by the mean over members of the validation metric: to choose a
       hyperparameter, read each member's column of the "eval" records.
     steps_per_dispatch: train steps fused into one compiled call (`lax.scan`).
+    unroll_steps: write those fused steps out as straight-line code instead of a loop
+      (longer compile; much faster for convolutional models on CPU, see
+      `dl.training.compile.scan_steps`).
     log_every: steps between train records.
     eval_every: steps between evaluations (0: once per epoch).
     checkpoint_every: steps between checkpoints (0: at each evaluation).
@@ -165,6 +168,7 @@ class FitConfig:
   ensemble_size: int = 1
   sweep: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
   steps_per_dispatch: int = 1
+  unroll_steps: bool = False
   log_every: int = 50
   eval_every: int = 0
   checkpoint_every: int = 0
@@ -529,7 +533,7 @@ class _Run:
     if self.num_members > 1:
       step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
     one_step = self.layout.compile(step_fn, fused=False)
-    fused_steps = self.layout.compile(step_fn, fused=True)
+    fused_steps = self.layout.compile(step_fn, fused=True, unroll=c.unroll_steps)
     batches = position.batches
     events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))

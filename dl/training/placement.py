@@ -37,10 +37,11 @@ class Placement:
   mesh: Mesh | None = None
   state_shardings: Any = None
 
-  def compile(self, step: Callable, *, fused: bool) -> Callable:
-    """The compiled (state, batch) -> (state, metrics), k fused steps when `fused`."""
+  def compile(self, step: Callable, *, fused: bool, unroll: bool = False) -> Callable:
+    """The compiled (state, batch) -> (state, metrics), k fused steps when `fused` (written
+    out as straight-line code when `unroll`: `dl.training.compile.scan_steps`)."""
     if self.mode == "jit":
-      return compile_lib.jit_step(step, fused=fused)
+      return compile_lib.jit_step(step, fused=fused, unroll=unroll)
     if self.mode == "pmap":
       if "axis_name" not in inspect.signature(step).parameters:
         raise ValueError(
@@ -48,9 +49,9 @@ class Placement:
           "step taking axis_name; this one does not. Use parallel='data' (a mesh, where XLA "
           "inserts the collectives) instead."
         )
-      return compile_lib.pmap_step(step, fused=fused)
+      return compile_lib.pmap_step(step, fused=fused, unroll=unroll)
     batch = parallel.batch_sharding(self.mesh, fused=fused)
-    return compile_lib.mesh_step(step, self.state_shardings, batch, fused=fused)
+    return compile_lib.mesh_step(step, self.state_shardings, batch, fused=fused, unroll=unroll)
 
   def init(self, init_fn: Callable[[], Any]) -> Any:
     """Runs `init_fn` straight into this layout (sharded modes never hold a full copy)."""
