@@ -134,11 +134,22 @@ before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
   f.write("5")  # the peak (VmHWM) restarts from the current RSS
 dl.train(config, sys.argv[1] + "/run")
-print(json.dumps({"growth": status("VmHWM") - before}))
+growth = status("VmHWM") - before
+# On a set both paths hold (mnist5k), the streamed run scores on test what the in-memory one does.
+accuracy = {
+  path: dl.train(
+    tiny_config(dataset="mnist5k", data_path=path, num_train_steps=100, eval_every_steps=50),
+    sys.argv[1] + "/" + path,
+  )[1]["test"][-1]["accuracy"]
+  for path in ("stream", "memory")
+}
+print(json.dumps({"growth": growth, "accuracy": accuracy}))
 """
 
 
 def test_streaming_a_split_4x_the_budget_keeps_peak_memory_within_the_budget(tmp_path):
+  """Peak RSS growth stays under budget + margin; and on a set both paths hold, a streamed
+  run scores on test exactly what the same run on the in-memory path scores."""
   budget_mb, margin_mb = 16, 16  # margin: grain's buffers, Python's heap, checkpoint writes
   size = streaming.in_memory_bytes("mnist64/4k", "train")
   assert size >= 4 * budget_mb * 2**20  # 4,096 x 64x64 float32 inputs: 64 MiB
@@ -150,5 +161,7 @@ def test_streaming_a_split_4x_the_budget_keeps_peak_memory_within_the_budget(tmp
     check=False,
   )
   assert out.returncode == 0, out.stderr[-3000:]
-  growth = json.loads(out.stdout.splitlines()[-1])["growth"]
+  result = json.loads(out.stdout.splitlines()[-1])
+  growth, accuracy = result["growth"], result["accuracy"]
   assert growth < (budget_mb + margin_mb) * 2**20, f"peak RSS grew {growth / 2**20:.1f} MiB"
+  assert accuracy["stream"] == accuracy["memory"] > 0.8, accuracy  # chance is 0.1
