@@ -185,6 +185,7 @@ class Checkpointer:
       log.warning("could not reopen %s after a failed save: %s", self.directory, e)
     kept = max(_finished_steps(self.directory), default=None)
     message = _write_failure_message(self.directory, step, needed, kept, left, error)
+    _quiet_abandoned_orbax_tasks()
     raise CheckpointWriteError(message, step, kept, error) from None
 
   def _remove_partial(self, step: int) -> list[str]:
@@ -409,6 +410,27 @@ def _no_warning_for_steps_without_metrics(metrics: dict | None):
     yield
   finally:
     logger.removeFilter(drop)
+
+
+def _quiet_abandoned_orbax_tasks() -> None:
+  """After a reported write failure, asyncio's "Task exception was never retrieved" about
+  orbax's abandoned write coroutines (printed whenever they are collected, up to exit) says
+  again what `CheckpointWriteError` said: demoted to DEBUG, for the rest of the process."""
+  logger = logging.getLogger("asyncio")
+  if _demote_abandoned_orbax_task not in logger.filters:
+    logger.addFilter(_demote_abandoned_orbax_task)
+
+
+def _demote_abandoned_orbax_task(record: logging.LogRecord) -> bool:
+  text = str(record.msg)
+  if (
+    record.levelno >= logging.ERROR
+    and text.startswith("Task exception was never retrieved")
+    and f"orbax{os.sep}checkpoint" in text  # the task's coroutine, "defined at <its file>"
+  ):
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
+  return True
 
 
 class _QuietOrbaxFailures:
