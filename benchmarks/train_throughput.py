@@ -14,6 +14,7 @@ Prints examples/s for both and the ratio dl / hand-written (median over repeats)
 import argparse
 import functools
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -119,7 +120,8 @@ def main():
     json.dumps(
       {
         "machine": platform.processor() or platform.machine(),
-        "cpus": jax.local_device_count(),
+        "cpus": os.cpu_count(),
+        "devices": jax.local_device_count(),
         "backend": jax.default_backend(),
         "jax": jax.__version__,
       }
