@@ -23,7 +23,9 @@ setup() {
   echo "Installing dl and its pinned dependencies into $VENV ..." >&2
   python3 -m venv "$VENV"
   # uv installs the same pinned set several times faster than pip; pip where uv cannot.
-  if ! { "$PY" -m pip install -q -c constraints.txt uv && pinned "$PY" -m uv pip install -q --python "$PY"; }; then
+  # Bytecode is compiled at install, as pip does: where PYTHONDONTWRITEBYTECODE is set, no
+  # later import writes it, and every process would compile jax and the rest from source.
+  if ! { "$PY" -m pip install -q -c constraints.txt uv && pinned "$PY" -m uv pip install -q --compile-bytecode --python "$PY"; }; then
     echo "uv could not install; installing with pip ..." >&2
     "$PY" -m pip install -q --upgrade pip
     pinned "$PY" -m pip install -q
