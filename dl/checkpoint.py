@@ -185,7 +185,7 @@ class Checkpointer:
       log.warning("could not reopen %s after a failed save: %s", self.directory, e)
     kept = max(_finished_steps(self.directory), default=None)
     message = _write_failure_message(self.directory, step, needed, kept, left, error)
-    _quiet_abandoned_orbax_tasks()
+    _quiet_abandoned_orbax_tasks(error)
     raise CheckpointWriteError(message, step, kept, error) from None
 
   def _remove_partial(self, step: int) -> list[str]:
@@ -412,10 +412,17 @@ def _no_warning_for_steps_without_metrics(metrics: dict | None):
     logger.removeFilter(drop)
 
 
-def _quiet_abandoned_orbax_tasks() -> None:
-  """After a reported write failure, asyncio's "Task exception was never retrieved" about
-  orbax's abandoned write coroutines (printed whenever they are collected, up to exit) says
-  again what `CheckpointWriteError` said: demoted to DEBUG, for the rest of the process."""
+_REPORTED_OS_ERRORS: set[int] = set()  # errnos of write failures `Checkpointer` has raised
+
+
+def _quiet_abandoned_orbax_tasks(error: BaseException) -> None:
+  """After a reported write failure, asyncio's "... exception was never retrieved" about
+  orbax's abandoned write tasks and the futures gathering them (printed whenever they are
+  collected, up to exit) says again what `CheckpointWriteError` said: demoted to DEBUG, for
+  the rest of the process, when it names orbax's code or the same OS error."""
+  number, _ = _os_cause(error)
+  if number is not None:
+    _REPORTED_OS_ERRORS.add(number)
   logger = logging.getLogger("asyncio")
   if _demote_abandoned_orbax_task not in logger.filters:
     logger.addFilter(_demote_abandoned_orbax_task)
@@ -423,10 +430,14 @@ def _quiet_abandoned_orbax_tasks() -> None:
 
 def _demote_abandoned_orbax_task(record: logging.LogRecord) -> bool:
   text = str(record.msg)
+  error = record.exc_info[1] if record.exc_info else None
   if (
     record.levelno >= logging.ERROR
-    and text.startswith("Task exception was never retrieved")
-    and f"orbax{os.sep}checkpoint" in text  # the task's coroutine, "defined at <its file>"
+    and "exception was never retrieved" in text.split("\n", 1)[0]
+    and (
+      f"orbax{os.sep}checkpoint" in text  # a task's coroutine, "defined at <its file>"
+      or (error is not None and _os_cause(error)[0] in _REPORTED_OS_ERRORS)
+    )
   ):
     record.levelno, record.levelname = logging.DEBUG, "DEBUG"
     return logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
