@@ -20,6 +20,19 @@ AXES = ("data", "fsdp")
 BATCH_AXES = AXES  # the batch dimension is split over every device
 
 
+def path_name(path) -> str:
+  """A pytree path as "a/b/0/c" (dict keys, attribute names and indices joined by "/")."""
+  parts = []
+  for key in path:
+    for attribute in ("key", "name", "idx"):
+      if hasattr(key, attribute):
+        parts.append(str(getattr(key, attribute)))
+        break
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
 def parse_mesh_shape(text: str) -> dict[str, int]:
   """Parses "data=2,fsdp=4" into {"data": 2, "fsdp": 4}; -1 means "all remaining devices"."""
   shape = {}

@@ -9,6 +9,11 @@ dl's steps see every model through this contract (`Model`):
 pytrees that orbax saves, a mesh shards and `jax.vmap` stacks. `model.inputs` names the batch
 keys the model reads; everything else in a batch (labels, extra targets) is the objective's.
 
+A model's own sharding annotations (Linen `nn.with_partitioning` /
+`nn.with_logical_partitioning`, NNX `nnx.with_partitioning`) are not kept in `params`: they
+are read by `model.axes(batch)`, {parameter path: axis names per dimension}, which
+`dl.parallel` resolves to mesh axes.
+
 - `Linen(module, inputs=("user", "item"))` calls `module(batch["user"], batch["item"],
   train=...)` through `module.apply`.
 - `NNX(lambda rngs: MyModel(..., rngs=rngs))` builds a Flax NNX module from `nnx.Rngs`,
@@ -28,6 +33,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dl.parallel import path_name
+
 Batch = Mapping[str, jax.Array]
 
 
@@ -37,6 +44,8 @@ class Model(Protocol):
   inputs: tuple[str, ...]
 
   def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, Any]: ...
+
+  def axes(self, batch: Batch) -> dict[str, tuple | None]: ...
 
   def apply(
     self, params: Any, model_state: Any, batch: Batch, *, train: bool, rng: jax.Array | None = None
@@ -99,13 +108,21 @@ class Linen:
       name: rng if i == 0 else jax.random.fold_in(rng, i) for i, name in enumerate(self.rng_streams)
     }
 
-  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, dict[str, Any]]:
-    """(params, other variable collections) for inputs shaped like `batch`'s."""
-    variables = self.module.init(
+  def _variables(self, rng: jax.Array, batch: Batch):
+    """The module's variables, annotated ones still boxed (`nn.Partitioned`)."""
+    return self.module.init(
       {"params": rng, **self._rngs(rng)}, *_args(batch, self.inputs), **self._kwargs(False)
     )
-    model_state, params = flax.core.pop(variables, "params")
+
+  def init(self, rng: jax.Array, batch: Batch) -> tuple[Any, dict[str, Any]]:
+    """(params, other variable collections) for inputs shaped like `batch`'s."""
+    model_state, params = flax.core.pop(nn.meta.unbox(self._variables(rng, batch)), "params")
     return params, dict(model_state)
+
+  def axes(self, batch: Batch) -> dict[str, tuple | None]:
+    """{parameter path: the axis names it was annotated with, or None}, from shapes alone."""
+    variables = jax.eval_shape(self._variables, jax.random.PRNGKey(0), batch)
+    return _axes(variables["params"], lambda box: box.names, nn.meta.AxisMetadata)
 
   def apply(self, params, model_state, batch, *, train, rng=None):
     """(outputs, model_state): collections are updated (batch statistics) only in training."""
@@ -155,7 +172,8 @@ class NNX:
     """(graphdef, abstract params, abstract random streams, abstract other state)."""
     from flax import nnx
 
-    abstract = nnx.eval_shape(lambda: self.make(nnx.Rngs(0)))
+    with nnx.use_eager_sharding(False):  # laid out by dl's placement, not at creation
+      abstract = nnx.eval_shape(lambda: self.make(nnx.Rngs(0)))
     return nnx.split(abstract, nnx.Param, nnx.RngState, ...)
 
   def init(self, rng, batch):
@@ -163,8 +181,22 @@ class NNX:
     from flax import nnx
 
     del batch
-    _, params, _, rest = nnx.split(self.make(nnx.Rngs(rng)), nnx.Param, nnx.RngState, ...)
+    with nnx.use_eager_sharding(False):
+      module = self.make(nnx.Rngs(rng))
+    _, params, _, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
     return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+  def axes(self, batch) -> dict[str, tuple | None]:
+    """{parameter path: its `out_sharding` (or `sharding`) metadata, or None}."""
+    from flax import nnx
+
+    del batch
+
+    def names(variable):
+      metadata = variable.get_metadata()
+      return metadata.get("out_sharding", metadata.get("sharding"))
+
+    return _axes(self._structure[1], names, nnx.Variable)
 
   def module(self, params, model_state, rng: jax.Array | None = None):
     """The live NNX module holding `params` and `model_state` (streams seeded from `rng`)."""
@@ -194,6 +226,15 @@ class NNX:
     outputs = module(*_args(batch, self.inputs))
     _, _, _, rest = nnx.split(module, nnx.Param, nnx.RngState, ...)
     return outputs, nnx.to_pure_dict(rest)
+
+
+def _axes(tree, names: Callable[[Any], tuple | None], box: type) -> dict[str, tuple | None]:
+  """{path: names(leaf) for boxed leaves, None for plain ones} over a parameter tree."""
+  leaves = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: isinstance(x, box))[0]
+  return {
+    path_name(path): (tuple(names(leaf)) if isinstance(leaf, box) and names(leaf) else None)
+    for path, leaf in leaves
+  }
 
 
 def _typed(rng: jax.Array) -> jax.Array:
