@@ -73,8 +73,16 @@ class TrainConfig:
       "loss").
     best_mode: "max" or "min" of `best_metric` ("": as the objective says).
     parallel: how the step is compiled: "jit" (one device), "pmap", "data" (mesh, data
-      parallel) or "fsdp" (mesh, params and optimizer state sharded).
-    mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4" (-1: the rest).
+      parallel), "fsdp" (mesh, params and optimizer state sharded) or "mesh" (the mesh
+      `mesh_shape` gives, with a tensor-parallel "model" axis if it names one).
+    mesh_shape: the mesh over axes data, fsdp and model, e.g. "data=2,fsdp=2,model=2" (-1:
+      the rest); overrides the "data"/"fsdp" presets.
+    dcn_mesh_shape: the part of each mesh axis spanning slices or hosts, e.g. "data=2".
+    sharding_rules: ((regex on a state path, axis names per dimension), ...) for parameters
+      the model does not annotate (`dl.parallel`); first match wins.
+    logical_axis_rules: ((logical name, mesh axes), ...) before `dl.parallel.LOGICAL_RULES`.
+    max_replicated_mb: stop before training when a parameter larger than this would be
+      replicated on a mesh that could shard it.
     compute_dtype: "float32", or "bfloat16" for mixed precision (params stay float32).
     ensemble_size: train this many models at once (one `jax.vmap`ped program), member i
       with seed `seed + i` (its own init, dropout and data order).
@@ -146,6 +154,10 @@ class TrainConfig:
   best_mode: str = ""
   parallel: str = "jit"
   mesh_shape: str = ""
+  dcn_mesh_shape: str = ""
+  sharding_rules: tuple = ()
+  logical_axis_rules: tuple = ()
+  max_replicated_mb: float = 64.0
   compute_dtype: str = "float32"
   ensemble_size: int = 1
   sweep_learning_rate: tuple = ()

@@ -253,6 +253,10 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     best_mode=c.best_mode,
     parallel=c.parallel,
     mesh_shape=c.mesh_shape,
+    dcn_mesh_shape=c.dcn_mesh_shape,
+    sharding_rules=c.sharding_rules,
+    logical_axis_rules=c.logical_axis_rules,
+    max_replicated_mb=c.max_replicated_mb,
     progress=c.progress,
     tensorboard=c.tensorboard,
   )

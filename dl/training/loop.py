@@ -63,7 +63,8 @@ class Trainable(Protocol):
     """The pure step. Takes `axis_name=` too where it supports `parallel="pmap"`.
 
     (Optional: `examples_per_step(batch_size) -> int`, the examples one step consumes, for
-    the records' examples_per_sec; `batch_size` when absent.)
+    the records' examples_per_sec, `batch_size` when absent; `param_axes() -> {parameter
+    path: axis names}`, the model's own sharding annotations, used on a mesh.)
     """
 
   def batches(self, batch_size: int, *, seed: int, shard_index: int, num_shards: int) -> Batches:
@@ -154,8 +155,19 @@ class FitConfig:
     keep_checkpoints: the latest checkpoints kept (the best one is kept too).
     best_metric: eval metric that picks the best checkpoint ("": the trainable's choice).
     best_mode: "min" or "max" of `best_metric` ("": the trainable's choice, else "max").
-    parallel: "jit", "pmap", "data" or "fsdp" (`dl.training.placement.MODES`).
-    mesh_shape: overrides the mesh of "data"/"fsdp", e.g. "data=2,fsdp=4".
+    parallel: "jit", "pmap", "data", "fsdp" or "mesh" (`dl.training.placement.MODES`).
+    mesh_shape: the mesh over the axes data, fsdp and model (tensor parallel), e.g.
+      "data=2,fsdp=2,model=2" (-1: the remaining devices); overrides the "data"/"fsdp" presets.
+    dcn_mesh_shape: the part of each mesh axis that spans slices or hosts, e.g. "data=2"
+      (a hybrid mesh: the rest of each axis stays within a slice or process).
+    sharding_rules: (regex on a state leaf's path, axis names per dimension) pairs, first
+      match wins, for leaves the model does not annotate, e.g.
+      `((r"Dense_0/kernel$", ("embed", "mlp")),)`; names are logical names or mesh axes.
+    logical_axis_rules: (logical name, mesh axes) pairs that take precedence over
+      `dl.parallel.LOGICAL_RULES`, e.g. `(("embed", None),)` to keep the width whole.
+    max_replicated_mb: a parameter (or optimizer leaf) larger than this many MiB may not be
+      replicated on a mesh whose fsdp or model axis could shard it: `fit` stops before
+      compiling, naming it.
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -179,6 +191,10 @@ class FitConfig:
   best_mode: str = ""
   parallel: str = "jit"
   mesh_shape: str = ""
+  dcn_mesh_shape: str = ""
+  sharding_rules: Sequence[tuple[str, Sequence[Any]]] = ()
+  logical_axis_rules: Sequence[tuple[str, Any]] = ()
+  max_replicated_mb: float = 64.0
   progress: bool = True
   tensorboard: bool = True
 
@@ -267,20 +283,20 @@ def fit(
   c = dataclasses.replace(config or FitConfig(), **overrides)
   members = c.members()
   primary = distributed.is_primary()
+  init = functools.partial(_init_members, trainable, members)
+  abstract_state = jax.eval_shape(init)
+  layout = _layout(trainable, c, abstract_state)
   split_size = getattr(trainable, "split_size", lambda b: b)(c.batch_size)
-  if c.parallel != "jit" and split_size % jax.device_count():
+  if split_size % layout.batch_shards:
     what = f"batch_size ({c.batch_size})"
     if split_size != c.batch_size:
       what = f"the batch axis this trainable splits ({split_size})"
     raise ValueError(
-      f"{what} must be divisible by the {jax.device_count()} devices that "
+      f"{what} must be divisible by the {layout.batch_shards} devices that "
       f"parallel={c.parallel!r} splits it over."
     )
   batches = _batches(trainable, c, members)
   num_steps = c.num_steps or math.ceil(c.num_epochs * batches.steps_per_epoch)
-  init = functools.partial(_init_members, trainable, members)
-  abstract_state = jax.eval_shape(init)
-  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
   selection = _selection(trainable, c)
   lock = _lock(workdir)
   try:
@@ -332,7 +348,7 @@ def restore(
   """
   c = dataclasses.replace(config or FitConfig(), **overrides)
   abstract_state = jax.eval_shape(functools.partial(_init_members, trainable, c.members()))
-  layout = placement.create(c.parallel, c.mesh_shape, abstract_state)
+  layout = _layout(trainable, c, abstract_state)
   ckpt = _checkpointer(workdir, c, _saved_selection(workdir) or _selection(trainable, c))
   try:
     if step == "best":
@@ -345,6 +361,22 @@ def restore(
       f"no checkpoint in {ckpt.directory}; train first with dl.fit (or dl.train) in {workdir!r}."
     )
   return restored[1]
+
+
+def _layout(trainable: Trainable, c: FitConfig, abstract_state: Any) -> placement.Placement:
+  """Where the state and batches live, as `c` says; parameters the trainable's model
+  annotates (`param_axes()`, e.g. a `dl.Task`'s) follow their annotations on a mesh."""
+  param_axes = getattr(trainable, "param_axes", None)
+  return placement.create(
+    c.parallel,
+    c.mesh_shape,
+    abstract_state,
+    param_axes=param_axes() if param_axes and c.parallel in placement.MESH_MODES else None,
+    sharding_rules=c.sharding_rules,
+    logical_axis_rules=c.logical_axis_rules,
+    dcn_mesh_shape=c.dcn_mesh_shape,
+    max_replicated_mb=c.max_replicated_mb,
+  )
 
 
 def _saved_selection(workdir: str) -> tuple[str, str] | None:

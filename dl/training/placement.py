@@ -4,13 +4,21 @@
   "pmap"  local devices: state replicated, batch split on a leading device axis, `lax.pmean`.
   "data"  a mesh, data parallel: params replicated, batch split (`jax.jit` + shardings).
   "fsdp"  a mesh, fully sharded: params and optimizer state split too.
+  "mesh"  a mesh laid out as `mesh_shape` says over the axes data, fsdp and model (tensor
+          parallel), e.g. "data=2,fsdp=2,model=2".
+
+On a mesh, each state leaf is laid out by the model's annotations, then the user's rules,
+then the fsdp shape rule (`dl.parallel.state_shardings`), and the step is traced under the
+mesh and the logical axis rules, so activation constraints in model code resolve.
 
 Each mode compiles the same pure step; only the layout differs. `MODES` lists them.
 """
 
 import dataclasses
+import functools
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -20,7 +28,8 @@ from jax.sharding import Mesh
 from dl import parallel
 from dl.training import compile as compile_lib
 
-MODES = ("jit", "pmap", "data", "fsdp")
+MODES = ("jit", "pmap", "data", "fsdp", "mesh")
+MESH_MODES = ("data", "fsdp", "mesh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,13 +38,34 @@ class Placement:
 
   Attributes:
     mode: one of `MODES`.
-    mesh: the device mesh ("data" and "fsdp" modes), else None.
-    state_shardings: a pytree of shardings matching the state ("data", "fsdp"), else None.
+    mesh: the device mesh (mesh modes), else None.
+    state_shardings: a pytree of shardings matching the state (mesh modes), else None.
+    logical_rules: logical axis name -> mesh axes, in force while the step is traced.
   """
 
   mode: str
   mesh: Mesh | None = None
   state_shardings: Any = None
+  logical_rules: parallel.Rules = parallel.LOGICAL_RULES
+
+  @property
+  def batch_shards(self) -> int:
+    """Into how many pieces the batch axis is split (by "data" and "fsdp" on a mesh)."""
+    if self.mesh is not None:
+      return math.prod(self.mesh.shape[axis] for axis in parallel.BATCH_AXES)
+    return jax.local_device_count() if self.mode == "pmap" else 1
+
+  def _in_mesh(self, fn: Callable) -> Callable:
+    """`fn` traced under the mesh and the logical axis rules (mesh modes)."""
+    if self.mesh is None:
+      return fn
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      with parallel.mesh_context(self.mesh, self.logical_rules):
+        return fn(*args, **kwargs)
+
+    return traced
 
   def compile(self, step: Callable, *, fused: bool, unroll: bool = False) -> Callable:
     """The compiled (state, batch) -> (state, metrics), k fused steps when `fused` (written
@@ -51,12 +81,14 @@ class Placement:
         )
       return compile_lib.pmap_step(step, fused=fused, unroll=unroll)
     batch = parallel.batch_sharding(self.mesh, fused=fused)
-    return compile_lib.mesh_step(step, self.state_shardings, batch, fused=fused, unroll=unroll)
+    return compile_lib.mesh_step(
+      self._in_mesh(step), self.state_shardings, batch, fused=fused, unroll=unroll
+    )
 
   def init(self, init_fn: Callable[[], Any]) -> Any:
     """Runs `init_fn` straight into this layout (sharded modes never hold a full copy)."""
     if self.state_shardings is not None:
-      return jax.jit(init_fn, out_shardings=self.state_shardings)()
+      return jax.jit(self._in_mesh(init_fn), out_shardings=self.state_shardings)()
     return self.put_state(init_fn())
 
   def put_state(self, state: Any) -> Any:
@@ -94,8 +126,31 @@ class Placement:
     return parallel.global_batch(batch, parallel.batch_sharding(self.mesh, fused=fused))
 
 
-def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
-  """The placement for `mode` ("jit", "pmap", "data", "fsdp") over all devices."""
+def create(
+  mode: str,
+  mesh_shape: str,
+  abstract_state: Any,
+  *,
+  param_axes: Mapping[str, tuple | None] | None = None,
+  sharding_rules: Sequence[tuple[str, Any]] = (),
+  logical_axis_rules: parallel.Rules = (),
+  dcn_mesh_shape: str = "",
+  max_replicated_mb: float = math.inf,
+) -> Placement:
+  """The placement for `mode` (one of `MODES`) over all devices.
+
+  Args:
+    mode: how the step is compiled (`MODES`).
+    mesh_shape: the mesh of the mesh modes, e.g. "data=2,fsdp=2,model=2".
+    abstract_state: the state's shapes (`jax.eval_shape(init)`).
+    param_axes: the model's own axis names per parameter path (`dl.Linen(...).axes(batch)`).
+    sharding_rules: the user's (regex on leaf paths, axis names) rules.
+    logical_axis_rules: (logical name, mesh axes) pairs taking precedence over
+      `dl.parallel.LOGICAL_RULES`.
+    dcn_mesh_shape: the part of each mesh axis that spans slices or hosts (a hybrid mesh).
+    max_replicated_mb: a state leaf larger than this may not be replicated on a mesh that
+      could shard it (a ValueError names it before anything is compiled).
+  """
   if mode not in MODES:
     raise ValueError(f"parallel mode must be one of {MODES}; got {mode!r}.")
   if mode in ("jit", "pmap") and jax.process_count() > 1:
@@ -105,5 +160,14 @@ def create(mode: str, mesh_shape: str, abstract_state: Any) -> Placement:
     )
   if mode in ("jit", "pmap"):
     return Placement(mode)
-  mesh = parallel.make_mesh(mode, mesh_shape)
-  return Placement(mode, mesh, parallel.state_shardings(abstract_state, mesh))
+  mesh = parallel.make_mesh(mode, mesh_shape, dcn_mesh_shape=dcn_mesh_shape)
+  rules = (*logical_axis_rules, *parallel.LOGICAL_RULES)
+  shardings = parallel.state_shardings(
+    abstract_state,
+    mesh,
+    param_axes=param_axes,
+    rules=sharding_rules,
+    logical_rules=rules,
+    max_replicated_bytes=max_replicated_mb * 2**20,
+  )
+  return Placement(mode, mesh, shardings, rules)

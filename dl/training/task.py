@@ -80,11 +80,20 @@ class Task:
     """ "min" or "max": which direction of `metric` is better (the objective says)."""
     return self.objective.mode(metric)
 
+  def _example_batch(self) -> dict[str, jax.Array]:
+    example = self.train.example()
+    return {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.model.inputs}
+
   def init(self, seed: int) -> TrainState:
     """The initial state of the member seeded with `seed`."""
-    example = self.train.example()
-    batch = {k: jnp.zeros(example[k].shape, example[k].dtype) for k in self.model.inputs}
+    batch = self._example_batch()
     return create_train_state(self.model, self.optimizer, jax.random.PRNGKey(seed), batch)
+
+  def param_axes(self) -> dict[str, tuple | None]:
+    """{parameter path: the axis names the model annotated it with, or None}; {} for a
+    model that cannot say (a `dl.Model` without `axes`)."""
+    axes = getattr(self.model, "axes", None)
+    return axes(self._example_batch()) if axes else {}
 
   def step(self, state: TrainState, batch, *, axis_name: str | None = None):
     """`train_step` with this task's model, optimizer and objective bound."""
