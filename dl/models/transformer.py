@@ -11,6 +11,18 @@ The decoder-only `TransformerLM` and the decoder of `TransformerSeq2Seq` take `d
 for autoregressive decoding with a key/value cache (Flax's `cache` collection): initialise
 with the full-length ids to size the cache, then feed one position at a time
 (`dl.sampling` does this).
+
+Parameters carry logical axis names (`nn.with_logical_partitioning`; values and shapes are
+Flax's defaults, so checkpoints are unchanged), which a mesh's rules map to mesh axes:
+"vocab" (V), "embed" (D), "heads" (H), "head_dim" (Dh), "mlp" (F), "norm" (LayerNorm
+parameters) and "classes" (C). Activations are constrained by logical names too
+(`nn.with_logical_constraint`; a no-op without rules): the residual stream (B, L, D) is
+("act_batch", "act_length", "act_embed"), the MLP's hidden units (B, L, F) ("act_batch",
+"act_length", "act_mlp") and the LM's logits (B, L, V) ("act_batch", "act_length", "act_vocab").
+
+`remat` names what each block keeps for the backward pass (`dl.models.remat.POLICIES`):
+"none", "full" or a `jax.checkpoint_policies` name. It changes memory and compute, never
+parameters or values; the cached decoding path (`decode=True`) ignores it.
 """
 
 from typing import Any
@@ -19,9 +31,32 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.linen.linear import default_embed_init, default_kernel_init
+
+from dl.models.remat import check_policy, remat
 
 PAD_ID = 0
 POSITIONS = ("learned", "sinusoidal")
+
+# Logical names of activations: the residual stream, the MLP's hidden units, the LM's logits.
+RESIDUAL = ("act_batch", "act_length", "act_embed")
+HIDDEN = ("act_batch", "act_length", "act_mlp")
+LOGITS = ("act_batch", "act_length", "act_vocab")
+
+
+def _named(init: nn.initializers.Initializer, *names: str | None):
+  """`init` with a logical axis name per dimension; callers pass the layer's Flax default, so
+  parameter values do not change."""
+  return nn.with_logical_partitioning(init, names)
+
+
+def _layer_norm(dtype: Any) -> nn.LayerNorm:
+  """A LayerNorm whose scale and bias are named "norm"."""
+  return nn.LayerNorm(
+    dtype=dtype,
+    scale_init=_named(nn.initializers.ones, "norm"),
+    bias_init=_named(nn.initializers.zeros, "norm"),
+  )
 
 
 def sinusoids(max_len: int, width: int) -> np.ndarray:
@@ -61,7 +96,7 @@ class PositionEmbedding(nn.Module):
       )
     if self.kind == "learned":
       init = nn.initializers.normal(stddev=0.02)
-      table_LxD = self.param("table", init, (self.max_len, width))
+      table_LxD = self.param("table", _named(init, None, "embed"), (self.max_len, width))
     else:
       table_LxD = jnp.asarray(sinusoids(self.max_len, width))
     if self.decode:
@@ -84,9 +119,20 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, *, train: bool) -> jax.Array:
     width = x_BxLxD.shape[-1]
-    h_BxLxF = nn.gelu(nn.Dense(self.mlp_dim, dtype=self.dtype)(x_BxLxD))
+    h_BxLxF = nn.Dense(
+      self.mlp_dim,
+      dtype=self.dtype,
+      kernel_init=_named(default_kernel_init, "embed", "mlp"),
+      bias_init=_named(nn.initializers.zeros, "mlp"),
+    )(x_BxLxD)
+    h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), HIDDEN)
     h_BxLxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxLxF)
-    out_BxLxD = nn.Dense(width, dtype=self.dtype)(h_BxLxF)
+    out_BxLxD = nn.Dense(
+      width,
+      dtype=self.dtype,
+      kernel_init=_named(default_kernel_init, "mlp", "embed"),
+      bias_init=_named(nn.initializers.zeros, "embed"),
+    )(h_BxLxF)
     return nn.Dropout(self.dropout, deterministic=not train)(out_BxLxD)
 
 
@@ -123,20 +169,27 @@ class Block(nn.Module):
       dropout_rate=self.dropout,
       deterministic=not train,
       dtype=self.dtype,
+      kernel_init=_named(default_kernel_init, "embed", "heads", "head_dim"),
+      bias_init=_named(nn.initializers.zeros, "heads", "head_dim"),
+      out_kernel_init=_named(default_kernel_init, "heads", "head_dim", "embed"),
+      out_bias_init=_named(nn.initializers.zeros, "embed"),
     )
-    h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    h_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
     h_BxLxD = nn.MultiHeadDotProductAttention(**attention, decode=self.decode, name="self_attn")(
       h_BxLxD, mask=mask_Bx1xLxL
     )
     x_BxLxD = x_BxLxD + nn.Dropout(self.dropout, deterministic=not train)(h_BxLxD)
+    x_BxLxD = nn.with_logical_constraint(x_BxLxD, RESIDUAL)
     if self.cross_attention:
-      h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+      h_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
       h_BxLxD = nn.MultiHeadDotProductAttention(**attention, name="cross_attn")(
         h_BxLxD, context_BxSxD, mask=context_mask_Bx1xLxS
       )
       x_BxLxD = x_BxLxD + nn.Dropout(self.dropout, deterministic=not train)(h_BxLxD)
-    h_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
-    return x_BxLxD + MlpBlock(self.mlp_dim, self.dropout, self.dtype)(h_BxLxD, train=train)
+      x_BxLxD = nn.with_logical_constraint(x_BxLxD, RESIDUAL)
+    h_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
+    x_BxLxD = x_BxLxD + MlpBlock(self.mlp_dim, self.dropout, self.dtype)(h_BxLxD, train=train)
+    return nn.with_logical_constraint(x_BxLxD, RESIDUAL)
 
 
 class Embedder(nn.Module):
@@ -153,15 +206,22 @@ class Embedder(nn.Module):
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool) -> jax.Array:
     _check_ids(ids_BxL)
-    x_BxLxD = nn.Embed(self.vocab_size, self.width, dtype=self.dtype)(ids_BxL)
+    x_BxLxD = nn.Embed(
+      self.vocab_size,
+      self.width,
+      dtype=self.dtype,
+      embedding_init=_named(default_embed_init, "vocab", "embed"),
+    )(ids_BxL)
     x_BxLxD = PositionEmbedding(self.max_len, self.positions, self.decode)(x_BxLxD)
-    return nn.Dropout(self.dropout, deterministic=not train)(x_BxLxD)
+    x_BxLxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxLxD)
+    return nn.with_logical_constraint(x_BxLxD, RESIDUAL)
 
 
 class Encoder(nn.Module):
   """Embeds token ids and runs `depth` bidirectional blocks; pads are masked out of attention.
 
-  Returns the final-LayerNorm'd hidden states (B, L, D).
+  Returns the final-LayerNorm'd hidden states (B, L, D). `remat` is each block's
+  rematerialisation policy (see the module docstring).
   """
 
   vocab_size: int
@@ -173,6 +233,7 @@ class Encoder(nn.Module):
   positions: str = "learned"
   dropout: float = 0.0
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool) -> jax.Array:
@@ -181,11 +242,11 @@ class Encoder(nn.Module):
     )(ids_BxL, train=train)
     not_pad_BxL = ids_BxL != PAD_ID
     mask_Bx1xLxL = nn.make_attention_mask(not_pad_BxL, not_pad_BxL)
-    for _ in range(self.depth):
-      x_BxLxD = Block(self.num_heads, self.mlp_dim, self.dropout, dtype=self.dtype)(
-        x_BxLxD, mask_Bx1xLxL, train=train
-      )
-    return nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
+    for i in range(self.depth):
+      # Named as Flax names them unwrapped ("Block_0", ...), so parameters do not move.
+      block = Block(self.num_heads, self.mlp_dim, self.dropout, dtype=self.dtype, name=f"Block_{i}")
+      x_BxLxD = remat(block, self.remat)(x_BxLxD, mask_Bx1xLxL, train=train)
+    return _layer_norm(self.dtype)(x_BxLxD)
 
 
 class TransformerClassifier(nn.Module):
@@ -205,6 +266,8 @@ class TransformerClassifier(nn.Module):
     positions: "learned" or "sinusoidal".
     dropout: dropout rate (active only with `train=True`).
     dtype: compute dtype; parameters stay float32, logits are float32.
+    remat: what each block keeps for the backward pass: "none", "full" or a
+      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`).
   """
 
   num_classes: int
@@ -217,6 +280,7 @@ class TransformerClassifier(nn.Module):
   positions: str = "learned"
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
@@ -230,18 +294,26 @@ class TransformerClassifier(nn.Module):
       self.positions,
       self.dropout,
       self.dtype,
+      self.remat,
     )(ids_BxL, train=train)
     weights_BxLx1 = (ids_BxL != PAD_ID).astype(h_BxLxD.dtype)[..., jnp.newaxis]
     count_Bx1 = jnp.maximum(weights_BxLx1.sum(axis=1), 1.0)
     pooled_BxD = (h_BxLxD * weights_BxLx1).sum(axis=1) / count_Bx1
     pooled_BxD = nn.Dropout(self.dropout, deterministic=not train)(pooled_BxD)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(pooled_BxD).astype(jnp.float32)
+    logits_BxC = nn.Dense(
+      self.num_classes,
+      dtype=self.dtype,
+      kernel_init=_named(default_kernel_init, "embed", "classes"),
+      bias_init=_named(nn.initializers.zeros, "classes"),
+    )(pooled_BxD)
+    return logits_BxC.astype(jnp.float32)
 
 
 class Decoder(nn.Module):
   """Causal blocks over token ids, optionally cross-attending to an encoder's output.
 
-  Returns logits (B, L, vocab_size). With `decode`, call one position (B, 1) at a time.
+  Returns logits (B, L, vocab_size). With `decode`, call one position (B, 1) at a time
+  (blocks are then never rematerialised: there is no backward pass to save memory for).
   """
 
   vocab_size: int
@@ -254,6 +326,7 @@ class Decoder(nn.Module):
   dropout: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(
@@ -275,23 +348,33 @@ class Decoder(nn.Module):
     )(ids_BxL, train=train)
     # With a cache, the attention layer masks the not-yet-written positions itself.
     mask_Bx1xLxL = None if self.decode else nn.make_causal_mask(ids_BxL)
-    for _ in range(self.depth):
-      x_BxLxD = Block(
+    policy = "none" if self.decode else check_policy(self.remat)
+    for i in range(self.depth):
+      block = Block(
         self.num_heads,
         self.mlp_dim,
         self.dropout,
         cross_attention=context_BxSxD is not None,
         decode=self.decode,
         dtype=self.dtype,
-      )(
+        name=f"Block_{i}",  # as Flax names it unwrapped, so parameters do not move
+      )
+      x_BxLxD = remat(block, policy)(
         x_BxLxD,
         mask_Bx1xLxL,
         train=train,
         context_BxSxD=context_BxSxD,
         context_mask_Bx1xLxS=context_mask_Bx1xLxS,
       )
-    x_BxLxD = nn.LayerNorm(dtype=self.dtype)(x_BxLxD)
-    return nn.Dense(self.vocab_size, dtype=self.dtype, name="logits")(x_BxLxD).astype(jnp.float32)
+    x_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
+    logits_BxLxV = nn.Dense(
+      self.vocab_size,
+      dtype=self.dtype,
+      kernel_init=_named(default_kernel_init, "embed", "vocab"),
+      bias_init=_named(nn.initializers.zeros, "vocab"),
+      name="logits",
+    )(x_BxLxD)
+    return nn.with_logical_constraint(logits_BxLxV, LOGITS).astype(jnp.float32)
 
 
 class TransformerLM(nn.Module):
@@ -311,6 +394,8 @@ class TransformerLM(nn.Module):
     dropout: dropout rate (active only with `train=True`).
     decode: autoregressive decoding with a cache, one position per call.
     dtype: compute dtype; parameters stay float32, logits are float32.
+    remat: what each block keeps for the backward pass: "none", "full" or a
+      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`); ignored with `decode`.
   """
 
   num_classes: int
@@ -323,6 +408,7 @@ class TransformerLM(nn.Module):
   dropout: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
@@ -337,6 +423,7 @@ class TransformerLM(nn.Module):
       self.dropout,
       self.decode,
       self.dtype,
+      self.remat,
     )(ids_BxL, train=train)
 
 
@@ -351,7 +438,7 @@ class TransformerSeq2Seq(nn.Module):
   Attributes:
     num_classes: target vocabulary size V.
     source_vocab_size: source vocabulary size; None means the same as the target's.
-    width, depth, num_heads, mlp_dim, max_len, positions, dropout, dtype: as in
+    width, depth, num_heads, mlp_dim, max_len, positions, dropout, dtype, remat: as in
       `TransformerLM`; encoder and decoder have `depth` blocks each.
     decode: autoregressive decoding of the target with a cache.
   """
@@ -367,6 +454,7 @@ class TransformerSeq2Seq(nn.Module):
   dropout: float = 0.0
   decode: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   def setup(self):
     self.encoder = Encoder(
@@ -379,6 +467,7 @@ class TransformerSeq2Seq(nn.Module):
       self.positions,
       self.dropout,
       self.dtype,
+      self.remat,
     )
     self.decoder = Decoder(
       self.num_classes,
@@ -391,6 +480,7 @@ class TransformerSeq2Seq(nn.Module):
       self.dropout,
       self.decode,
       self.dtype,
+      self.remat,
     )
 
   def __call__(
