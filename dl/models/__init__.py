@@ -10,6 +10,7 @@ import flax.linen as nn
 
 from dl.models.centernet import CenterNet
 from dl.models.cnn import CNN
+from dl.models.decoder import DecoderLM
 from dl.models.mlp import MLP
 from dl.models.recommender import MatrixFactorization, NeuMF
 from dl.models.resnet import ResNet, ResNet8, ResNet18
@@ -28,6 +29,7 @@ MODELS = {
   "series_rnn": SeriesRNN,
   "transformer": TransformerClassifier,
   "transformer_lm": TransformerLM,
+  "decoder_lm": DecoderLM,
 }
 
 
@@ -36,7 +38,7 @@ def create(name: str, **kwargs) -> nn.Module:
 
   Args:
     name: one of `MODELS` ("mlp", "cnn", "resnet", "matrix_factorization", "neumf",
-      "text_rnn", "series_rnn", "transformer", "transformer_lm").
+      "text_rnn", "series_rnn", "transformer", "transformer_lm", "decoder_lm").
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
@@ -66,6 +68,7 @@ __all__ = [
   "MLP",
   "MODELS",
   "CenterNet",
+  "DecoderLM",
   "KeywordCNN",
   "LogMel",
   "MatrixFactorization",
