@@ -50,6 +50,17 @@ def _named(init: nn.initializers.Initializer, *names: str | None):
   return nn.with_logical_partitioning(init, names)
 
 
+def _named_general(init: nn.initializers.Initializer, *names: str | None):
+  """`_named` for the kernels and biases of `nn.DenseGeneral` (inside attention).
+
+  DenseGeneral calls `init` with the parameter flattened to (inputs, outputs) and unboxes it
+  before reshaping, so under a mesh and logical axis rules the names' constraint would meet
+  an array of the wrong rank (flax issue #3676). Empty rules make that unboxing a no-op; the
+  names still reach `Model.axes`, and the parameter is laid out by dl's placement.
+  """
+  return nn.with_logical_partitioning(init, names, rules=())
+
+
 def _layer_norm(dtype: Any) -> nn.LayerNorm:
   """A LayerNorm whose scale and bias are named "norm"."""
   return nn.LayerNorm(
@@ -169,10 +180,10 @@ class Block(nn.Module):
       dropout_rate=self.dropout,
       deterministic=not train,
       dtype=self.dtype,
-      kernel_init=_named(default_kernel_init, "embed", "heads", "head_dim"),
-      bias_init=_named(nn.initializers.zeros, "heads", "head_dim"),
-      out_kernel_init=_named(default_kernel_init, "heads", "head_dim", "embed"),
-      out_bias_init=_named(nn.initializers.zeros, "embed"),
+      kernel_init=_named_general(default_kernel_init, "embed", "heads", "head_dim"),
+      bias_init=_named_general(nn.initializers.zeros, "heads", "head_dim"),
+      out_kernel_init=_named_general(default_kernel_init, "heads", "head_dim", "embed"),
+      out_bias_init=_named_general(nn.initializers.zeros, "embed"),
     )
     h_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
     h_BxLxD = nn.MultiHeadDotProductAttention(**attention, decode=self.decode, name="self_attn")(
