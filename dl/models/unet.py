@@ -6,7 +6,8 @@ path upsamples with a 2x2 transposed convolution of stride 2, concatenates the s
 resolution and convolves again. Convolutions are padded ("SAME"), so the logits have the
 input's height and width, which must be divisible by 2 ** levels. Submodules are named by
 their place (`down_0`, ..., `bottleneck`, `up_0`, ..., `head`), so `dl.explain.grad_cam`
-can name a layer, e.g. layer="bottleneck".
+can name a layer, e.g. layer="bottleneck". `remat` recomputes each convolution block in the
+backward pass (`dl.models.remat`) under the same names.
 """
 
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from dl.models.remat import remat
 
 
 class ConvBlock(nn.Module):
@@ -62,6 +65,8 @@ class UNet(nn.Module):
       depends on the input's scale, so attributions along a path from a black image
       (Integrated Gradients) pile up next to black, where its few steps miss them.
     dtype: compute dtype; parameters stay float32, the logits are float32.
+    remat: what each convolution block keeps for the backward pass: "none", "full" or a
+      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`).
   """
 
   num_classes: int = 2
@@ -69,6 +74,7 @@ class UNet(nn.Module):
   levels: int = 3
   norm: bool = False
   dtype: Any = jnp.float32
+  remat: str = "none"
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, *, train: bool = False) -> jax.Array:
@@ -79,7 +85,10 @@ class UNet(nn.Module):
     """
     del train  # No dropout; GroupNorm keeps no batch statistics.
     _check_input(x_BxHxWxC, self.levels)
-    block = lambda f, name: ConvBlock(f, self.norm, self.dtype, name=name)  # noqa: E731
+
+    def block(features: int, name: str):
+      return remat(ConvBlock(features, self.norm, self.dtype, name=name), self.remat)
+
     x = x_BxHxWxC.astype(self.dtype)
     skips = []
     for level in range(self.levels):
