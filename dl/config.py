@@ -17,7 +17,7 @@ import ml_collections
 
 from dl import objectives
 from dl.data import augment as augment_lib
-from dl.training import optim, placement
+from dl.training import optim, placement, profile
 
 DTYPES = ("float32", "bfloat16")
 DATA_PATHS = ("auto", "memory", "stream")
@@ -114,6 +114,12 @@ class TrainConfig:
       (`dl.data.augment.AUGMENTATIONS`): "crop:P" (pad P pixels, crop back), "translate:S"
       (shift up to S pixels), "flip" (horizontal, with probability 0.5; not for digits),
       "mixup:A" (Beta(A, A) mixup within each batch; classification only).
+    peak_flops_per_device: the peak FLOP/s of one device for the train records' mfu (0: from
+      `dl.training.flops.PEAKS` by device kind; on CPU, a matmul measured once per process).
+    profile_steps: "START:NUM", e.g. "10:5": a `jax.profiler` trace of NUM steps from step
+      START into `<workdir>/profile` (`dl.training.profile.ProfileHook`; "": none).
+    compilation_cache_dir: JAX's persistent compilation cache directory for this run ("":
+      JAX's setting; the JAX_COMPILATION_CACHE_DIR environment variable wins when set).
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -173,6 +179,9 @@ class TrainConfig:
   data_memory_budget_mb: float = 2048.0
   data_workers: int = 0
   augment: tuple = ()
+  peak_flops_per_device: float = 0.0
+  profile_steps: str = ""
+  compilation_cache_dir: str = ""
   progress: bool = True
   tensorboard: bool = True
 
@@ -331,6 +340,14 @@ def _check_values(c: TrainConfig) -> None:
   )
   _require(c.data_workers >= 0, "data_workers", "an integer >= 0", c.data_workers)
   augment_lib.from_names(c.augment)  # raises naming an unknown augmentation
+  _require(
+    c.peak_flops_per_device >= 0,
+    "peak_flops_per_device",
+    "a number >= 0 (0: from the device kind)",
+    c.peak_flops_per_device,
+  )
+  if c.profile_steps:
+    profile.parse_steps(c.profile_steps)  # raises naming the expected form
   if c.objective != "classification":
     _require(
       not any(name.startswith("mixup") for name in c.augment),

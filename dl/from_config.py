@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import logging
 import math
+import os
 from typing import Any
 
 import jax
@@ -24,7 +25,7 @@ from dl import distributed, fairness, models, objectives, privacy, writers
 from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
-from dl.training import loop, optim, steps
+from dl.training import loop, optim, profile, steps
 from dl.training.task import Task, task
 
 log = logging.getLogger(__name__)
@@ -257,15 +258,26 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     sharding_rules=c.sharding_rules,
     logical_axis_rules=c.logical_axis_rules,
     max_replicated_mb=c.max_replicated_mb,
+    peak_flops_per_device=c.peak_flops_per_device,
+    compilation_cache_dir=c.compilation_cache_dir,
     progress=c.progress,
     tensorboard=c.tensorboard,
   )
 
 
-def hooks(config, task: Task) -> list[loop.Hook]:
-  """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics."""
+def hooks(config, task: Task, workdir: str | None = None) -> list[loop.Hook]:
+  """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics, a profile
+  of some steps (into `<workdir>/profile`)."""
   c = config_lib.parse(config)
   out = []
+  if c.profile_steps:
+    if workdir is None:
+      raise ValueError(
+        f"config.profile_steps ({c.profile_steps!r}) writes into the run's workdir; pass "
+        "workdir to from_config.hooks (dl.train does)."
+      )
+    start, num = profile.parse_steps(c.profile_steps)
+    out.append(profile.ProfileHook(start, num, logdir=os.path.join(workdir, "profile")))
   if c.dp_noise_multiplier > 0:
     num_examples = len(task.train)
     truncation = getattr(task.train, "max_batch_size", None) if c.dp_accountant == "pld" else None
@@ -308,7 +320,7 @@ def train(config, workdir: str) -> tuple[Any, writers.History]:
   # Process 0 prepares the data set before the others read it: no two write its files.
   with distributed.primary_first("dl.train: data prepared"):
     built = build(config)
-  return loop.fit(built, workdir, fit_config(config, built), hooks=hooks(config, built))
+  return loop.fit(built, workdir, fit_config(config, built), hooks=hooks(config, built, workdir))
 
 
 def restore(config, workdir: str, step: int | str | None = None) -> Any:

@@ -6,11 +6,18 @@ finiteness checks, the lifetime of the checkpointer and the metric writer, the p
 the test score at the end and the plot. What is trained is a part passed in (`Trainable`):
 a supervised `dl.Task`, a GAN, a federated round, a user's own step. Features that need the
 loop (a privacy budget in the logs, slice metrics at evaluation) come in as `Hook`s.
+
+Each train record carries, beside the metrics, `examples_per_sec`, `model_flops_per_step`,
+`tflops_per_sec_per_device`, `mfu` and `compile_seconds` (`dl.training.flops`), each over
+the steps since the previous record: the first record's interval holds the compilation
+that its `compile_seconds` reports. Each dispatch is a `jax.profiler.StepTraceAnnotation`
+named "train" (`dl.training.profile.ProfileHook` records a trace of some steps).
 """
 
 import dataclasses
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -28,9 +35,10 @@ from dl import distributed, inference, parallel, writers
 from dl.checkpoint import Checkpointer
 from dl.data.batches import MemberBatches
 from dl.lock import WorkdirLock, WorkdirLockedError
-from dl.training import feed, optim, placement, preemption
+from dl.training import feed, flops, optim, placement, preemption
 
 Metrics = dict[str, Any]
+log = logging.getLogger(__name__)
 
 
 class Batches(Protocol):
@@ -63,8 +71,11 @@ class Trainable(Protocol):
     """The pure step. Takes `axis_name=` too where it supports `parallel="pmap"`.
 
     (Optional: `examples_per_step(batch_size) -> int`, the examples one step consumes, for
-    the records' examples_per_sec, `batch_size` when absent; `param_axes() -> {parameter
-    path: axis names}`, the model's own sharding annotations, used on a mesh.)
+    the records' examples_per_sec, `batch_size` when absent; `flops_per_step(batch_size)
+    -> float | None`, one member's analytic model FLOPs of a step, for the records'
+    model_flops_per_step and mfu (None or absent: XLA's count of the one-step program);
+    `param_axes() -> {parameter path: axis names}`, the model's own sharding annotations,
+    used on a mesh.)
     """
 
   def batches(self, batch_size: int, *, seed: int, shard_index: int, num_shards: int) -> Batches:
@@ -121,6 +132,12 @@ class Hook:
     """Takes back what `get_state` returned, when a run resumes from a checkpoint."""
     del state
 
+  def before_dispatch(self, step: int, num_steps: int) -> None:
+    """Called before each compiled call, which runs the `num_steps` steps from `step` (more
+    than one when steps are fused), and once more with `num_steps` 0 when the loop ends,
+    normally or by an exception (e.g. to stop a profile: `dl.training.profile`)."""
+    del step, num_steps
+
 
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
@@ -168,6 +185,13 @@ class FitConfig:
     max_replicated_mb: a parameter (or optimizer leaf) larger than this many MiB may not be
       replicated on a mesh whose fsdp or model axis could shard it: `fit` stops before
       compiling, naming it.
+    peak_flops_per_device: the peak FLOP/s of one device, for the records' mfu (0: from
+      `dl.training.flops.PEAKS` by device kind; on CPU, a matmul measured once per process).
+    compilation_cache_dir: a directory for JAX's persistent compilation cache, so a rerun
+      loads its compiled programs instead of compiling them ("": JAX's setting, e.g. the
+      JAX_COMPILATION_CACHE_DIR environment variable, which wins when set). JAX keeps the
+      first directory a process used, and only programs slower to compile than
+      `jax_persistent_cache_min_compile_time_secs` (1 s by default).
     progress: show a progress bar.
     tensorboard: also write TensorBoard event files.
   """
@@ -195,6 +219,8 @@ class FitConfig:
   sharding_rules: Sequence[tuple[str, Sequence[Any]]] = ()
   logical_axis_rules: Sequence[tuple[str, Any]] = ()
   max_replicated_mb: float = 64.0
+  peak_flops_per_device: float = 0.0
+  compilation_cache_dir: str = ""
   progress: bool = True
   tensorboard: bool = True
 
@@ -204,6 +230,12 @@ class FitConfig:
     for key in ("num_steps", "eval_every", "checkpoint_every"):
       _require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
     _require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
+    _require(
+      self.peak_flops_per_device >= 0,
+      "peak_flops_per_device",
+      "a number >= 0 (0: from the device kind)",
+      self.peak_flops_per_device,
+    )
     _require(
       self.checkpoint_every_seconds >= 0,
       "checkpoint_every_seconds",
@@ -281,6 +313,8 @@ def fit(
     dl.lock.WorkdirLockedError: when another live run holds `workdir`.
   """
   c = dataclasses.replace(config or FitConfig(), **overrides)
+  if c.compilation_cache_dir:
+    _use_compilation_cache(c.compilation_cache_dir)
   members = c.members()
   primary = distributed.is_primary()
   init = functools.partial(_init_members, trainable, members)
@@ -300,8 +334,10 @@ def fit(
   selection = _selection(trainable, c)
   lock = _lock(workdir)
   try:
+    peak, peak_source = flops.peak_flops_per_device(configured=c.peak_flops_per_device)
     if primary:
       record = {"name": trainable.name, "selection": selection, **dataclasses.asdict(c)}
+      record["peak"] = {"flops_per_device": peak, "source": peak_source}
       _write_json(os.path.join(workdir, "fit_config.json"), record)
     ckpt = _checkpointer(workdir, c, selection)
     # Batches prepared one dispatch ahead and laid out for the step, in the background.
@@ -310,7 +346,7 @@ def fit(
     writer = (
       writers.MetricWriter(workdir, tensorboard=c.tensorboard) if primary else _NoWriter(workdir)
     )
-    run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members), selection)
+    run = _Run(trainable, c, layout, ckpt, writer, hooks, num_steps, len(members), selection, peak)
     run.on_log = lambda step: lock.refresh()
     try:
       with preemption.StopRequests(c.checkpoint_every_seconds) as stops:
@@ -361,6 +397,21 @@ def restore(
       f"no checkpoint in {ckpt.directory}; train first with dl.fit (or dl.train) in {workdir!r}."
     )
   return restored[1]
+
+
+def _use_compilation_cache(directory: str) -> None:
+  """Points JAX's persistent compilation cache at `directory`, unless the environment
+  (JAX_COMPILATION_CACHE_DIR) or an earlier run of this process chose one already."""
+  current = jax.config.jax_compilation_cache_dir
+  if current and current != directory:
+    log.warning(
+      "compilation_cache_dir %r not used: this process caches compiled programs in %r "
+      "(JAX_COMPILATION_CACHE_DIR or an earlier run), and JAX keeps the first.",
+      directory,
+      current,
+    )
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)
 
 
 def _layout(trainable: Trainable, c: FitConfig, abstract_state: Any) -> placement.Placement:
@@ -533,6 +584,69 @@ class _NoWriter:
     pass
 
 
+# What a train record says about the run rather than the model (not shown on the bar).
+_RUN_FIGURES = (
+  "examples_per_sec",
+  "model_flops_per_step",
+  "tflops_per_sec_per_device",
+  "mfu",
+  "compile_seconds",
+)
+
+
+class _Throughput:
+  """The train records' model FLOPs, TFLOP/s per device, MFU and compile seconds.
+
+  The FLOPs of a step are counted once, at the first record: the trainable's analytic
+  count, else XLA's count of the one-step program (`flops.xla_flops`), lowered for a batch
+  it was called with (jit's cached program, no compile) or, in a run that only fused
+  steps, for the shapes of one step (one more compile).
+  """
+
+  def __init__(self, one_step, analytic: float | None, peak: float | None, fused_axis: int):
+    self.one_step = one_step
+    self.flops_per_step = analytic
+    self.counted = analytic is not None
+    self.peak = peak
+    self.fused_axis = fused_axis
+    self.clock = flops.CompileClock()  # runs around each dispatch
+    self.batch = None  # what to lower the one-step program for, until counted
+    self.devices: int | None = None  # that the state spans
+
+  def dispatched(self, batch: Any, k: int) -> None:
+    """Keeps a one-step batch (or, from fused batches, its shapes) for XLA's count."""
+    if self.counted or not (k == 1 or self.batch is None):
+      return
+    if k == 1:
+      self.batch = batch
+    else:
+      a = self.fused_axis
+      self.batch = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape[:a] + x.shape[a + 1 :], x.dtype), batch
+      )
+
+  def record(self, state: Any, steps: int, seconds: float) -> Metrics:
+    """The figures of `steps` steps that took `seconds` (and the compiling they held)."""
+    if self.devices is None:
+      self.devices = flops.num_devices(state)
+    if not self.counted:
+      self.flops_per_step = self._xla_count(state)
+      self.counted, self.batch = True, None
+    out = {}
+    if self.flops_per_step:
+      out["model_flops_per_step"] = self.flops_per_step
+      out |= flops.rates(self.flops_per_step, steps, seconds, self.devices, self.peak)
+    out["compile_seconds"] = self.clock.take()
+    return out
+
+  def _xla_count(self, state: Any) -> float | None:
+    try:
+      return flops.xla_flops(self.one_step, state, self.batch)
+    except Exception as e:  # a figure for the records never stops a run
+      log.warning("no XLA FLOP count of the train step (%s); records carry no mfu.", e)
+      return None
+
+
 @dataclasses.dataclass
 class _Run:
   """One call of `fit`: its parts, and the steps from the current one to the last."""
@@ -546,6 +660,7 @@ class _Run:
   num_steps: int
   num_members: int
   selection: tuple[str, str] | None
+  peak_flops: float | None = None  # of one device, for the records' mfu
   on_log: Any = lambda step: None  # e.g. refreshes the workdir's lock
 
   @property
@@ -553,6 +668,12 @@ class _Run:
     """Training examples one step consumes (a trainable may say, e.g. a federated round)."""
     count = getattr(self.trainable, "examples_per_step", None)
     return count(self.config.batch_size) if count else self.config.batch_size
+
+  def analytic_flops(self) -> float | None:
+    """Model FLOPs of one step of all members, if the trainable counts them."""
+    count = getattr(self.trainable, "flops_per_step", None)
+    per_member = count(self.config.batch_size) if count else None
+    return None if per_member is None else per_member * self.num_members
 
   def train(self, state: Any, position: _Position, stops: preemption.StopRequests) -> Any:
     """Runs steps from `state.step` to `num_steps`, stopping at each event step.
@@ -566,6 +687,8 @@ class _Run:
       step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
     one_step = self.layout.compile(step_fn, fused=False)
     fused_steps = self.layout.compile(step_fn, fused=True, unroll=c.unroll_steps)
+    fused_axis = 1 if self.layout.mode == "pmap" else 0  # (devices, k, ...) under pmap
+    self.throughput = _Throughput(one_step, self.analytic_flops(), self.peak_flops, fused_axis)
     batches = position.batches
     events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
@@ -580,18 +703,28 @@ class _Run:
     )
     if step:
       _say(self.bar, f"resuming at step {step} from {self.ckpt.directory}")
-    with self.bar:
-      while step < self.num_steps:
-        k = events.steps_until_next(step)
-        then = events.steps_until_next(step + k) if step + k < self.num_steps else None
-        batch = batches.take(k, then=then)  # laid out; the next call's is prepared meanwhile
-        state, metrics = (one_step if k == 1 else fused_steps)(state, batch)
-        self.pending.append(metrics)  # Stays on device until the next sync.
-        step += k
-        self.bar.update(k)
-        stop = stops.requested(step)
-        if events.any(step) or stop:
-          state = self.at_event(state, step, position, events, stops, stop)
+    self.throughput.clock.start()
+    try:
+      with self.bar:
+        while step < self.num_steps:
+          k = events.steps_until_next(step)
+          then = events.steps_until_next(step + k) if step + k < self.num_steps else None
+          batch = batches.take(k, then=then)  # laid out; the next call's is prepared meanwhile
+          for hook in self.hooks:
+            hook.before_dispatch(step, k)
+          with jax.profiler.StepTraceAnnotation("train", step_num=step), self.throughput.clock:
+            state, metrics = (one_step if k == 1 else fused_steps)(state, batch)
+          self.throughput.dispatched(batch, k)
+          self.pending.append(metrics)  # Stays on device until the next sync.
+          step += k
+          self.bar.update(k)
+          stop = stops.requested(step)
+          if events.any(step) or stop:
+            state = self.at_event(state, step, position, events, stops, stop)
+    finally:
+      self.throughput.clock.stop()
+      for hook in self.hooks:
+        hook.before_dispatch(step, 0)
     return state
 
   def let_hooks(self, state: Any, call) -> Any:
@@ -608,7 +741,11 @@ class _Run:
     Returns the state to go on with (hooks may change it after an evaluation).
     """
     self.ckpt.check()  # A background save that failed stops the run here, with one clear error.
-    record = _sync(self.pending, step, self.last_sync, self.examples_per_step, self.num_members)
+    record, seconds = _sync(
+      self.pending, step, self.last_sync, self.examples_per_step, self.num_members
+    )
+    record |= self.throughput.record(state, step - self.last_sync[0], seconds)
+    # After the first count of FLOPs, which may compile: not a part of training's time.
     self.pending, self.last_sync = [], (step, time.perf_counter())
     for hook in self.hooks:
       record |= hook.on_log(step, record)
@@ -709,8 +846,10 @@ def _say(bar: tqdm.tqdm, message: str) -> None:
 
 def _sync(
   pending, step: int, last_sync: tuple[int, float], examples_per_step: int, num_members: int
-) -> Metrics:
+) -> tuple[Metrics, float]:
   """Fetches the per-step metrics since the last sync, checks they are finite, averages them.
+
+  Returns the record and the seconds since the last sync.
 
   Each entry of `pending` holds, per metric, a scalar (one step) or (k,) (k fused steps),
   with a trailing member axis for ensembles, whose records hold one value per member.
@@ -733,13 +872,14 @@ def _sync(
   record = {name: inference.per_member(values.mean(axis=0)) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
   examples = (step - prev_step) * examples_per_step * num_members
-  record["examples_per_sec"] = examples / (time.perf_counter() - prev_time)
-  return record
+  seconds = time.perf_counter() - prev_time
+  record["examples_per_sec"] = examples / seconds
+  return record, seconds
 
 
 def _shown(record: Metrics) -> dict[str, str]:
   """The first two metrics of a record, formatted (means over ensemble members)."""
-  means = _mean({k: v for k, v in record.items() if k != "examples_per_sec"})
+  means = _mean({k: v for k, v in record.items() if k not in _RUN_FIGURES})
   return {name: f"{value:.4f}" for name, value in list(means.items())[:2]}
 
 

@@ -95,6 +95,16 @@ class Task:
     axes = getattr(self.model, "axes", None)
     return axes(self._example_batch()) if axes else {}
 
+  def flops_per_step(self, batch_size: int) -> float | None:
+    """Model FLOPs of one step (forward and backward) on `batch_size` examples, when the
+    model counts them: its `train_flops(batch_shape)` (`dl.models.MLP`, `DecoderLM`), given
+    the shape of a batch of its first input. None for models that do not say."""
+    count = getattr(getattr(self.model, "module", self.model), "train_flops", None)
+    if count is None:
+      return None
+    shape = self.train.example()[self.model.inputs[0]].shape[1:]
+    return float(count((batch_size, *shape)))
+
   def step(self, state: TrainState, batch, *, axis_name: str | None = None):
     """`train_step` with this task's model, optimizer and objective bound."""
     return self.train_step(
