@@ -44,8 +44,12 @@ def test_lm_throughput_quick_reports_training_and_both_samplers():
     "train",
     "sample with KV cache",
     "sample no cache",
+    "decoder_lm train, dl.fit",
+    "decoder_lm train, hand-written jit",
   ]
   assert all(row["tokens_per_sec"] > 0 for row in rows)
+  for row in rows[3:]:
+    assert row["tflops_per_sec_per_device"] > 0 and row["mfu"] > 0
 
 
 def test_checkpoint_overhead_quick_reports_sync_and_async_percentiles():
