@@ -47,6 +47,7 @@ from dl.inference import eval_step, evaluate, predict
 from dl.models.adapters import NNX, Linen
 from dl.training.compile import jit_step, scan_steps
 from dl.training.loop import FitConfig, Hook, fit
+from dl.training.plan import plan
 from dl.training.profile import ProfileHook
 from dl.training.state import TrainState, create_train_state
 from dl.training.steps import train_step
@@ -92,6 +93,7 @@ __all__ = [
   "monitor",
   "objectives",
   "parse_config",
+  "plan",
   "plot_history",
   "predict",
   "privacy",
