@@ -137,7 +137,8 @@ def make_mesh(mode: str, mesh_shape: str = "", devices=None, dcn_mesh_shape: str
       f"does not on {bad}."
     )
   ici = tuple(shape[axis] // dcn[axis] for axis in AXES)
-  granules = not hasattr(devices[0], "slice_index")  # no slices (CPU, GPU): one per process
+  # Several slices (TPU pods): one granule each; else (CPU, GPU, one slice) one per process.
+  granules = len({getattr(d, "slice_index", 0) for d in devices}) == 1
   array = mesh_utils.create_hybrid_device_mesh(
     ici, tuple(dcn[axis] for axis in AXES), devices, process_is_granule=granules
   )
@@ -338,7 +339,11 @@ def check_replication(leaves: Sequence[LeafLayout], mesh: Mesh, max_bytes: float
     return  # data parallel: replication is the layout asked for
   for leaf in sorted(leaves, key=lambda leaf: -leaf.nbytes()):
     if leaf.nbytes() > max_bytes and not _spec_axes(leaf.spec):
-      why = leaf.note or "no annotation or rule names its axes and fsdp divides none of them"
+      why = leaf.note or "no annotation or rule names its axes, and " + (
+        "the mesh has no fsdp axis for the shape rule"
+        if mesh.shape["fsdp"] == 1
+        else "fsdp divides none of its dimensions"
+      )
       raise ValueError(
         f"{leaf.path} {leaf.shape} ({leaf.nbytes() / 2**20:.1f} MiB) would be replicated on "
         f"every device of mesh {dict(mesh.shape)} ({why}). Annotate it in the model "

@@ -217,3 +217,28 @@ def test_one_process_is_not_distributed():
 def test_bad_environment_is_named(env, message):
   with pytest.raises(ValueError, match=message):
     distributed.initialize_from_env(env)
+
+
+def test_two_processes_tensor_parallel_train_what_one_process_trains(tmp_path):
+  """A model axis across 2 processes x 4 devices (a hybrid mesh: "data" spans the processes,
+  fsdp and model stay within each) trains what one process of 8 devices trains."""
+  mesh = ["parallel=mesh", "mesh_shape=data=2,fsdp=2,model=2"]
+  script = os.path.join(os.path.dirname(__file__), "user_parts.py")
+  command = [
+    *(sys.executable, "-m", "dl.cli.launch", "--num_processes=2", "--devices_per_process=4", "--"),
+    *(sys.executable, script, "tensor_parallel", str(tmp_path / "2x4"), "20", *mesh),
+    "dcn_mesh_shape=data=2",
+  ]
+  out = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
+  assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+  import user_parts
+
+  ref, _ = user_parts.fit("tensor_parallel", str(tmp_path / "1x8"), 20, **dict(m.split("=", 1) for m in mesh))
+  assert "model" in tuple(ref.params["Dense_0"]["kernel"].sharding.spec)
+  task = user_parts.tensor_parallel_task()
+  config = dl.FitConfig(num_steps=20, batch_size=32)
+  state = dl.training.loop.restore(task, str(tmp_path / "2x4"), config)
+  chex.assert_trees_all_close(
+    jax.device_get(state.params), jax.device_get(ref.params), rtol=1e-5, atol=1e-6
+  )
+  assert _records(tmp_path / "2x4") == _records(tmp_path / "1x8")

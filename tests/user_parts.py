@@ -88,7 +88,72 @@ def nnx_task() -> dl.Task:
   )
 
 
-TASKS = {"two_input": two_input_task, "nnx": nnx_task}
+def _named(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class TensorParallelMLP(nn.Module):
+  """Two Dense layers annotated Megatron-style: the hidden units over "model", the input and
+  output widths over "fsdp"; the hidden activations constrained likewise."""
+
+  hidden: int = 64
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    del train
+    x = x.reshape(len(x), -1)
+    kernel = nn.initializers.lecun_normal()
+    h = nn.Dense(
+      self.hidden,
+      kernel_init=_named(kernel, ("embed", "mlp")),
+      bias_init=_named(nn.initializers.zeros, ("mlp",)),
+    )(x)
+    h = nn.with_logical_constraint(nn.relu(h), ("act_batch", "act_mlp"))
+    return nn.Dense(10, kernel_init=_named(kernel, ("mlp", "embed")))(h)
+
+
+def tensor_parallel_task() -> dl.Task:
+  return dl.task(
+    model=TensorParallelMLP(),
+    objective=dl.objectives.classification,
+    optimizer=optax.adamw(1e-2, weight_decay=1e-4),
+    train=("digits", "train"),
+    test=("digits", "test"),
+  )
+
+
+class ShardedNNX(nnx.Module):
+  """An NNX MLP whose kernels carry `sharding` metadata (`nnx.with_partitioning`)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    kernel = nnx.initializers.lecun_normal()
+    self.hidden = nnx.Linear(
+      64, 64, kernel_init=nnx.with_partitioning(kernel, ("embed", "mlp")), rngs=rngs
+    )
+    self.out = nnx.Linear(
+      64, 16, kernel_init=nnx.with_partitioning(kernel, ("mlp", "embed")), rngs=rngs
+    )
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.hidden(x.reshape(len(x), -1))))[:, :10]
+
+
+def sharded_nnx_task() -> dl.Task:
+  return dl.task(
+    model=dl.NNX(ShardedNNX),
+    objective=dl.objectives.classification,
+    optimizer=optax.adam(1e-2),
+    train=("digits", "train"),
+    test=("digits", "test"),
+  )
+
+
+TASKS = {
+  "two_input": two_input_task,
+  "nnx": nnx_task,
+  "tensor_parallel": tensor_parallel_task,
+  "sharded_nnx": sharded_nnx_task,
+}
 
 
 class Slow(dl.Hook):
@@ -105,8 +170,10 @@ class Slow(dl.Hook):
 
 def fit(kind: str, workdir: str, num_steps: int, **overrides):
   slow = float(os.environ.get("DL_TEST_SLOW_SECONDS", "0"))
+  with dl.distributed.primary_first("user_parts: data prepared"):  # one process writes it
+    task = TASKS[kind]()
   return dl.fit(
-    TASKS[kind](),
+    task,
     workdir,
     num_steps=num_steps,
     batch_size=32,
