@@ -2,6 +2,7 @@
 fake CPU devices; the replication check before compiling; the command line; a large LM on
 256 virtual devices."""
 
+import importlib.util
 import json
 import math
 import os
@@ -201,3 +202,16 @@ def test_a_large_lm_on_256_virtual_devices_is_planned_from_shapes():
   whole_state = 3 * 4 * (matrices + norms)  # parameters and two Adam moments, float32
   assert record["peak_rss_bytes"] < whole_state  # never held, not even once
   assert len(jax.devices()) == 8 and os.environ.get("XLA_FLAGS")  # this process is untouched
+
+
+def test_the_1b_config_parses_and_has_a_billion_parameters():
+  path = ROOT / "experiments" / "plan_1b_lm.py"
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = dl.parse_config(module.get_config())  # not among experiments_test's: never trained
+  fields = {k: v for k, v in config.model.items() if k != "name"}
+  model = dl.models.create(config.model["name"], num_classes=98, **fields)
+  ids_1xL = jax.ShapeDtypeStruct((1, 128), np.int32)
+  shapes = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), ids_1xL)
+  assert sum(x.size for x in jax.tree.leaves(shapes)) == 981_944_320
