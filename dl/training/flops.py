@@ -171,9 +171,11 @@ class CompileClock:
     jax.monitoring.register_event_duration_secs_listener(self._listener)
 
   def stop(self) -> None:
-    if self._listener is not None:
-      jax.monitoring.unregister_event_duration_listener(self._listener)
-      self._listener = None
+    # Older jax cannot unregister: the listener stays, idle (it counts only while running).
+    unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
+    if self._listener is not None and unregister is not None:
+      unregister(self._listener)
+    self._listener = None
 
   def __enter__(self) -> "CompileClock":
     self._running_on = threading.get_ident()

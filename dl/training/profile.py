@@ -5,7 +5,9 @@
   # tensorboard --logdir {workdir}   (profile plugin: tensorboard-plugin-profile / xprof)
 
 The loop wraps each dispatch in `jax.profiler.StepTraceAnnotation("train", step_num=step)`,
-so the trace shows one "train" span per compiled call, named by its first step. The trace
+so the trace shows one "train" span per compiled call, with its first step as `step_num`
+(on the host's thread: the call returns once the work is queued, and the device's work for
+it follows on the device's own lines, or XLA's threads on CPU). The trace
 lands in `<logdir>/plugins/profile/<date>/`, as `<host>.xplane.pb` (what TensorBoard's
 profile plugin and XProf read) and `<host>.trace.json.gz` (Perfetto, chrome://tracing).
 `jax.profiler.start_trace` needs neither TensorFlow nor the plugin installed.
