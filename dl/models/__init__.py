@@ -13,6 +13,8 @@ from dl.models.cnn import CNN
 from dl.models.decoder import DecoderLM
 from dl.models.mlp import MLP
 from dl.models.recommender import MatrixFactorization, NeuMF
+from dl.models.remat import POLICIES as REMAT_POLICIES
+from dl.models.remat import remat
 from dl.models.resnet import ResNet, ResNet8, ResNet18
 from dl.models.rnn import RNNEncoder, SeriesRNN, TextRNN
 from dl.models.speech import CTCRecognizer, KeywordCNN, LogMel
@@ -73,6 +75,7 @@ __all__ = [
   "LogMel",
   "MatrixFactorization",
   "NeuMF",
+  "REMAT_POLICIES",
   "ResNet",
   "ResNet8",
   "ResNet18",
@@ -84,4 +87,5 @@ __all__ = [
   "TransformerSeq2Seq",
   "UNet",
   "create",
+  "remat",
 ]

@@ -63,7 +63,7 @@ class ResNet(nn.Module):
     dtype: compute dtype (e.g. jnp.bfloat16); parameters and batch statistics stay
       float32, logits are float32.
     remat: what each residual block keeps for the backward pass: "none", "full" or a
-      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`).
+      `jax.checkpoint_policies` name (`dl.models.REMAT_POLICIES`).
   """
 
   num_classes: int

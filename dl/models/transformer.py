@@ -20,7 +20,7 @@ parameters) and "classes" (C). Activations are constrained by logical names too
 ("act_batch", "act_length", "act_embed"), the MLP's hidden units (B, L, F) ("act_batch",
 "act_length", "act_mlp") and the LM's logits (B, L, V) ("act_batch", "act_length", "act_vocab").
 
-`remat` names what each block keeps for the backward pass (`dl.models.remat.POLICIES`):
+`remat` names what each block keeps for the backward pass (`dl.models.REMAT_POLICIES`):
 "none", "full" or a `jax.checkpoint_policies` name. It changes memory and compute, never
 parameters or values; the cached decoding path (`decode=True`) ignores it.
 """
@@ -278,7 +278,7 @@ class TransformerClassifier(nn.Module):
     dropout: dropout rate (active only with `train=True`).
     dtype: compute dtype; parameters stay float32, logits are float32.
     remat: what each block keeps for the backward pass: "none", "full" or a
-      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`).
+      `jax.checkpoint_policies` name (`dl.models.REMAT_POLICIES`).
   """
 
   num_classes: int
@@ -406,7 +406,7 @@ class TransformerLM(nn.Module):
     decode: autoregressive decoding with a cache, one position per call.
     dtype: compute dtype; parameters stay float32, logits are float32.
     remat: what each block keeps for the backward pass: "none", "full" or a
-      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`); ignored with `decode`.
+      `jax.checkpoint_policies` name (`dl.models.REMAT_POLICIES`); ignored with `decode`.
   """
 
   num_classes: int

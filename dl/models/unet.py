@@ -66,7 +66,7 @@ class UNet(nn.Module):
       (Integrated Gradients) pile up next to black, where its few steps miss them.
     dtype: compute dtype; parameters stay float32, the logits are float32.
     remat: what each convolution block keeps for the backward pass: "none", "full" or a
-      `jax.checkpoint_policies` name (`dl.models.remat.POLICIES`).
+      `jax.checkpoint_policies` name (`dl.models.REMAT_POLICIES`).
   """
 
   num_classes: int = 2
