@@ -15,23 +15,7 @@ from dl.models.decoder import DecoderLM
 VOCAB = 24
 TINY = dict(num_classes=VOCAB, width=32, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=64)
 # Megatron-style tensor parallel over ("data", "fsdp", "model"), as dl maps the names.
-RULES = (
-  ("act_batch", ("data", "fsdp")),
-  ("act_length", None),
-  ("act_embed", None),
-  ("act_heads", "model"),
-  ("act_kv_heads", "model"),
-  ("act_head_dim", None),
-  ("act_mlp", "model"),
-  ("act_vocab", "model"),
-  ("embed", "fsdp"),
-  ("mlp", "model"),
-  ("heads", "model"),
-  ("kv_heads", "model"),
-  ("vocab", "model"),
-  ("head_dim", None),
-  ("norm", None),
-)
+RULES = dl.parallel.LOGICAL_RULES
 
 
 def _ids(shape, seed=0):

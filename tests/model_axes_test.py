@@ -16,22 +16,7 @@ LM = TransformerLM(32, width=16, num_heads=2, mlp_dim=32, max_len=8)
 CLASSIFIER = TransformerClassifier(3, vocab_size=32, width=16, num_heads=2, mlp_dim=32, max_len=8)
 
 # Inline, so the test does not depend on the library's defaults (Megatron-style).
-RULES = (
-  ("act_batch", ("data", "fsdp")),
-  ("act_length", None),
-  ("act_embed", None),
-  ("act_mlp", "model"),
-  ("act_vocab", "model"),
-  ("act_heads", "model"),
-  ("embed", "fsdp"),
-  ("mlp", "model"),
-  ("heads", "model"),
-  ("kv_heads", "model"),
-  ("vocab", "model"),
-  ("head_dim", None),
-  ("norm", None),
-  ("classes", None),
-)
+RULES = dl.parallel.LOGICAL_RULES
 
 
 def _axes_and_shapes(module: nn.Module, inputs: jax.Array):
