@@ -83,25 +83,19 @@ def write_samples(state, model, path: str, num_tokens: int, seed: int = 0) -> li
   return texts
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default="workdirs/pydoc_char_lm")
-  parser.add_argument("--steps", type=int, default=0, help="override num_train_steps")
-  args = parser.parse_args()
-  config = get_config()
+def study(config, workdir: str) -> tuple[dict, list[str], dl.Task]:
+  """Trains `config` in `workdir`; its validation bits per character beside the unigram
+  baseline's, samples drawn with the KV cache (written to <workdir>/samples.txt), the task."""
   config.progress = False
-  if args.steps:
-    config.num_train_steps = args.steps
-    config.eval_every_steps = args.steps
   start = time.perf_counter()
-  state, history = dl.train(config, args.workdir)
+  state, history = dl.train(config, workdir)
   wall = time.perf_counter() - start
   task = dl.build(config)
   vocab = task.model.module.num_classes
   unigram = unigram_bits_per_char(task.train.arrays["label"], task.eval["label"], vocab)
   final = history["eval"][-1]
   texts = write_samples(
-    state, task.model.module, os.path.join(args.workdir, "samples.txt"), num_tokens=100
+    state, task.model.module, os.path.join(workdir, "samples.txt"), num_tokens=100
   )
   result = {
     "steps": final["step"],
@@ -110,9 +104,35 @@ def main():
     "validation_accuracy": round(final["accuracy"], 4),
     "train_wall_s": round(wall),
   }
+  return result, texts, task
+
+
+def parse_args(default_workdir: str):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--workdir", default=default_workdir)
+  parser.add_argument("--steps", type=int, default=0, help="override num_train_steps")
+  return parser.parse_args()
+
+
+
+def with_steps(config, steps: int):
+  """`config` trained for `steps` steps, evaluated at the end (0: as it is)."""
+  if steps:
+    config.num_train_steps = steps
+    config.eval_every_steps = steps
+  return config
+
+
+def report(result: dict, texts: list[str]) -> None:
   print(json.dumps(result))
   for text in texts:
     print("-----\n" + text)
+
+
+def main():
+  args = parse_args("workdirs/pydoc_char_lm")
+  result, texts, _ = study(with_steps(get_config(), args.steps), args.workdir)
+  report(result, texts)
 
 
 if __name__ == "__main__":

@@ -14,15 +14,11 @@ written to <workdir>/samples.txt):
 python experiments/pydoc_decoder_lm.py --workdir workdirs/pydoc_decoder_lm
 """
 
-import argparse
-import json
 import math
 import os
 import sys
-import time
 
 import jax
-import numpy as np
 
 import dl
 
@@ -46,40 +42,14 @@ def num_params(task: dl.Task) -> int:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default="workdirs/pydoc_decoder_lm")
-  parser.add_argument("--steps", type=int, default=0, help="override num_train_steps")
-  args = parser.parse_args()
-  config = get_config()
-  config.progress = False
-  if args.steps:
-    config.num_train_steps = args.steps
-    config.eval_every_steps = args.steps
-  start = time.perf_counter()
-  state, history = dl.train(config, args.workdir)
-  wall = time.perf_counter() - start
-  task = dl.build(config)
+  args = pydoc_char_lm.parse_args("workdirs/pydoc_decoder_lm")
+  config = pydoc_char_lm.with_steps(get_config(), args.steps)
+  result, texts, task = pydoc_char_lm.study(config, args.workdir)
   model = task.model.module
-  unigram = pydoc_char_lm.unigram_bits_per_char(
-    task.train.arrays["label"], task.eval["label"], model.num_classes
-  )
-  final = history["eval"][-1]
-  texts = pydoc_char_lm.write_samples(
-    state, model, os.path.join(args.workdir, "samples.txt"), num_tokens=100
-  )
-  result = {
-    "steps": final["step"],
-    "validation_bits_per_char": round(final["bits_per_token"], 4),
-    "unigram_bits_per_char": round(unigram, 4),
-    "validation_accuracy": round(final["accuracy"], 4),
-    "train_wall_s": round(wall),
-    "params": num_params(task),
-    "baseline_params": num_params(dl.build(pydoc_char_lm.get_config())),
-    "train_flops_per_step": model.train_flops((config.batch_size, model.max_len)),
-  }
-  print(json.dumps(result))
-  for text in texts:
-    print("-----\n" + text)
+  result["params"] = num_params(task)
+  result["baseline_params"] = num_params(dl.build(pydoc_char_lm.get_config()))
+  result["train_flops_per_step"] = model.train_flops((config.batch_size, model.max_len))
+  pydoc_char_lm.report(result, texts)
 
 
 if __name__ == "__main__":
