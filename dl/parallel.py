@@ -339,11 +339,16 @@ def check_replication(leaves: Sequence[LeafLayout], mesh: Mesh, max_bytes: float
     return  # data parallel: replication is the layout asked for
   for leaf in sorted(leaves, key=lambda leaf: -leaf.nbytes()):
     if leaf.nbytes() > max_bytes and not _spec_axes(leaf.spec):
-      why = leaf.note or "no annotation or rule names its axes, and " + (
-        "the mesh has no fsdp axis for the shape rule"
-        if mesh.shape["fsdp"] == 1
-        else "fsdp divides none of its dimensions"
-      )
+      if leaf.note:
+        why = leaf.note
+      elif leaf.names:
+        why = f"its axis names {leaf.names} map to no mesh axis larger than 1"
+      else:
+        why = "no annotation or rule names its axes, and " + (
+          "the mesh has no fsdp axis for the shape rule"
+          if mesh.shape["fsdp"] == 1
+          else "fsdp divides none of its dimensions"
+        )
       raise ValueError(
         f"{leaf.path} {leaf.shape} ({leaf.nbytes() / 2**20:.1f} MiB) would be replicated on "
         f"every device of mesh {dict(mesh.shape)} ({why}). Annotate it in the model "
