@@ -7,6 +7,15 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
+# What a train record says about the run rather than the model (not plotted, not on the bar).
+RUN_FIGURES = (
+  "examples_per_sec",
+  "model_flops_per_step",
+  "tflops_per_sec_per_device",
+  "mfu",
+  "compile_seconds",
+)
+
 History = dict[str, list[dict[str, float]]]
 
 
@@ -87,7 +96,7 @@ def plot_history(history: History, path: str, *, title: str = "") -> str:
 
 def _plotted(history: History) -> list[str]:
   """The two metrics `plot_history` draws."""
-  skip = {"step", "examples_per_sec"}
+  skip = {"step", *RUN_FIGURES}
   train = [k for r in history.get("train", [])[-1:] for k in r if k not in skip]
   evals = [k for r in history.get("eval", [])[-1:] for k in r if k not in skip]
   first = "loss" if "loss" in train + evals else (train + evals + ["loss"])[0]

@@ -174,17 +174,20 @@ def test_the_command_line_prints_the_table_for_a_config():
 # (1024 x 16 x 64 queries and output, 1024 x 4 x 64 keys and values), a 3 x 1024 x 4096
 # SwiGLU MLP and two 1024 norms, and the final norm.
 _LARGE_LM = """
-import json, numpy as np, optax, dl
+import json, resource, jax, numpy as np, optax, dl
 from dl.models.decoder import DecoderLM
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_num_cpu_devices", 256)
+assert len(jax.devices()) == 256  # the backend and its 256 devices exist before measuring
 tokens = np.zeros((8, 128), np.int32)
 model = DecoderLM(num_classes=256, width=1024, depth=8, num_heads=16, num_kv_heads=4,
                   mlp_dim=4096, max_len=2048)
 task = dl.task(model=model, objective=dl.objectives.next_token, optimizer=optax.adamw(1e-3),
                train={"input": tokens, "label": tokens}, validation_fraction=0.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 plan = dl.plan(task, devices=256, mesh_shape="fsdp=64,model=4", batch_size=256, compile=False)
-import resource
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(plan.to_dict() | {"peak_rss_bytes": peak}))
+grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+print(json.dumps(plan.to_dict() | {"peak_rss_growth_bytes": grown}))
 """
 
 
@@ -200,7 +203,8 @@ def test_a_large_lm_on_256_virtual_devices_is_planned_from_shapes():
   assert record["memory"] is None and record["compile_seconds"] is None
   assert math.isclose(record["replicated_fraction"], norms / (matrices + norms))
   whole_state = 3 * 4 * (matrices + norms)  # parameters and two Adam moments, float32
-  assert record["peak_rss_bytes"] < whole_state  # never held, not even once
+  # Never held, not even once: the peak grew by far less than the state (1.47 GB).
+  assert record["peak_rss_growth_bytes"] < whole_state / 4, record["peak_rss_growth_bytes"]
   assert len(jax.devices()) == 8 and os.environ.get("XLA_FLAGS")  # this process is untouched
 
 

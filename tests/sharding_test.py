@@ -200,7 +200,7 @@ def test_mesh_shapes_are_checked():
 def test_kill_then_resume_tensor_parallel_is_bit_identical(tmp_path):
   """SIGKILL a tensor-parallel run mid-way and resume it: the parameters an uninterrupted run
   of the same layout reaches, bit for bit."""
-  num_steps, mesh = 150, dict(parallel="mesh", mesh_shape="data=2,fsdp=2,model=2")
+  num_steps, mesh = 60, dict(parallel="mesh", mesh_shape="data=2,fsdp=2,model=2")
   script = str(pathlib.Path(__file__).resolve().parent / "user_parts.py")
   command = [sys.executable, script, "tensor_parallel", str(tmp_path / "killed"), str(num_steps)]
   command += [f"{k}={v}" for k, v in mesh.items()]
@@ -218,18 +218,18 @@ def _lm_task() -> dl.Task:
   arrays = {k: v[:, :32].astype(np.int32) for k, v in dl.data.load("pydoc_text", "train").items()}
   data = {"input": arrays["tokens"][:640], "label": arrays["label"][:640]}
   model = dl.models.create(
-    "decoder_lm", num_classes=98, width=32, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=64,
+    "decoder_lm", num_classes=98, width=32, depth=1, num_heads=4, num_kv_heads=2, mlp_dim=64,
     max_len=32,
   )
   return dl.task(
     model=model, objective=dl.objectives.next_token, optimizer=optax.adamw(3e-3), train=data,
-    validation_fraction=0.1,
+    validation_fraction=0,  # the train losses are compared: no evaluation to compile
   )
 
 
 def test_the_modern_lm_trains_tensor_parallel_as_on_one_device(tmp_path):
   task = _lm_task()
-  common = dict(COMMON, batch_size=16, eval_batch_size=64)
+  common = dict(COMMON, batch_size=16, log_every=5)
   ref, ref_history = dl.fit(task, str(tmp_path / "jit"), **common)
   for mesh_shape in LAYOUTS:
     with warnings.catch_warnings():
@@ -239,7 +239,7 @@ def test_the_modern_lm_trains_tensor_parallel_as_on_one_device(tmp_path):
       )
     chex.assert_trees_all_close(jax.device_get(state.params), ref.params, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(
-      [r["loss"] for r in history["eval"]], [r["loss"] for r in ref_history["eval"]], rtol=1e-5
+      [r["loss"] for r in history["train"]], [r["loss"] for r in ref_history["train"]], rtol=1e-5
     )
     sizes = parallel.mesh_sizes("mesh", mesh_shape, 8)
     _check_layout(state, task, sizes)

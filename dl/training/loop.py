@@ -584,16 +584,6 @@ class _NoWriter:
     pass
 
 
-# What a train record says about the run rather than the model (not shown on the bar).
-_RUN_FIGURES = (
-  "examples_per_sec",
-  "model_flops_per_step",
-  "tflops_per_sec_per_device",
-  "mfu",
-  "compile_seconds",
-)
-
-
 class _Throughput:
   """The train records' model FLOPs, TFLOP/s per device, MFU and compile seconds.
 
@@ -879,7 +869,7 @@ def _sync(
 
 def _shown(record: Metrics) -> dict[str, str]:
   """The first two metrics of a record, formatted (means over ensemble members)."""
-  means = _mean({k: v for k, v in record.items() if k not in _RUN_FIGURES})
+  means = _mean({k: v for k, v in record.items() if k not in writers.RUN_FIGURES})
   return {name: f"{value:.4f}" for name, value in list(means.items())[:2]}
 
 
