@@ -202,12 +202,15 @@ class Checkpointer:
     return left
 
   def latest_step(self) -> int | None:
+    """The newest saved step, or None before the first save."""
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
+    """Every step whose checkpoint is kept, oldest first."""
     return list(self._manager.all_steps())
 
   def best_step(self) -> int | None:
+    """The kept step best by the tracked metric (the latest where none is), None before a save."""
     return self._manager.best_step()
 
   def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:

@@ -73,7 +73,10 @@ def smoothgrad(
   """SmoothGrad: the gradient averaged over Gaussian-noised copies of each input.
 
   Args:
-    model, variables, inputs_BxS, targets_B: as for `saliency`.
+    model: as for `saliency`.
+    variables: as for `saliency`.
+    inputs_BxS: as for `saliency`.
+    targets_B: as for `saliency`.
     key: PRNG key of the noise.
     num_samples: N noisy copies per example (computed together, vmapped).
     noise_level: noise standard deviation over each example's (max - min) value range.
@@ -110,7 +113,10 @@ def integrated_gradients(
   error of the quadrature, which shrinks as `num_steps` grows.
 
   Args:
-    model, variables, inputs_BxS, targets_B: as for `saliency`.
+    model: as for `saliency`.
+    variables: as for `saliency`.
+    inputs_BxS: as for `saliency`.
+    targets_B: as for `saliency`.
     baseline: a scalar, one example (S), or one per example (B, *S); 0 (black) by default.
     num_steps: K intervals of the path; all gradients are computed together (vmapped).
     method: "trapezoid" (K + 1 points, both ends) or "riemann" (K interval midpoints).
@@ -191,7 +197,9 @@ def grad_cam(
   """Grad-CAM: a conv layer's channels weighted by their mean gradient, then ReLU.
 
   Args:
-    model, variables, targets_B: as for `saliency`.
+    model: as for `saliency`.
+    variables: as for `saliency`.
+    targets_B: as for `saliency`.
     inputs_BxHxWxC: images.
     layer: path of a submodule whose output is (B, h, w, K) feature maps, e.g. "Conv_1".
     resize: upsample the (h, w) map bilinearly to (H, W).

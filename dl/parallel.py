@@ -198,6 +198,7 @@ class LeafLayout:
     return math.prod(mesh_shape[axis] for axis in _spec_axes(self.spec))
 
   def nbytes(self) -> int:
+    """The leaf's bytes, whole (on one device)."""
     return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
   def device_bytes(self, mesh_shape: Mapping[str, int]) -> int:

@@ -32,9 +32,11 @@ class Autoencoder(nn.Module):
     return jax.nn.sigmoid(self.decoder(self.encoder(x_BxHxWxC)))
 
   def encode(self, x_BxHxWxC: jax.Array) -> jax.Array:
+    """The (B, Z) codes of a batch of images."""
     return self.encoder(x_BxHxWxC)
 
   def decode(self, z_BxZ: jax.Array) -> jax.Array:
+    """The (B, H, W, C) images in [0, 1] that codes decode to."""
     return jax.nn.sigmoid(self.decoder(z_BxZ))
 
 

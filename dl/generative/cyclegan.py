@@ -101,8 +101,10 @@ def train_step(
   Args:
     state: see `create_state`.
     batch: {"a": (B, H, W, C), "b": (B', H, W, C)}: unpaired images of the two domains.
-    translator, discriminator: the Flax modules (one definition, two parameter sets each).
-    gen_tx, disc_tx: the optimizers of the translators and of the discriminators.
+    translator: the translator's Flax module (one definition, two parameter sets: A->B, B->A).
+    discriminator: the discriminator's Flax module (one definition, two parameter sets).
+    gen_tx: the optimizer of the translators.
+    disc_tx: the optimizer of the discriminators.
     cycle_weight: weight of the L1 cycle-consistency loss.
     identity_weight: weight of the L1 identity loss |A->B(b) - b| + |B->A(a) - a|
       (Zhu et al. use half the cycle weight; it keeps intensities and shapes that already
@@ -167,8 +169,10 @@ class CycleGAN:
   """Two domains' images and the CycleGAN that translates between them, for `dl.fit`.
 
   Attributes:
-    translator, discriminator: the Flax modules (one definition, two parameter sets each).
-    gen_tx, disc_tx: the optimizers of the translators and of the discriminators.
+    translator: the translator's Flax module (one definition, two parameter sets: A->B, B->A).
+    discriminator: the discriminator's Flax module (one definition, two parameter sets).
+    gen_tx: the optimizer of the translators.
+    disc_tx: the optimizer of the discriminators.
     train: {"a": (N, H, W, C), "b": (N', H, W, C)} unpaired images in [-1, 1].
     eval, test: held-out images of both domains in the same form, or None; evaluation
       reports their mean L1 round-trip errors.

@@ -53,8 +53,10 @@ class ZippedBatches:
     return {name: stream.next(num_batches)["input"] for name, stream in self._streams.items()}
 
   def get_state(self) -> dict[str, Any]:
+    """The position of every stream, by name: what a checkpoint saves."""
     return {name: stream.get_state() for name, stream in self._streams.items()}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
+    """Moves every stream to the position `get_state` returned."""
     for name, stream in self._streams.items():
       stream.set_state(state[name])

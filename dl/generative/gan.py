@@ -62,7 +62,8 @@ def create_state(
   Args:
     generator: called as `generator(z_BxZ, labels_B)`.
     discriminator: called as `discriminator(x_BxHxWxC, labels_B, train=...)`.
-    gen_tx, disc_tx: their optimizers.
+    gen_tx: the generator's optimizer.
+    disc_tx: the discriminator's optimizer.
     rng: a PRNG key.
     image_shape: (H, W, C) of one image.
     latent_dim: Z, the size of the noise vector.
@@ -126,8 +127,10 @@ def train_step(
     state: the current state.
     batch: {"input": real images (B, H, W, C) in [-1, 1], "label": (B,) int}; conditional
       models generate the batch's classes, unconditional ones ignore "label".
-    generator, discriminator: the two Flax modules.
-    gen_tx, disc_tx: the optimizers of `state.gen_opt_state` and `state.disc_opt_state`.
+    generator: the generator's Flax module.
+    discriminator: the discriminator's Flax module.
+    gen_tx: the optimizer of `state.gen_opt_state`.
+    disc_tx: the optimizer of `state.disc_opt_state`.
     latent_dim: Z, the size of the noise vector.
     r1_weight: gamma of the R1 penalty on real images (0 disables it).
     axis_name: under `jax.pmap`, the device axis: each device draws its own noise, and

@@ -51,6 +51,7 @@ class VAE(nn.Module):
     return self.decoder(reparameterize(rng, mean_BxZ, logvar_BxZ)), mean_BxZ, logvar_BxZ
 
   def encode(self, x_BxHxWxC: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The posterior's (B, Z) means and (B, Z) log-variances for a batch of images."""
     out_Bx2Z = self.encoder(x_BxHxWxC)
     if out_Bx2Z.shape[-1] % 2:
       raise ValueError(f"a VAE encoder must output 2Z numbers; got {out_Bx2Z.shape[-1]}.")
@@ -106,7 +107,8 @@ def interpolate(
   """Decodes `num_steps` points on the line between the posterior means of two images.
 
   Args:
-    x_a, x_b: (P, H, W, C) pairs of images.
+    x_a: (P, H, W, C) the first image of each pair.
+    x_b: (P, H, W, C) the second image of each pair.
 
   Returns:
     (P, num_steps, H, W, C) decoded images in [0, 1], from x_a's code to x_b's.

@@ -468,6 +468,7 @@ class TransformerSeq2Seq(nn.Module):
   remat: str = "none"
 
   def setup(self):
+    """Builds the encoder, the decoder and their embeddings (Flax calls it)."""
     self.encoder = Encoder(
       self.source_vocab_size or self.num_classes,
       self.width,

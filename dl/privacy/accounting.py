@@ -82,7 +82,10 @@ def epsilon(
   """The epsilon of `steps` DP-SGD updates at `delta`.
 
   Args:
-    sampling_rate, noise_multiplier, num_examples, max_batch_size: the event (`dp_event`).
+    sampling_rate: as for `dp_event`.
+    noise_multiplier: as for `dp_event`.
+    num_examples: as for `dp_event`.
+    max_batch_size: as for `dp_event`.
     steps: noisy updates so far (logical batches).
     delta: the delta of (epsilon, delta)-DP, in (0, 1).
     accountant_name: "pld" or "rdp" (RDP cannot account for truncation).

@@ -117,8 +117,9 @@ def lower_bound(
     scores: (m,) one score per canary, e.g. minus its loss under the trained model.
     included: (m,) which canaries were in the training data.
     delta: the delta of the guarantee being audited.
-    k_in, k_out: how many top / bottom scores to guess as in / out (default m // 8 each: fixed
-      before looking, as the bound requires).
+    k_in: how many top scores to guess as in (default m // 8: fixed before looking, as the
+      bound requires).
+    k_out: how many bottom scores to guess as out (default m // 8, fixed likewise).
     confidence: of the lower bound.
   """
   scores, included = np.asarray(scores, np.float64), np.asarray(included, bool)

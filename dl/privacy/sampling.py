@@ -111,6 +111,7 @@ class PoissonBatches:
     return {"step": self._micro_step}
 
   def set_state(self, state: Mapping[str, int]) -> None:
+    """Moves to the position `get_state` returned."""
     self._micro_step = int(state["step"])
 
   def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
@@ -157,6 +158,7 @@ class PoissonData:
     return len(next(iter(self.arrays.values())))
 
   def example(self) -> Arrays:
+    """One example of every array, (1, ...): the shapes and dtypes a model is initialised with."""
     return {k: v[:1] for k, v in self.arrays.items()}
 
   def sampling_rate(self, batch_size: int) -> float:
@@ -172,6 +174,7 @@ class PoissonData:
   def batches(
     self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1
   ) -> PoissonBatches:
+    """Poisson-sampled micro-batches of expected size `batch_size`; shard `shard_index`'s rows."""
     return PoissonBatches(
       self.arrays,
       sampling_rate=self.sampling_rate(batch_size),

@@ -158,7 +158,12 @@ def successive_halving(
   """ASHA: trials stopped at rungs by validation, their slots refilled (`dl.search.asha`).
 
   Args:
-    config, space, workdir, seed, metric, score_test: as for `random_search`.
+    config: as for `random_search`.
+    space: as for `random_search`.
+    workdir: as for `random_search`.
+    seed: as for `random_search`.
+    metric: as for `random_search`.
+    score_test: as for `random_search`.
     num_slots: trials trained at once.
     min_steps: a trial's steps at the first rung (0: about the run's steps /
       reduction_factor**3, a multiple of the config's evaluation interval).
@@ -204,8 +209,13 @@ def population_based_training(
   """PBT: at each evaluation the worst members copy the best and perturb (`dl.search.pbt`).
 
   Args:
-    config, space, workdir, seed, metric, score_test: as for `random_search`; the config's evaluation
-      interval is PBT's (eval_every_steps, else once per epoch).
+    config: as for `random_search`; the config's evaluation interval is PBT's
+      (eval_every_steps, else once per epoch).
+    space: as for `random_search`.
+    workdir: as for `random_search`.
+    seed: as for `random_search`.
+    metric: as for `random_search`.
+    score_test: as for `random_search`.
     num_slots: members of the population.
     fraction: the share of members replaced at each evaluation.
     resample_probability: the chance that a perturbed hyperparameter is drawn afresh.
@@ -249,7 +259,12 @@ def optuna_search(
   """Optuna's TPE or CMA-ES, `num_slots` trials asked at a time (`dl.search.optuna_trials`).
 
   Args:
-    config, space, workdir, seed, metric, score_test: as for `random_search`.
+    config: as for `random_search`.
+    space: as for `random_search`.
+    workdir: as for `random_search`.
+    seed: as for `random_search`.
+    metric: as for `random_search`.
+    score_test: as for `random_search`.
     sampler: "tpe" or "cmaes".
     num_slots: trials asked for, and trained, at once.
     num_rounds: batches of trials; each trains the run's steps / num_rounds steps (its

@@ -24,7 +24,8 @@ class SuccessiveHalving(Search):
     space: where new trials are drawn from; trial i from the seed (`seed`, i).
     slots: writes trials into the population's state.
     num_slots: members of the population.
-    metric, mode: the validation metric that decides, and whether "max" or "min" is better.
+    metric: the validation metric that decides.
+    mode: whether "max" or "min" of `metric` is better.
     num_steps: the population's steps in all.
     min_steps: a trial's steps at the first rung: a multiple of the evaluation interval.
     reduction_factor: each rung keeps the best 1 / reduction_factor.

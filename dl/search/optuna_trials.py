@@ -60,7 +60,8 @@ class OptunaTrials(Search):
     space: the search space, given to Optuna as its distributions.
     slots: writes trials into the population's state.
     num_slots: trials asked for at once (the population).
-    metric, mode: the validation metric Optuna is told, and whether "max" or "min" is better.
+    metric: the validation metric Optuna is told.
+    mode: whether "max" or "min" of `metric` is better.
     num_steps: the population's steps in all: a multiple of `trial_steps`.
     trial_steps: the steps of every trial.
     sampler: "tpe" or "cmaes".

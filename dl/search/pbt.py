@@ -26,7 +26,8 @@ class PopulationBasedTraining(Search):
     space: the first hyperparameters are drawn from it (seed `seed`), and explored in it.
     slots: writes the members' hyperparameters into the population's state.
     num_slots: members of the population.
-    metric, mode: the validation metric that decides, and whether "max" or "min" is better.
+    metric: the validation metric that decides.
+    mode: whether "max" or "min" of `metric` is better.
     num_steps: the population's steps in all.
     fraction: the share of members replaced at each evaluation (at least one).
     resample_probability: the chance that explore draws a hyperparameter afresh.

@@ -26,6 +26,7 @@ class LogUniform:
       raise ValueError(f"LogUniform needs 0 < low < high; got low={self.low}, high={self.high}.")
 
   def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` values, uniform in log between `low` and `high`."""
     return np.exp(rng.uniform(math.log(self.low), math.log(self.high), n))
 
   def perturb(self, value: float, factor: float) -> float:
@@ -45,6 +46,7 @@ class Uniform:
       raise ValueError(f"Uniform needs low < high; got low={self.low}, high={self.high}.")
 
   def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` values, uniform between `low` and `high`."""
     return rng.uniform(self.low, self.high, n)
 
   def perturb(self, value: float, factor: float) -> float:
@@ -63,6 +65,7 @@ class Choice:
       raise ValueError("Choice needs at least one value.")
 
   def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
+    """`n` values, each one of `values` with equal probability."""
     return np.asarray(self.values, np.float64)[rng.integers(0, len(self.values), n)]
 
   def perturb(self, value: float, factor: float) -> float:
