@@ -54,6 +54,7 @@ from dl.training.steps import train_step
 from dl.training.task import Task, task
 from dl.writers import plot_history, read_history
 
+# The one place the version is set; pyproject reads this line as text, so keep it a literal.
 __version__ = "0.1.0"
 
 __all__ = [

@@ -26,7 +26,7 @@ from typing import TextIO
 
 from absl import app, flags
 
-from dl import distributed
+from dl import cli, distributed
 
 _NUM_PROCESSES = flags.DEFINE_integer(
   "num_processes", None, "How many processes to start.", lower_bound=1
@@ -197,6 +197,11 @@ def main(argv: list[str]) -> None:
       grace_seconds=_GRACE_SECONDS.value,
     )
   )
+
+
+def run() -> None:
+  """The `dl-launch` command (pyproject's [project.scripts])."""
+  cli.run(__name__, main)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import dl
+from dl import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (get_config()).", lock_config=True
@@ -50,6 +51,11 @@ def main(argv: list[str]) -> None:
 def _rounded(value: float | list[float]) -> float | list[float]:
   """Rounds a metric, or each ensemble member's."""
   return [round(v, 4) for v in value] if isinstance(value, list) else round(value, 4)
+
+
+def run() -> None:
+  """The `dl-train` command (pyproject's [project.scripts])."""
+  cli.run(__name__, main)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import dl
-from dl import search
+from dl import cli, search
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment file with get_config() and get_search_space().", lock_config=True
@@ -83,6 +83,11 @@ def _rounded(trial: dict) -> dict:
     k: float(f"{v:.4g}") if k in search.SEARCHABLE else round(v, 4) if isinstance(v, float) else v
     for k, v in trial.items()
   }
+
+
+def run() -> None:
+  """The `dl-search` command (pyproject's [project.scripts])."""
+  cli.run(__name__, main)
 
 
 if __name__ == "__main__":
