@@ -43,6 +43,7 @@ SLOW_FILES = (
   "trainer_test.py",
   "fit_test.py",
   "privacy_test.py",
+  "wheel_test.py",
 )
 
 
