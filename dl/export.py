@@ -284,7 +284,7 @@ def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
     metrics = _evaluated_metrics(task, state, fit_config.get("eval_batch_size", 1000))
   seed = fit_config.get("seed", config.get("seed"))
   return {
-    "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "name": task.name,
     "config": _jsonable(config),
     "fit_config": _jsonable(fit_config),

@@ -123,7 +123,7 @@ def _this_process(num_processes: int) -> dict[str, Any]:
     "pid": os.getpid(),
     "host": socket.gethostname(),
     "process_start": _process_start(os.getpid()),
-    "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "started": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "command": " ".join(sys.argv),
     "num_processes": num_processes,
   }

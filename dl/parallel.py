@@ -150,7 +150,10 @@ def mesh_context(mesh: Mesh, rules: Rules = LOGICAL_RULES):
   """The mesh and logical axis rules in force while a step is traced: `nn.with_logical_constraint`
   and `jax.lax.with_sharding_constraint(x, P(...))` in model code resolve against them."""
   # The abstract mesh: `jax.set_mesh` may not be entered inside `jax.jit`, where steps trace.
-  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(_flax_rules(rules)):
+  with (
+    jax.sharding.use_abstract_mesh(mesh.abstract_mesh),
+    nn.logical_axis_rules(_flax_rules(rules)),
+  ):
     yield
 
 
@@ -203,10 +206,11 @@ class LeafLayout:
 
   def device_bytes(self, mesh_shape: Mapping[str, int]) -> int:
     """Bytes of the leaf on each device that holds a piece of it."""
-    return math.prod(
+    pieces = (
       -(-size // math.prod(mesh_shape[a] for a in _entry_axes(entry)))
       for size, entry in zip(self.shape, tuple(self.spec) + (None,) * len(self.shape))
-    ) * np.dtype(self.dtype).itemsize
+    )
+    return math.prod(pieces) * np.dtype(self.dtype).itemsize
 
 
 def _entry_axes(entry) -> tuple[str, ...]:
@@ -329,7 +333,9 @@ def state_shardings(
   check_replication(leaves, mesh, max_replicated_bytes)
   for param in dict.fromkeys(leaf.param for leaf in leaves if leaf.note):  # once per parameter
     leaf = next(leaf for leaf in leaves if leaf.param == param)
-    warnings.warn(f"dl: {leaf.path} {leaf.shape} is replicated along a dimension: {leaf.note}.")
+    warnings.warn(
+      f"dl: {leaf.path} {leaf.shape} is replicated along a dimension: {leaf.note}.", stacklevel=2
+    )
   specs = [NamedSharding(mesh, leaf.spec) for leaf in leaves]
   return jax.tree.unflatten(jax.tree.structure(abstract_state), specs)
 
@@ -388,7 +394,7 @@ def fetch(tree: Any) -> Any:
 
 
 def shard_for_pmap(batch: dict[str, np.ndarray], num_devices: int, *, fused: bool = False):
-  """Reshapes (B, ...) to (devices, B / devices, ...); (k, B, ...) to (devices, k, B/devices, ...)."""
+  """Reshapes (B, ...) to (devices, B/devices, ...); (k, B, ...) to (devices, k, B/devices, ...)."""
 
   def split(x):
     axis = 1 if fused else 0

@@ -19,7 +19,6 @@ Axis letters: B batch, P prompt length, N new tokens, T = P + N, V vocabulary.
 """
 
 from collections.abc import Callable
-
 from typing import Any
 
 import flax.linen as nn

@@ -4,8 +4,8 @@
 undocumented public name. A page's objects are its `::: dl...` lines and, within each, what
 mkdocstrings renders with `filters: ["!^_"]`: griffe's public members (a module's `__all__`,
 else its names without a leading underscore that it does not import) less special methods,
-submodules and attributes aside (a submodule has its own `:::` line where it is documented; attributes are
-described in their owner's docstring).
+submodules and attributes aside (a submodule has its own `:::` line where it is documented;
+attributes are described in their owner's docstring).
 """
 
 import functools

@@ -1,6 +1,7 @@
 r"""MLP on `breast_cancer` (Wisconsin diagnostic, scikit-learn; 455 train / 114 test, 30 features).
 
-python -m dl.cli.train --config experiments/breast_cancer_mlp.py --workdir workdirs/breast_cancer_mlp
+python -m dl.cli.train --config experiments/breast_cancer_mlp.py \
+    --workdir workdirs/breast_cancer_mlp
 """
 
 import dl

@@ -2,7 +2,8 @@ r"""MLP on `credit` (modeldata credit_data; 3,563 train / 891 test, 26 features)
 metrics per age band (accuracy, TPR, FPR, selection rate; demographic parity and equalized
 odds differences; positive class = "good").
 
-python -m dl.cli.train --config experiments/credit_fairness_mlp.py --workdir workdirs/credit_fairness
+python -m dl.cli.train --config experiments/credit_fairness_mlp.py \
+    --workdir workdirs/credit_fairness
 """
 
 import dl

@@ -114,7 +114,6 @@ def parse_args(default_workdir: str):
   return parser.parse_args()
 
 
-
 def with_steps(config, steps: int):
   """`config` trained for `steps` steps, evaluated at the end (0: as it is)."""
   if steps:

@@ -1,6 +1,7 @@
 r"""Transformer encoder on `rotten_tomatoes` (10,200 train / 1,276 test review snippets).
 
-python -m dl.cli.train --config experiments/sentiment_transformer.py --workdir workdirs/sentiment_transformer
+python -m dl.cli.train --config experiments/sentiment_transformer.py \
+    --workdir workdirs/sentiment_transformer
 
 From scratch, the same ids as experiments/sentiment_lstm.py (sentencepiece, 8,000 pieces
 trained on the train snippets only, 64 ids with pad 0): 2 pre-LN blocks of width 64 with 4

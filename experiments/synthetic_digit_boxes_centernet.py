@@ -84,7 +84,7 @@ def draw(path: str, inputs, truths, detections, min_score: float = 0.3, count: i
   fig, axes = plt.subplots(1, count, figsize=(2.2 * count, 2.6))
   for ax, x, gt, det in zip(axes, inputs, truths, detections):
     ax.imshow(x[..., 0], cmap="gray")
-    for (x0, y0, x1, y1), c in zip(gt["boxes"], gt["classes"]):
+    for x0, y0, x1, y1 in gt["boxes"]:
       ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1))
     for (x0, y0, x1, y1), c, p in zip(det["boxes"], det["classes"], det["scores"]):
       if p >= min_score:

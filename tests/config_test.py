@@ -2,8 +2,8 @@ import ml_collections
 import pytest
 
 import dl
-from dl.training import optim
 from dl import config as config_lib
+from dl.training import optim
 
 
 def test_default_config_round_trips():

@@ -233,7 +233,9 @@ def test_two_processes_tensor_parallel_train_what_one_process_trains(tmp_path):
   assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
   import user_parts
 
-  ref, _ = user_parts.fit("tensor_parallel", str(tmp_path / "1x8"), 20, **dict(m.split("=", 1) for m in mesh))
+  ref, _ = user_parts.fit(
+    "tensor_parallel", str(tmp_path / "1x8"), 20, **dict(m.split("=", 1) for m in mesh)
+  )
   assert "model" in tuple(ref.params["Dense_0"]["kernel"].sharding.spec)
   task = user_parts.tensor_parallel_task()
   config = dl.FitConfig(num_steps=20, batch_size=32)

@@ -10,8 +10,8 @@ from tiny_config import tiny_config
 
 import dl
 from dl import fairness
-from dl.training import placement
 from dl.data.builders import credit
+from dl.training import placement
 
 BANDS = credit.AGE_BANDS
 

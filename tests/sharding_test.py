@@ -118,21 +118,26 @@ def test_tensor_parallel_forward_all_reduces_over_the_model_axis():
   batch = np.zeros((32, 8, 8, 1), np.float32)
   x = jax.device_put(batch, parallel.batch_sharding(layout.mesh))
   hlo = jax.jit(layout._in_mesh(forward)).lower(state, x).compile().as_text()
-  model_groups = [
-    {d.id for d in layout.mesh.devices[i, j, :]} for i in range(2) for j in range(2)
+  model_groups = [{d.id for d in layout.mesh.devices[i, j, :]} for i in range(2) for j in range(2)]
+  reductions = [
+    line for line in hlo.splitlines() if re.search(r"= \S+ (all-reduce|reduce-scatter)\(", line)
   ]
-  reductions = [line for line in hlo.splitlines() if re.search(r"= \S+ (all-reduce|reduce-scatter)\(", line)]
   assert reductions, "no all-reduce or reduce-scatter in the tensor-parallel forward"
-  assert any(sorted(map(sorted, _groups(line))) == sorted(map(sorted, model_groups)) for line in reductions)
+  assert any(
+    sorted(map(sorted, _groups(line))) == sorted(map(sorted, model_groups)) for line in reductions
+  )
 
 
 def test_nnx_sharding_metadata_is_honoured(tmp_path):
   task = user_parts.sharded_nnx_task()
   assert task.param_axes()["hidden/kernel"] == ("embed", "mlp")
   ref, _ = dl.fit(task, str(tmp_path / "jit"), **COMMON)
-  state, _ = dl.fit(task, str(tmp_path / "tp"), parallel="mesh", mesh_shape="fsdp=4,model=2", **COMMON)
+  state, _ = dl.fit(
+    task, str(tmp_path / "tp"), parallel="mesh", mesh_shape="fsdp=4,model=2", **COMMON
+  )
   chex.assert_trees_all_close(jax.device_get(state.params), ref.params, rtol=1e-5, atol=1e-5)
-  assert state.params["hidden"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", "model")
+  spec = state.params["hidden"]["kernel"].sharding.spec
+  assert spec == jax.sharding.PartitionSpec("fsdp", "model")
   _check_layout(state, task, parallel.mesh_sizes("mesh", "fsdp=4,model=2", 8))
 
 
@@ -159,8 +164,11 @@ def test_user_rules_come_after_the_model_and_before_the_shape_rule():
   # Logical rules of the user's take precedence: keep the hidden units whole.
   axes = user_parts.tensor_parallel_task().param_axes()
   mp = jax.eval_shape(lambda: user_parts.tensor_parallel_task().init(0))
-  whole = parallel.layout_leaves(mp, mesh, param_axes=axes, logical_rules=(("mlp", None), *parallel.LOGICAL_RULES))
-  assert {leaf.path: leaf.spec for leaf in whole}["params/Dense_0/kernel"] == jax.sharding.PartitionSpec("fsdp")
+  whole = parallel.layout_leaves(
+    mp, mesh, param_axes=axes, logical_rules=(("mlp", None), *parallel.LOGICAL_RULES)
+  )
+  specs = {leaf.path: leaf.spec for leaf in whole}
+  assert specs["params/Dense_0/kernel"] == jax.sharding.PartitionSpec("fsdp")
 
 
 def test_a_large_replicated_parameter_stops_the_run_before_training(tmp_path):
@@ -207,7 +215,9 @@ def test_kill_then_resume_tensor_parallel_is_bit_identical(tmp_path):
   assert kill.kill_then_rerun(command, tmp_path / "killed", 25) < num_steps
   full, _ = user_parts.fit("tensor_parallel", str(tmp_path / "full"), num_steps, **mesh)
   config = dl.FitConfig(num_steps=num_steps, batch_size=32, **mesh)
-  resumed = dl.training.loop.restore(user_parts.tensor_parallel_task(), str(tmp_path / "killed"), config)
+  resumed = dl.training.loop.restore(
+    user_parts.tensor_parallel_task(), str(tmp_path / "killed"), config
+  )
   assert int(resumed.step) == num_steps
   assert resumed.params["Dense_0"]["kernel"].sharding == full.params["Dense_0"]["kernel"].sharding
   chex.assert_trees_all_equal(jax.device_get(full), jax.device_get(resumed))
@@ -218,11 +228,20 @@ def _lm_task() -> dl.Task:
   arrays = {k: v[:, :32].astype(np.int32) for k, v in dl.data.load("pydoc_text", "train").items()}
   data = {"input": arrays["tokens"][:640], "label": arrays["label"][:640]}
   model = dl.models.create(
-    "decoder_lm", num_classes=98, width=32, depth=1, num_heads=4, num_kv_heads=2, mlp_dim=64,
+    "decoder_lm",
+    num_classes=98,
+    width=32,
+    depth=1,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
     max_len=32,
   )
   return dl.task(
-    model=model, objective=dl.objectives.next_token, optimizer=optax.adamw(3e-3), train=data,
+    model=model,
+    objective=dl.objectives.next_token,
+    optimizer=optax.adamw(3e-3),
+    train=data,
     validation_fraction=0,  # the train losses are compared: no evaluation to compile
   )
 

@@ -18,7 +18,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import dl
-from dl.training import plan as plan_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (get_config()).", lock_config=True

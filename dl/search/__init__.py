@@ -2,11 +2,11 @@
 
 dl trains K models that differ in their injected hyperparameters (`optax.inject_hyperparams`:
 the learning rate and weight decay of every optimizer `dl.training.optim` builds, and the
-momentum or Adam betas b1 and b2 when a search names them) as one `jax.vmap`ped program. A search trains its trials as the K slots of such a population: one
-compilation, one pass over the data per step for all of them. The algorithms are hooks of
-the one loop (`dl.search.population`) that, at evaluations, stop trials and start new ones
-in their slots or copy one member over another, inside the stacked state, so nothing is
-compiled again:
+momentum or Adam betas b1 and b2 when a search names them) as one `jax.vmap`ped program. A
+search trains its trials as the K slots of such a population: one compilation, one pass over
+the data per step for all of them. The algorithms are hooks of the one loop
+(`dl.search.population`) that, at evaluations, stop trials and start new ones in their slots
+or copy one member over another, inside the stacked state, so nothing is compiled again:
 
 - `random_search` (and `train_trials` for a given list, e.g. a `grid`): K trials, start to end;
 - `successive_halving`: ASHA: trials measured at rungs, the worst stopped and their slots
