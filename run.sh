@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # README's two commands:
 #   bash run.sh train   # train + evaluate the CNN on digits; checkpoints, metrics, plot in workdirs/
-#   bash run.sh test    # the test suite (CI runs this through .ci/run)
+#   bash run.sh test    # ruff, then the test suite (CI runs this through .ci/run)
 # Each first creates .venv and installs dl with the pinned versions in constraints.txt.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -43,6 +43,9 @@ case "${1:-}" in
   test)
     setup
     shift
+    # Lint first, the whole tree (pyproject's [tool.ruff]): a slip fails in a second.
+    "$PY" -m ruff check .
+    "$PY" -m ruff format --check .
     exec "$PY" -m pytest -n 2 tests "$@"
     ;;
   *)
