@@ -41,6 +41,13 @@ class Objective:
     select: the eval metric that chooses the best checkpoint.
     predictions: model outputs -> what `dl.predict` returns (e.g. softmax probabilities).
     summarize: eval means -> eval means with derived values (e.g. rmse from mse).
+    classes: the batch key holding integer class ids that index the model's last output
+      axis (e.g. "label"), checked at the door (`dl.task`) against the model's number of
+      outputs; None when the objective reads no such ids.
+
+  Calling it checks, when traced, that the loss and every metric hold one value per example,
+  shape (B,) for a batch of B; a loss reduced to a scalar would train while weighting
+  padded and masked examples wrongly.
   """
 
   fn: ObjectiveFn
@@ -49,13 +56,47 @@ class Objective:
   select: str = "loss"
   predictions: Callable[[jax.Array], jax.Array] = _identity
   summarize: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] = _identity
+  classes: str | None = None
 
   def __call__(self, outputs, batch) -> tuple[jax.Array, dict[str, jax.Array]]:
-    return self.fn(outputs, batch)
+    result = self.fn(outputs, batch)
+    if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Mapping)):
+      raise TypeError(
+        f"objective {_name(self.fn)} must return (loss_B, {{name: metric_B}}); got "
+        f"{type(result).__name__}."
+      )
+    _check_per_example(self.fn, batch, *result)
+    return result
 
   def mode(self, metric: str) -> str:
     """ "min" if smaller `metric` is better, else "max"."""
     return "min" if metric == "loss" or metric in self.lower_is_better else "max"
+
+
+def _name(fn: Callable) -> str:
+  fn = getattr(fn, "func", fn)  # functools.partial
+  return repr(getattr(fn, "__qualname__", type(fn).__name__))
+
+
+def _check_per_example(fn: Callable, batch, loss, metrics) -> None:
+  """Raises a ValueError unless the loss and each metric are (B,): one value per example."""
+  sizes = {np.shape(v)[0] for v in jax.tree.leaves(batch) if np.ndim(v)}
+  if len(sizes) != 1:
+    return  # the step's own batch check names uneven lengths
+  (size,) = sizes
+  wrong = {
+    name: np.shape(value)
+    for name, value in {"loss": loss, **metrics}.items()
+    if np.shape(value) != (size,)
+  }
+  if wrong:
+    raise ValueError(
+      f"objective {_name(fn)} must return one value per example, shape ({size},) for this "
+      f"batch of {size}, for the loss and every metric; got shapes {wrong}. Return the "
+      "per-example values (e.g. optax.softmax_cross_entropy_with_integer_labels(...), not its "
+      ".mean()); average a (B, ...) loss over its other axes inside the objective, weighting "
+      "padded positions by their mask (as dl.objectives.next_token does with batch['weights'])."
+    )
 
 
 def as_objective(objective: "Objective | ObjectiveFn") -> Objective:
@@ -196,6 +237,7 @@ classification = Objective(
   metrics=("accuracy",),
   select="accuracy",
   predictions=jax.nn.softmax,
+  classes="label",
 )
 regression = Objective(
   _regression,
@@ -207,6 +249,7 @@ next_token = Objective(
   _next_token,
   metrics=("accuracy", "bits_per_token"),
   lower_is_better=frozenset({"bits_per_token"}),
+  classes="label",
 )
 OBJECTIVES = {"classification": classification, "regression": regression, "next_token": next_token}
 

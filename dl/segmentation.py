@@ -155,6 +155,7 @@ def segmentation_objective(dice_weight: float = 1.0) -> Objective:
     metrics=("dice", "iou", "pixel_accuracy", "soft_dice"),
     select="dice",
     predictions=_probabilities,
+    classes="label",
   )
 
 

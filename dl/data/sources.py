@@ -83,7 +83,13 @@ def check_arrays(arrays: Any, what: str) -> Arrays:
     raise ValueError(
       f"{what}: every array needs the same leading (example) axis; got lengths {sizes}."
     )
+  if not next(iter(sizes.values())):
+    raise ValueError(f"{what} has no examples (arrays of shapes {_shapes(arrays)}).")
   return arrays
+
+
+def _shapes(arrays: Arrays) -> dict[str, tuple[int, ...]]:
+  return {k: v.shape for k, v in arrays.items()}
 
 
 def as_arrays(data: Any, what: str, *, data_dir: str | None = None) -> Arrays:

@@ -86,12 +86,17 @@ class Linen:
       None when the module takes none (found out when its `__call__` has no such keyword).
     rng_streams: the module's random streams (`self.make_rng(name)`); the step's key feeds
       the first, keys folded from it the others.
+    ids: {input key: size} for integer inputs that index an embedding of `size` rows, checked
+      at the door (`dl.task`): an id past the table fails there rather than as a NaN loss
+      (`jnp.take` fills rows out of range with NaN). An `nn.Embed` that reads an input as it
+      comes is found without it.
   """
 
   module: nn.Module
   inputs: tuple[str, ...] = ("input",)
   train_arg: str | None = "train"
   rng_streams: tuple[str, ...] = ("dropout",)
+  ids: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
   def __post_init__(self):
     if not isinstance(self.module, nn.Module):
@@ -148,6 +153,8 @@ class NNX:
     make: `rngs -> module`, e.g. `lambda rngs: MyModel(din, dout, rngs=rngs)`; each ensemble
       member builds its own from its seed.
     inputs: the batch keys passed positionally to the module's `__call__`, in order.
+    ids: {input key: size} for integer inputs that index an embedding of `size` rows,
+      checked at the door (`dl.task`), as for `Linen`.
 
   `params` holds the `nnx.Param` variables, `model_state` every other variable except random
   streams (e.g. `nnx.BatchStat`). Random streams are reseeded from the step's key inside each
@@ -156,6 +163,7 @@ class NNX:
 
   make: Callable[[Any], Any]
   inputs: tuple[str, ...] = ("input",)
+  ids: Mapping[str, int] = dataclasses.field(default_factory=dict, compare=False)
 
   def __post_init__(self):
     from flax import nnx

@@ -17,13 +17,14 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from dl import inference, objectives
-from dl.data import sources
+from dl.data import checks, sources
 from dl.data.augment import Augment
 from dl.data.streaming import Streaming
 from dl.data.transforms import Preprocess, preprocessed
@@ -44,8 +45,9 @@ class Task:
     optimizer: any optax `GradientTransformation`.
     train: the training data (`dl.data.sources.InMemory`, `dl.data.streaming.Streaming`, or
       any `TrainData` part).
-    eval: validation arrays that choose the best checkpoint, or None.
-    test: test arrays, scored once at the end, or None.
+    eval: validation data that chooses the best checkpoint: arrays, or a split read in
+      batches (`checks.CheckedSplit` over a `Streaming`); None for none.
+    test: test data in the same forms, scored once at the end, or None.
     inputs: the raw inputs the model takes, {key: (example shape, dtype)}, as `dl.predict`
       and exports accept them.
     preprocess: raw -> model input, per input key that has one.
@@ -54,20 +56,26 @@ class Task:
     class_names: one name per class, for exports (empty: indices).
     name: shown on the progress bar and the plot.
     config: what built the task (a config's fields), for run cards; {} for user parts.
+    limits: {"classes": {key: outputs}, "ids": {key: size}}: the ranges the door checks
+      (`dl.data.checks`), from the objective and the model.
+    check_batches: whether each training batch is checked as it is read (data parts that
+      are not held whole: streams, a user's own part); arrays are checked once, at `task`.
   """
 
   model: Model
   objective: objectives.Objective
   optimizer: optax.GradientTransformation
   train: sources.TrainData
-  eval: Arrays | None = None
-  test: Arrays | None = None
+  eval: Arrays | checks.CheckedSplit | None = None
+  test: Arrays | checks.CheckedSplit | None = None
   inputs: Mapping[str, tuple[tuple[int, ...], np.dtype]] = dataclasses.field(default_factory=dict)
   preprocess: Mapping[str, Preprocess] = dataclasses.field(default_factory=dict)
   train_step: Callable[..., tuple[Any, dict]] = steps.train_step
   class_names: tuple[str, ...] = ()
   name: str = "model"
   config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  limits: Mapping[str, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+  check_batches: bool = False
 
   @property
   def selection(self) -> tuple[str, str] | None:
@@ -118,7 +126,12 @@ class Task:
 
   def batches(self, batch_size: int, *, seed: int, shard_index: int = 0, num_shards: int = 1):
     """Shuffled training batches of the member seeded with `seed` (this process's share)."""
-    return self.train.batches(batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards)
+    batches = self.train.batches(
+      batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards
+    )
+    if self.check_batches:
+      return checks.CheckedBatches(batches, "training data", **self.limits)
+    return batches
 
   def evaluate(self, state, split: str = "eval", batch_size: int = 1000) -> dict | None:
     """`dl.evaluate` on the "eval" (validation) or "test" arrays; None if there are none."""
@@ -188,7 +201,7 @@ def task(
       f"optimizer must be an optax GradientTransformation (e.g. optax.adamw(1e-3)); got "
       f"{type(optimizer).__name__}."
     )
-  load = functools.partial(sources.as_arrays, data_dir=data_dir)
+  load = functools.partial(_split, data_dir=data_dir)
   augmentation = Augment.create(augment) or getattr(train, "augment", None)
   part = train if sources.is_train_data(train) and not isinstance(train, sources.InMemory) else None
   if part is not None and not isinstance(part, Streaming) and (preprocess or augment):
@@ -202,11 +215,13 @@ def task(
     preprocess = part.preprocess if preprocess is None else preprocess
     part = part.with_options(preprocess=preprocess, augment=augmentation)
   else:
-    train_arrays = part.example() if part is not None else load(train, "train")
-  eval_arrays = None if eval is None else load(eval, "eval")
+    train_arrays = part.example() if part is not None else load(train, "training data")
+  eval_arrays = None if eval is None else load(eval, "validation data")
+  given = {"training data": train_arrays, "validation data": eval_arrays}  # rows as given
   if eval is None and validation_fraction > 0 and part is None:
     train_arrays, eval_arrays = sources.split_validation(train_arrays, validation_fraction)
-  test_arrays = None if test is None else load(test, "test")
+  test_arrays = None if test is None else load(test, "test data")
+  given["test data"] = test_arrays
   missing = [k for k in model.inputs if k not in train_arrays]
   if missing:
     raise ValueError(
@@ -217,22 +232,88 @@ def task(
   if preprocess is None:
     named = isinstance(train, tuple)
     preprocess = {"input": Preprocess.fit(train_arrays["input"])} if named else {}
+  train_arrays = _preprocessed(train_arrays, preprocess)
+  limits = _limits(model, objective, {k: v[:2] for k, v in train_arrays.items()})
+  for what, arrays in given.items():  # labels and ids are not preprocessed: checked as given
+    if isinstance(arrays, Mapping):
+      checks.check_ranges(arrays, what, **limits)
+  splits = {"training data": train_arrays}
+  for what, arrays in (("validation data", eval_arrays), ("test data", test_arrays)):
+    if isinstance(arrays, Streaming):
+      splits[what] = checks.CheckedSplit(arrays.with_options(preprocess=preprocess), what, **limits)
+    elif arrays is not None:
+      splits[what] = _preprocessed(arrays, preprocess)
   return Task(
     model=model,
     objective=objective,
     optimizer=optimizer,
-    train=part
-    if part is not None
-    else sources.InMemory(_preprocessed(train_arrays, preprocess), augmentation),
-    eval=eval_arrays and _preprocessed(eval_arrays, preprocess),
-    test=test_arrays and _preprocessed(test_arrays, preprocess),
+    train=part if part is not None else sources.InMemory(train_arrays, augmentation),
+    eval=splits.get("validation data"),
+    test=splits.get("test data"),
     inputs=raw,
     preprocess=dict(preprocess),
     train_step=train_step,
     class_names=tuple(class_names),
     name=name or type(getattr(model, "module", model)).__name__,
     config=dict(config or {}),
+    limits=limits,
+    check_batches=part is not None,
   )
+
+
+def _split(data: Any, what: str, *, data_dir: str | None) -> Arrays | Streaming:
+  """A split as arrays checked at the door (numbers, finite), or a stream kept as it is."""
+  if isinstance(data, Streaming):
+    return data.with_options(augment=None)
+  arrays = sources.as_arrays(data, what, data_dir=data_dir)
+  checks.check_values(arrays, what)
+  return arrays
+
+
+def _limits(model: Model, objective: objectives.Objective, batch: Arrays) -> dict[str, dict]:
+  """The ranges the door checks: {"classes": {key: the model's outputs}, "ids": {key: size}}.
+
+  From one abstract forward pass of the model on `batch`, two examples (`jax.eval_shape`:
+  nothing is computed), which also checks that the outputs keep the example axis and finds
+  Linen `nn.Embed` layers that read an input as it comes.
+  """
+  ids = dict(getattr(model, "ids", {}) or {})
+
+  def forward(batch):
+    def interceptor(next_fun, args, kwargs, context):
+      if isinstance(context.module, nn.Embed) and context.method_name == "__call__" and args:
+        for key in model.inputs:
+          if args[0] is batch[key]:
+            ids.setdefault(key, context.module.num_embeddings)
+      return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(interceptor):
+      params, model_state = model.init(jax.random.PRNGKey(0), batch)
+      return model.apply(params, model_state, batch, train=False)[0]
+
+  shapes = {k: (v.shape[1:], v.dtype) for k, v in batch.items()}
+  try:
+    outputs = jax.eval_shape(forward, {k: jnp.asarray(v) for k, v in batch.items()})
+  except Exception as e:  # the user's model: say which data it was given, keep its error
+    raise ValueError(
+      f"the model could not run on an example of the training data, {{key: (example shape, "
+      f"dtype)}} = {shapes}: {type(e).__name__}: {e}"
+    ) from e
+  size = len(next(iter(batch.values())))
+  for path, leaf in jax.tree_util.tree_flatten_with_path(outputs)[0]:
+    if not leaf.shape or leaf.shape[0] != size:
+      raise ValueError(
+        f"the model's outputs{jax.tree_util.keystr(path)} for {size} examples of shapes "
+        f"{shapes} have shape {leaf.shape}: every output needs a leading example axis. An "
+        "input of shape (N,) has no feature axis: reshape it to (N, 1)."
+      )
+  # The objective's own checks (one value per example, label shapes) at the door too.
+  abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
+  jax.eval_shape(objective, outputs, abstract)
+  classes = {}
+  if objective.classes and hasattr(outputs, "shape") and len(outputs.shape) > 1:
+    classes[objective.classes] = int(outputs.shape[-1])
+  return {"classes": classes, "ids": ids}
 
 
 def _preprocessed(arrays: Arrays, preprocess: Mapping[str, Preprocess]) -> Arrays:
