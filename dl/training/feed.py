@@ -12,6 +12,11 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
+import jax
+import numpy as np
+
+from dl.parallel import path_name
+
 
 class Feed:
   """`take(k)` gives the next k batches laid out for the step, prefetching the next call's.
@@ -28,21 +33,24 @@ class Feed:
     self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="dl-feed")
     self._ahead: tuple[int, concurrent.futures.Future] | None = None
     self._state = copy.deepcopy(batches.get_state())
+    self.nonfinite: list[dict[str, int]] = []  # of the batches last taken, one per step
 
-  def _prepare(self, k: int) -> tuple[Any, Any]:
-    """k batches (k > 1: stacked for fused steps) laid out, and the position after them."""
+  def _prepare(self, k: int) -> tuple[Any, Any, list[dict[str, int]]]:
+    """k batches (k > 1: stacked for fused steps) laid out, the position after them, and
+    their non-finite input counts (`nonfinite_counts`)."""
     batch = self.batches.next() if k == 1 else self.batches.next(k)
+    counts = nonfinite_counts(batch, k)
     # A copy: the stream moves on while the loop still holds this position.
-    return self._put(batch, fused=k > 1), copy.deepcopy(self.batches.get_state())
+    return self._put(batch, fused=k > 1), copy.deepcopy(self.batches.get_state()), counts
 
   def take(self, k: int, *, then: int | None = None) -> Any:
     """The next `k` batches for the step (one batch when k == 1, else stacked on a leading
     axis); starts preparing the `then` batches of the next call in the background."""
     if self._ahead is not None and self._ahead[0] == k:
-      batch, self._state = self._ahead[1].result()
+      batch, self._state, self.nonfinite = self._ahead[1].result()
     else:
       self._drop_ahead()
-      batch, self._state = self._prepare(k)
+      batch, self._state, self.nonfinite = self._prepare(k)
     self._ahead = None
     if then:
       self._ahead = (then, self._executor.submit(self._prepare, then))
@@ -71,3 +79,18 @@ class Feed:
     close = getattr(self.batches, "close", None)
     if close is not None:
       close()
+
+
+def nonfinite_counts(batch: Any, k: int) -> list[dict[str, int]]:
+  """For each of the `k` steps of `batch` (stacked on a leading axis when k > 1), {key:
+  non-finite values} of its floating arrays ({} when all are finite): so that a NaN loss can
+  say whether its batch was at fault."""
+  counts = [{} for _ in range(k)]
+  for path, leaf in jax.tree_util.tree_flatten_with_path(batch)[0]:
+    x = np.asarray(leaf)
+    if not np.issubdtype(x.dtype, np.inexact):
+      continue
+    per_step = np.count_nonzero(~np.isfinite(x.reshape(k, -1) if k > 1 else x.reshape(1, -1)), 1)
+    for i in np.flatnonzero(per_step):
+      counts[i][path_name(path)] = int(per_step[i])
+  return counts

@@ -683,7 +683,7 @@ class _Run:
     events = _Events.create(c, batches.steps_per_epoch, self.num_steps)
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
     state = self.let_hooks(state, lambda hook, logical: hook.on_start(logical, step))
-    self.pending, self.last_sync = [], (step, time.perf_counter())
+    self.pending, self.pending_inputs, self.last_sync = [], [], (step, time.perf_counter())
     self.bar = tqdm.tqdm(
       total=self.num_steps,
       initial=step,
@@ -700,6 +700,7 @@ class _Run:
           k = events.steps_until_next(step)
           then = events.steps_until_next(step + k) if step + k < self.num_steps else None
           batch = batches.take(k, then=then)  # laid out; the next call's is prepared meanwhile
+          self.pending_inputs.extend(batches.nonfinite)
           for hook in self.hooks:
             hook.before_dispatch(step, k)
           with jax.profiler.StepTraceAnnotation("train", step_num=step), self.throughput.clock:
@@ -732,11 +733,16 @@ class _Run:
     """
     self.ckpt.check()  # A background save that failed stops the run here, with one clear error.
     record, seconds = _sync(
-      self.pending, step, self.last_sync, self.examples_per_step, self.num_members
+      self.pending,
+      step,
+      self.last_sync,
+      self.examples_per_step,
+      self.num_members,
+      self.pending_inputs,
     )
     record |= self.throughput.record(state, step - self.last_sync[0], seconds)
     # After the first count of FLOPs, which may compile: not a part of training's time.
-    self.pending, self.last_sync = [], (step, time.perf_counter())
+    self.pending, self.pending_inputs, self.last_sync = [], [], (step, time.perf_counter())
     for hook in self.hooks:
       record |= hook.on_log(step, record)
     self.writer.write("train", step, record)
@@ -835,11 +841,18 @@ def _say(bar: tqdm.tqdm, message: str) -> None:
 
 
 def _sync(
-  pending, step: int, last_sync: tuple[int, float], examples_per_step: int, num_members: int
+  pending,
+  step: int,
+  last_sync: tuple[int, float],
+  examples_per_step: int,
+  num_members: int,
+  inputs: Sequence[dict[str, int]] = (),
 ) -> tuple[Metrics, float]:
   """Fetches the per-step metrics since the last sync, checks they are finite, averages them.
 
-  Returns the record and the seconds since the last sync.
+  Returns the record and the seconds since the last sync. `inputs` holds, per step since the
+  last sync, the non-finite values of its batch (`feed.nonfinite_counts`): a metric that is
+  not finite is blamed on the data or on the optimisation accordingly.
 
   Each entry of `pending` holds, per metric, a scalar (one step) or (k,) (k fused steps),
   with a trailing member axis for ensembles, whose records hold one value per member.
@@ -853,11 +866,25 @@ def _sync(
     if np.issubdtype(values.dtype, np.floating) and not np.all(np.isfinite(values)):
       first_bad_step, member = np.argwhere(~np.isfinite(values))[0]
       which = f" (ensemble member {member})" if num_members > 1 else ""
+      held = inputs[first_bad_step] if len(inputs) == len(values) else None
+      if held:
+        cause = (
+          "That step's batch held non-finite inputs ("
+          + ", ".join(f"{count} in {key!r}" for key, count in held.items())
+          + "): the data is at fault, not the optimisation. Clean it (dl.task checks the arrays "
+          "it is given; a data part of your own is used as it is)."
+        )
+      elif held is not None:
+        cause = (
+          "The inputs of that step's batch were finite, so training diverged: try a lower "
+          "learning rate or clip gradients (optax.clip_by_global_norm; config.grad_clip_norm)."
+        )
+      else:
+        cause = "Try a lower learning rate or clip gradients (optax.clip_by_global_norm)."
       raise FloatingPointError(
         f"the training metric {name!r} became {values[first_bad_step, member]} at step "
         f"{step - len(values) + first_bad_step + 1}{which}. Training stopped; the last good "
-        "checkpoint is kept. Try a lower learning rate or clip gradients "
-        "(optax.clip_by_global_norm; config.grad_clip_norm)."
+        f"checkpoint is kept. {cause}"
       )
   record = {name: inference.per_member(values.mean(axis=0)) for name, values in per_step.items()}
   prev_step, prev_time = last_sync
