@@ -556,7 +556,8 @@ def _data_card(task, config: Mapping[str, Any]) -> dict[str, Any]:
   }
   for split, arrays in (("validation", task.eval), ("test", task.test)):
     if arrays is not None:
-      card[f"num_{split}_examples"] = len(next(iter(arrays.values())))
+      card[f"num_{split}_examples"] = inference.num_examples(arrays)
+    if isinstance(arrays, Mapping):  # a split read in batches has no fingerprint
       card[f"{split}_fingerprint"] = data_fingerprint(arrays)
   return card
 

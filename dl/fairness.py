@@ -160,7 +160,7 @@ class SliceMetrics(loop.Hook):
   def on_eval(self, state: Any, step: int, split: str) -> dict[str, Any]:
     del step
     arrays = {"eval": self.task.eval, "test": self.task.test}[split]
-    if arrays is None or GROUP_KEY not in arrays:
+    if not isinstance(arrays, Mapping) or GROUP_KEY not in arrays:  # none, or a stream
       return {}
     return evaluate_groups(state, self.task.model, arrays, self.group_names, self.batch_size)
 

@@ -36,9 +36,10 @@ def build(config) -> Task:
 
   The validation data is the config's `validation_split`, else the data set's "validation"
   split, else `validation_fraction` of the training split (`sources.split_validation`). The
-  test split is kept for one score at the end. The training split is decoded into memory, or
+  test split is kept for one score at the end. Each split is decoded into memory, or
   streamed (`dl.data.streaming`) when `config.data_path` says so or, for "auto", when its
-  in-memory size exceeds `config.data_memory_budget_mb`; both give the same batches.
+  in-memory size exceeds `config.data_memory_budget_mb`; both give the same batches and the
+  same scores.
   """
   c = config_lib.parse(config)
   data_dir = c.data_dir or None
@@ -48,7 +49,7 @@ def build(config) -> Task:
       f"dataset {c.dataset!r} has labels for objective {spec.objective!r}; the config asks "
       f"for {c.objective!r}. Set config.objective={spec.objective!r}."
     )
-  load = functools.partial(_load, c, spec)
+  load = functools.partial(_split, c, spec)
   validation_split = c.validation_split or ("validation" if "validation" in spec.splits else "")
   if _streams(c):
     train, validation = _streamed(c, spec, validation_split)
@@ -108,17 +109,20 @@ def build(config) -> Task:
   return built
 
 
-def _streams(c: config_lib.TrainConfig) -> bool:
-  """Whether the training split is streamed: as `data_path` says, or by size for "auto"."""
-  if c.data_path != "auto":
-    return c.data_path == "stream"
-  size = streaming.in_memory_bytes(c.dataset, c.train_split, data_dir=c.data_dir or None)
+def _streams(c: config_lib.TrainConfig, split: str = "", fraction: float = 1.0) -> bool:
+  """Whether `split` (default: the training split), or `fraction` of it, is streamed: as
+  `data_path` says, or by size for "auto". Splits with `group_feature` are decoded (their
+  group ids are a decoded column)."""
+  if c.data_path != "auto" or (split and c.group_feature):
+    return c.data_path == "stream" and not (split and c.group_feature)
+  split = split or c.train_split
+  size = fraction * streaming.in_memory_bytes(c.dataset, split, data_dir=c.data_dir or None)
   budget = c.data_memory_budget_mb * 2**20
   if size > budget:
     log.info(
       "streaming %s %s: %.0f MiB in memory > data_memory_budget_mb %.0f",
       c.dataset,
-      c.train_split,
+      split,
       size / 2**20,
       c.data_memory_budget_mb,
     )
@@ -136,18 +140,22 @@ def _in_memory(c: config_lib.TrainConfig, load, validation_split: str):
 
 
 def _streamed(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, validation_split: str):
-  """(train stream, validation arrays or None): the training split read as it trains, less
-  the examples `split_validation` would hold out, which are decoded into memory."""
+  """(train stream, validation data or None): the training split read as it trains, less
+  the examples `split_validation` would hold out, which are decoded into memory, or read in
+  batches too when they exceed the budget."""
   data_dir = c.data_dir or None
   source = data_lib.loading.data_source(c.dataset, c.train_split, data_dir=data_dir)
   indices, validation = None, None
   if validation_split:
-    validation = _load(c, spec, validation_split)
+    validation = _split(c, spec, validation_split)
   elif c.validation_fraction > 0:
-    held_out = sources.held_out_mask(len(source), c.validation_fraction)
-    indices = np.flatnonzero(~held_out)
-    records = streaming.read_records(source, np.flatnonzero(held_out))
-    validation = _formatted(c, spec, {k: v for k, v in records.items() if v is not None})
+    held_out = np.flatnonzero(sources.held_out_mask(len(source), c.validation_fraction))
+    indices = np.setdiff1d(np.arange(len(source)), held_out)
+    if _streams(c, c.train_split, c.validation_fraction):
+      validation = streaming.Streaming(source, input_key=spec.input_key, indices=held_out)
+    else:
+      records = streaming.read_records(source, held_out)
+      validation = _formatted(c, spec, {k: v for k, v in records.items() if v is not None})
   train = streaming.Streaming(
     source, input_key=spec.input_key, indices=indices, num_workers=c.data_workers
   )
@@ -171,6 +179,14 @@ def _max_batch_size(c: config_lib.TrainConfig, num_examples: int, updates: int) 
       f"= {multiple}."
     )
   return size
+
+
+def _split(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str):
+  """An evaluation split: arrays (`_load`), or a `Streaming` of it when it is streamed."""
+  if not _streams(c, split):
+    return _load(c, spec, split)
+  source = data_lib.loading.data_source(c.dataset, split, data_dir=c.data_dir or None)
+  return streaming.Streaming(source, input_key=spec.input_key)
 
 
 def _load(

@@ -56,7 +56,9 @@ def evaluate(
       split over it.
     model: a `dl.Linen`/`dl.NNX` model or a Linen module.
     arrays: model-ready arrays (already preprocessed) with the keys the model and the
-      objective read, e.g. {"input": (N, ...), "label": (N, ...)}.
+      objective read, e.g. {"input": (N, ...), "label": (N, ...)}; or a split read in
+      batches, never held whole (anything with `len` and `padded_batches(batch_size)`, e.g.
+      a `dl.data.streaming.Streaming`).
     batch_size: examples per compiled call.
     objective: the per-example loss and metrics (`dl.objectives`), e.g. `task.objective`.
 
@@ -66,7 +68,7 @@ def evaluate(
   """
   objective = objectives.as_objective(objective)
   eval_fn = _jitted_eval_step(as_model(model), is_ensemble(state), objective)
-  n = len(next(iter(arrays.values())))
+  n = num_examples(arrays)
   totals = None
   for batch in eval_batches(arrays, min(batch_size, n), state):
     sums = eval_fn(state, batch)
@@ -184,6 +186,17 @@ def check_inputs(inputs: Mapping[str, Any], spec: InputSpec, name: str = "this m
     raise ValueError(f"inputs for {name} must all hold the same number of examples; got {sizes}.")
 
 
+def num_examples(arrays: Any) -> int:
+  """The examples of a split: arrays {key: (N, ...)}, or a split read in batches."""
+  return len(next(iter(arrays.values()))) if isinstance(arrays, Mapping) else len(arrays)
+
+
+def _host_batches(arrays: Any, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  if isinstance(arrays, Mapping):
+    return padded_batches(arrays, batch_size)
+  return arrays.padded_batches(batch_size)  # a stream: read batch by batch
+
+
 def eval_batches(
   arrays: Mapping[str, np.ndarray], batch_size: int, state: Any
 ) -> Iterator[dict[str, Any]]:
@@ -195,10 +208,10 @@ def eval_batches(
   """
   mesh = _mesh_of(state)
   if mesh is None:
-    yield from padded_batches(arrays, batch_size)
+    yield from _host_batches(arrays, batch_size)
     return
   sharding = parallel.batch_sharding(mesh)
-  for batch in padded_batches(arrays, -(-batch_size // mesh.size) * mesh.size):
+  for batch in _host_batches(arrays, -(-batch_size // mesh.size) * mesh.size):
     yield jax.device_put(batch, sharding)
 
 

@@ -98,10 +98,16 @@ def padded_batches(
   """All examples in order, in batches of one shape; the last is padded, "mask" marks real ones."""
   n = len(next(iter(arrays.values())))
   for start in range(0, n, batch_size):
-    real = min(batch_size, n - start)
-    batch = {k: _pad(v[start : start + real], batch_size) for k, v in arrays.items()}
-    batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
-    yield batch
+    yield pad_batch({k: v[start : start + batch_size] for k, v in arrays.items()}, batch_size)
+
+
+def pad_batch(arrays: Mapping[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:
+  """`arrays` (at most `batch_size` examples) padded with zeros to `batch_size`; "mask" is 1
+  for the real examples."""
+  real = len(next(iter(arrays.values())))
+  batch = {k: _pad(v, batch_size) for k, v in arrays.items()}
+  batch["mask"] = (np.arange(batch_size) < real).astype(np.float32)
+  return batch
 
 
 def _pad(x: np.ndarray, size: int) -> np.ndarray:

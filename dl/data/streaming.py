@@ -30,7 +30,7 @@ from absl import flags
 
 from dl.data import loading
 from dl.data.augment import Augment
-from dl.data.batches import next_batches
+from dl.data.batches import next_batches, pad_batch
 from dl.data.transforms import Preprocess, as_model_input, preprocessed, to_batch_format
 
 Arrays = dict[str, np.ndarray]
@@ -125,6 +125,20 @@ class Streaming:
       read_threads=self.read_threads,
       prefetch=self.prefetch,
     )
+
+  def padded_batches(self, batch_size: int):
+    """Every example in order, in batches of one shape read through a grain pipeline (the
+    last padded; "mask" marks real examples), as `dl.data.batches.padded_batches` gives
+    them from arrays: how `dl.evaluate` reads a validation or test split held nowhere whole."""
+    n = len(self)
+
+    def read(i):
+      return pad_batch(
+        self.read(np.arange(i * batch_size, min((i + 1) * batch_size, n))), batch_size
+      )
+
+    options = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
+    yield from grain.MapDataset.range(math.ceil(n / batch_size)).map(read).to_iter_dataset(options)
 
 
 def read_records(source: Any, rows: np.ndarray) -> dict[str, np.ndarray | None]:
