@@ -6,6 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
+from sklearn.datasets import load_digits
 from tiny_config import tiny_config
 
 import dl
@@ -79,3 +81,58 @@ def test_per_example_grads_average_to_the_batch_gradient():
   )
   # Each example's gradient is its own: they differ.
   assert not np.allclose(per_example["Dense_0"]["bias"][0], per_example["Dense_0"]["bias"][1])
+
+
+def test_a_member_differs_from_its_separate_run_by_the_batched_matmuls_rounding_only():
+  """Why an ensemble member ends near, not at, its separate run: members run one after the
+  other in one program (`jax.lax.map`) equal the separate runs bit for bit, so init, batches
+  and dropout keys are the same; `jax.vmap` (what `dl.fit` runs) batches the matmuls, which
+  sum in another order: about one ulp after the first step, then grown by Adam's normalised
+  updates (7e-7 after 100 steps here; the bound leaves room for other CPUs)."""
+
+  class TwoInputs(nn.Module):
+    @nn.compact
+    def __call__(self, a, b, train=False):
+      h = nn.relu(nn.Dense(32)(a)) + nn.relu(nn.Dense(32)(b))
+      return nn.Dense(10)(nn.Dropout(0.3, deterministic=not train)(h))
+
+  digits = load_digits()
+  x, y = (digits.data / 16).astype(np.float32), digits.target.astype(np.int32)
+  task = dl.task(
+    model=dl.Linen(TwoInputs(), inputs=("a", "b")),
+    objective=dl.objectives.classification,
+    optimizer=optax.adam(1e-2),
+    train={"a": x[:, :32], "b": x[:, 32:], "label": y},
+  )
+  members, steps = 4, 100
+  streams = [task.batches(32, seed=i) for i in range(members)]
+  batches = [[stream.next() for _ in range(steps)] for stream in streams]
+  one = jax.jit(task.step)
+  alone = {1: [], steps: []}
+  for i in range(members):
+    state = task.init(i)
+    for k, batch in enumerate(batches[i], 1):
+      state, _ = one(state, batch)
+      if k in alone:
+        alone[k].append(state.params)
+
+  def stack(trees):
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+  def gap(ensemble, separate):
+    return max(
+      float(jnp.max(jnp.abs(a - b)))
+      for a, b in zip(jax.tree.leaves(ensemble), jax.tree.leaves(stack(separate)))
+    )
+
+  in_turn = jax.jit(lambda s, b: jax.lax.map(lambda sb: task.step(*sb), (s, b)))
+  gaps = {}
+  for name, step in (("vmap", jax.jit(jax.vmap(task.step))), ("lax.map", in_turn)):
+    state = stack([task.init(i) for i in range(members)])
+    for k in range(1, steps + 1):
+      state, _ = step(state, stack([batches[i][k - 1] for i in range(members)]))
+      if k in alone:
+        gaps[name, k] = gap(state.params, alone[k])
+  assert gaps["lax.map", 1] == gaps["lax.map", steps] == 0.0, gaps
+  assert 0.0 < gaps["vmap", 1] < 1e-6, gaps  # parameters of size ~0.1-1: a few ulps
+  assert gaps["vmap", steps] < 1e-4, gaps
