@@ -21,6 +21,7 @@ def _build(config_file: str, site_dir: str, pythonpath: str = "") -> subprocess.
     [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", config_file, "-d", site_dir],
     capture_output=True,
     text=True,
+    check=False,  # the tests read the output of a failed build
     cwd=REPO,
     env=env,
   )
@@ -43,7 +44,9 @@ def _fake_project(tmp_path, module_source: str) -> str:
   with open(os.path.join(REPO, "mkdocs.yml")) as f:
     config = yaml.safe_load(f)
   config.update(
-    docs_dir=str(tmp_path / "docs"), hooks=[os.path.join(REPO, "docs", "hooks.py")], nav=["index.md"]
+    docs_dir=str(tmp_path / "docs"),
+    hooks=[os.path.join(REPO, "docs", "hooks.py")],
+    nav=["index.md"],
   )
   path = tmp_path / "mkdocs.yml"
   path.write_text(yaml.safe_dump(config))
