@@ -21,13 +21,13 @@ quoted results).
 
 import importlib.metadata
 import importlib.util
+import json
 import os
+import subprocess
 import sys
-import types
 
 import nbformat
 import pytest
-from IPython.core.interactiveshell import InteractiveShell
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,21 +141,34 @@ def test_a_stale_quoted_figure_is_found():
   assert run_notebooks.stale_figures(cited) == ["12.5 (not in experiments/results_plan.md)"]
 
 
-def test_install_cell_keeps_the_runtimes_jax(monkeypatch):
-  # As in Colab: google.colab imported, dl not installed; %pip records what it is asked.
-  shell = InteractiveShell.instance()
-  asked = []
-  shell.register_magic_function(asked.append, magic_kind="line", magic_name="pip")
-  monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-  find_spec = importlib.util.find_spec
-  monkeypatch.setattr(
-    importlib.util, "find_spec", lambda name, *a: None if name == "dl" else find_spec(name, *a)
-  )
-  monkeypatch.delenv("DL_PIP_SPEC", raising=False)
+# Runs an install cell as in Colab (google.colab imported, dl not installed) in an IPython
+# shell whose %pip only records what it is asked; a process of its own, since an IPython shell
+# changes __main__, builtins and the warning filters of the process it lives in.
+_AS_IN_COLAB = """
+import importlib.util, json, sys, types
+import jax  # before the fake google.colab: jax's Colab debugger imports google.colab.output
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+asked = []
+shell.register_magic_function(asked.append, magic_kind="line", magic_name="pip")
+sys.modules["google.colab"] = types.ModuleType("google.colab")
+find_spec = importlib.util.find_spec
+importlib.util.find_spec = lambda name, *a: None if name == "dl" else find_spec(name, *a)
+shell.run_cell(sys.argv[1]).raise_error()
+print(json.dumps(asked))
+"""
+
+
+def test_install_cell_keeps_the_runtimes_jax():
   path = os.path.join(REPO, "colab", "01_quickstart.ipynb")
-  shell.run_cell(stamp.install_cell(_read(path)).source).raise_error()
+  env = {k: v for k, v in os.environ.items() if k != "DL_PIP_SPEC"}
+  cell = stamp.install_cell(_read(path)).source
+  result = subprocess.run(
+    [sys.executable, "-c", _AS_IN_COLAB, cell], capture_output=True, text=True, env=env, check=True
+  )
   name, url = stamp.project()
   versions = {p: importlib.metadata.version(p) for p in ("jax", "jaxlib")}
-  assert asked == [
+  assert json.loads(result.stdout.splitlines()[-1]) == [
     f'install -q "{stamp.pip_spec(name, url)}" jax=={versions["jax"]} jaxlib=={versions["jaxlib"]}'
   ]
+  assert "devices:" in result.stdout  # the cell prints jax's devices after installing
