@@ -34,6 +34,7 @@ class RandomCrop(grain.transforms.RandomMap):
   key: str = "input"
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    """The example with its image cropped at a position drawn from `rng`."""
     image_HxWxC = element[self.key]
     p = self.padding
     padded = np.pad(image_HxWxC, ((p, p), (p, p), (0, 0)))
@@ -50,6 +51,7 @@ class RandomTranslate(grain.transforms.RandomMap):
   key: str = "input"
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    """The example with its image shifted by an offset drawn from `rng`."""
     dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
     return {**element, self.key: _shift(element[self.key], int(dy), int(dx))}
 
@@ -62,6 +64,7 @@ class HorizontalFlip(grain.transforms.RandomMap):
   key: str = "input"
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    """The example with its image mirrored left-right, with probability `p`."""
     if rng.random() >= self.probability:
       return element
     return {**element, self.key: element[self.key][:, ::-1]}
@@ -79,6 +82,7 @@ class Mixup(grain.transforms.RandomMap):
   key: str = "input"
 
   def random_map(self, element: Example, rng: np.random.Generator) -> Example:
+    """The example, its partner's label and the mixing weight drawn from `rng`."""
     x_BxD = element[self.key]
     partner_B = rng.permutation(len(x_BxD))
     weight_B = rng.beta(self.alpha, self.alpha, size=len(x_BxD)).astype(np.float32)

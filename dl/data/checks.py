@@ -126,6 +126,7 @@ class CheckedBatches:
     self._taken = 0
 
   def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch (or `num_batches` stacked), checked."""
     batch = self._batches.next(num_batches)
     first = self._taken
     self._taken += num_batches or 1
@@ -137,12 +138,15 @@ class CheckedBatches:
     return batch
 
   def get_state(self) -> Any:
+    """The wrapped stream's position."""
     return self._batches.get_state()
 
   def set_state(self, state: Any) -> None:
+    """Moves the wrapped stream to `state`."""
     self._batches.set_state(state)
 
   def close(self) -> None:
+    """Closes the wrapped stream (its threads and worker processes), if it can be closed."""
     close = getattr(self._batches, "close", None)
     if close is not None:
       close()
@@ -156,6 +160,7 @@ class CheckedSplit:
     self.split, self._what, self._limits = split, what, limits
 
   def __len__(self) -> int:
+    """The split's number of examples."""
     return len(self.split)
 
   def padded_batches(self, batch_size: int):

@@ -39,6 +39,7 @@ class TrainData(Protocol):
 
 
 def is_train_data(data: Any) -> bool:
+  """Whether `data` is a data part (`TrainData`): it has `len`, `example` and `batches`."""
   return all(callable(getattr(data, name, None)) for name in ("__len__", "example", "batches"))
 
 
@@ -57,6 +58,7 @@ class InMemory:
     return len(next(iter(self.arrays.values())))
 
   def example(self) -> Arrays:
+    """The first example of every key, with a leading axis of 1."""
     return {k: v[:1] for k, v in self.arrays.items()}
 
   def batches(

@@ -93,6 +93,7 @@ class Preprocess:
 
   @classmethod
   def from_arrays(cls, arrays: Mapping[str, Any]) -> "Preprocess":
+    """The `Preprocess` that `to_arrays` stored."""
     arrays = dict(arrays)
     return cls(str(arrays.pop("kind")), {k: np.asarray(v) for k, v in arrays.items()})
 
@@ -106,6 +107,7 @@ def preprocessed(
 
 
 def as_32_bit(x: np.ndarray) -> np.ndarray:
+  """`x` with 64-bit ints and floats as 32-bit ones (unless `jax_enable_x64`)."""
   if jax.config.jax_enable_x64 or x.dtype.itemsize != 8 or x.dtype.kind not in "iuf":
     return x
   return x.astype({"i": np.int32, "u": np.uint32, "f": np.float32}[x.dtype.kind])

@@ -167,10 +167,12 @@ class CompileClock:
       self._seconds += duration
 
   def start(self) -> None:
+    """Starts listening to JAX's compile events."""
     self._listener = self._on_event
     jax.monitoring.register_event_duration_secs_listener(self._listener)
 
   def stop(self) -> None:
+    """Stops listening (where this jax can unregister a listener)."""
     # Older jax cannot unregister: the listener stays, idle (it counts only while running).
     unregister = getattr(jax.monitoring, "unregister_event_duration_listener", None)
     if self._listener is not None and unregister is not None:
@@ -185,5 +187,6 @@ class CompileClock:
     self._running_on = None
 
   def take(self) -> float:
+    """The compile seconds counted since the last `take`, and restarts the count."""
     seconds, self._seconds = self._seconds, 0.0
     return seconds

@@ -46,11 +46,17 @@ class Batches(Protocol):
 
   steps_per_epoch: int
 
-  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]: ...
+  def next(self, num_batches: int | None = None) -> dict[str, np.ndarray]:
+    """The next batch, or `num_batches` batches stacked on a new leading axis."""
+    ...
 
-  def get_state(self) -> Any: ...
+  def get_state(self) -> Any:
+    """The position in the stream, as a checkpoint stores it."""
+    ...
 
-  def set_state(self, state: Any) -> None: ...
+  def set_state(self, state: Any) -> None:
+    """Moves to a position `get_state` returned."""
+    ...
 
 
 class Trainable(Protocol):
