@@ -115,7 +115,7 @@ def main():
   parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI smoke tests")
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  scale, repeats = (0.1, 1) if args.quick else (1.0, args.repeats)
+  scale, repeats = (0.04, 1) if args.quick else (1.0, args.repeats)
   print(
     json.dumps(
       {
