@@ -46,7 +46,7 @@ case "${1:-}" in
     # Lint first, the whole tree (pyproject's [tool.ruff]): a slip fails in a second.
     "$PY" -m ruff check .
     "$PY" -m ruff format --check .
-    exec "$PY" -m pytest -n 2 tests "$@"
+    exec "$PY" -m pytest -n 3 tests "$@"
     ;;
   *)
     echo "usage: bash run.sh train [WORKDIR] | bash run.sh test [PYTEST_ARGS...]" >&2
