@@ -91,7 +91,7 @@ def main():
   )
   for batch_size, steps in ((16, 1500), (128, 600)):
     compare(
-      batch_size, 100 if args.quick else steps, 2 if args.quick else args.members, args.fused_steps
+      batch_size, 30 if args.quick else steps, 2 if args.quick else args.members, args.fused_steps
     )
 
 

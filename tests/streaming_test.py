@@ -128,7 +128,8 @@ config = tiny_config(
   test_split="test", eval_batch_size=64, schedule="constant",
 )
 config.model.width = 16
-dl.train(config, sys.argv[1] + "/warm_up")  # compiles every program and starts everything once
+warm_up = tiny_config(**{**config.to_dict(), "num_train_steps": 2, "eval_every_steps": 2})
+dl.train(warm_up, sys.argv[1] + "/warm_up")  # compiles and starts everything once
 tracemalloc.start()  # numpy's buffers too: what Python holds, apart from XLA's own memory
 before = status("VmRSS")
 with open("/proc/self/clear_refs", "w") as f:
