@@ -113,8 +113,10 @@ def _streams(c: config_lib.TrainConfig, split: str = "", fraction: float = 1.0) 
   """Whether `split` (default: the training split), or `fraction` of it, is streamed: as
   `data_path` says, or by size for "auto". Splits with `group_feature` are decoded (their
   group ids are a decoded column)."""
-  if c.data_path != "auto" or (split and c.group_feature):
-    return c.data_path == "stream" and not (split and c.group_feature)
+  if split and c.group_feature:
+    return False
+  if c.data_path != "auto":
+    return c.data_path == "stream"
   split = split or c.train_split
   size = fraction * streaming.in_memory_bytes(c.dataset, split, data_dir=c.data_dir or None)
   budget = c.data_memory_budget_mb * 2**20

@@ -19,29 +19,21 @@ import numpy as np
 Arrays = Mapping[str, np.ndarray]
 
 
-def check_split(
-  arrays: Arrays,
-  what: str,
-  *,
-  classes: Mapping[str, int] | None = None,
-  ids: Mapping[str, int] | None = None,
-  first_row: int = 0,
-) -> None:
+def check_split(arrays: Arrays, what: str, *, first_row: int = 0, **limits) -> None:
   """Raises unless every array of `arrays` is numeric, finite, and within its range.
 
   Args:
     arrays: {key: (N, ...) array}, one split or one batch.
     what: the split as the error names it, e.g. "training data".
-    classes: {key: outputs}: the key's integer values must lie in [0, outputs).
-    ids: {key: size}: the key's integer values must lie in [0, size).
     first_row: the row number of `arrays`' first example (a batch's offset), for messages.
+    **limits: `classes` and `ids`, as `check_ranges` takes them.
 
   Raises:
     TypeError: an array holds strings, objects or other values that are not numbers.
     ValueError: a floating array holds NaN or infinity, or ids lie out of their range.
   """
   check_values(arrays, what, first_row=first_row)
-  check_ranges(arrays, what, classes=classes, ids=ids, first_row=first_row)
+  check_ranges(arrays, what, first_row=first_row, **limits)
 
 
 def check_values(arrays: Arrays, what: str, *, first_row: int = 0) -> None:
@@ -78,7 +70,15 @@ def check_ranges(
   ids: Mapping[str, int] | None = None,
   first_row: int = 0,
 ) -> None:
-  """The range checks of `check_split`: class ids and embedding ids within their sizes."""
+  """Raises a ValueError unless class ids and embedding ids lie within their sizes.
+
+  Args:
+    arrays: {key: (N, ...) array}, one split or one batch.
+    what: the split as the error names it.
+    classes: {key: outputs}: the key's integer values must lie in [0, outputs).
+    ids: {key: size}: the key's integer values must lie in [0, size).
+    first_row: the row number of `arrays`' first example, for messages.
+  """
   for role, limits in (("class ids", classes or {}), ("ids", ids or {})):
     for key, size in limits.items():
       if key in arrays:
