@@ -53,7 +53,7 @@ def main() -> None:
 
   task = dl.task(
     model=dl.models.create("cnn", num_classes=10),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(1e-3),
     train=(name, "train"),
     validation_fraction=0.0,

@@ -4,8 +4,8 @@ tokens/s with and without the KV cache; the modern decoder (`decoder_lm`) traine
 
 Model: the causal Transformer of experiments/pydoc_char_lm.py on `pydoc_text` windows
 (128 characters). Training: `dl.train_step` with the next-token objective, jitted once with
-the state donated, batches gathered from host arrays each step. Sampling: `dl.sampling.sample`
-(one position per scan step, keys and values cached) against `dl.sampling.sample_uncached`
+the state donated, batches gathered from host arrays each step. Sampling: `dl.apps.decoding.sample`
+(one position per scan step, keys and values cached) against `dl.apps.decoding.sample_uncached`
 (the whole sequence recomputed for every new token), both jitted. Compilation is excluded
 (one call first); each number is the median over repeats.
 
@@ -36,7 +36,7 @@ import jax
 import numpy as np
 
 import dl
-from dl import sampling
+from dl.apps import decoding
 from dl.training import flops
 
 
@@ -138,7 +138,7 @@ def decoder_rows(width, depth, batch_size, num_steps, repeats, workdir) -> list[
 
 def sample_tokens_per_sec(task, params, batch_size, num_tokens, repeats, cached: bool) -> float:
   """New tokens/s of jitted sampling of `num_tokens` tokens after a 1-character prompt."""
-  sampler = sampling.sample if cached else sampling.sample_uncached
+  sampler = decoding.sample if cached else decoding.sample_uncached
   generate = jax.jit(functools.partial(sampler, model=task.model, num_tokens=num_tokens))
   prompt_BxP = np.asarray(task.train.arrays["input"][:batch_size, :1])
   seconds = median_seconds(lambda: generate(params, prompt_BxP, jax.random.PRNGKey(0)), repeats)

@@ -11,103 +11,17 @@ Or parts built from a config:
 
   config = dl.default_config()        # or an experiment's get_config()
   state, history = dl.train(config, "/tmp/run")
+
+The floors, each importing only those below it (tests/imports_test.py holds the list):
+`core` (objectives, meshes, checkpoints, writers), `data` and `models`, `inference`,
+`training` (state, steps, the loop), `trust`, `deploy` and `generative`, `recipes` (configs
+into parts), `apps` and `search`, `cli`. `import dl` loads none of them: each name below is
+imported on first use (`__init__.pyi` lists them, for type checkers and for the loader alike).
 """
 
-from dl import (
-  calibration,
-  data,
-  detection,
-  distributed,
-  explain,
-  export,
-  fairness,
-  federated,
-  forecasting,
-  generative,
-  grads,
-  inference,
-  learning_curve,
-  lock,
-  models,
-  monitor,
-  objectives,
-  privacy,
-  recommend,
-  sampling,
-  search,
-  segmentation,
-  speech,
-  training,
-)
-from dl.checkpoint import Checkpointer, CheckpointError, CheckpointWriteError
-from dl.config import TrainConfig, default_config
-from dl.config import parse as parse_config
-from dl.from_config import build, restore, train
-from dl.inference import eval_step, evaluate, predict
-from dl.models.adapters import NNX, Linen
-from dl.training.compile import jit_step, scan_steps
-from dl.training.loop import FitConfig, Hook, fit
-from dl.training.plan import plan
-from dl.training.profile import ProfileHook
-from dl.training.state import TrainState, create_train_state
-from dl.training.steps import train_step
-from dl.training.task import Task, task
-from dl.writers import plot_history, read_history
+import lazy_loader
 
 # The one place the version is set; pyproject reads this line as text, so keep it a literal.
 __version__ = "0.1.0"
 
-__all__ = [
-  "NNX",
-  "CheckpointError",
-  "CheckpointWriteError",
-  "Checkpointer",
-  "FitConfig",
-  "Hook",
-  "Linen",
-  "ProfileHook",
-  "Task",
-  "TrainConfig",
-  "TrainState",
-  "build",
-  "calibration",
-  "create_train_state",
-  "data",
-  "default_config",
-  "detection",
-  "distributed",
-  "eval_step",
-  "evaluate",
-  "explain",
-  "export",
-  "fairness",
-  "federated",
-  "fit",
-  "forecasting",
-  "generative",
-  "grads",
-  "inference",
-  "jit_step",
-  "learning_curve",
-  "lock",
-  "models",
-  "monitor",
-  "objectives",
-  "parse_config",
-  "plan",
-  "plot_history",
-  "predict",
-  "privacy",
-  "read_history",
-  "recommend",
-  "restore",
-  "sampling",
-  "scan_steps",
-  "search",
-  "segmentation",
-  "speech",
-  "task",
-  "train",
-  "train_step",
-  "training",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
-from dl import objectives, parallel
+from dl.core import objectives, parallel
 from dl.data.batches import padded_batches
 from dl.models.adapters import Model, as_model
 
@@ -60,7 +60,7 @@ def evaluate(
       batches, never held whole (anything with `len` and `padded_batches(batch_size)`, e.g.
       a `dl.data.streaming.Streaming`).
     batch_size: examples per compiled call.
-    objective: the per-example loss and metrics (`dl.objectives`), e.g. `task.objective`.
+    objective: the per-example loss and metrics (`dl.core.objectives`), e.g. `task.objective`.
 
   Returns:
     {"loss", **objective's metrics} (and what the objective's `summarize` derives, e.g.

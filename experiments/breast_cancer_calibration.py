@@ -21,7 +21,7 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 import dl
-from dl import calibration
+from dl.trust import calibration
 
 SCORES = ("accuracy", "roc_auc", "ece", "brier", "nll")
 MALIGNANT = 0  # the positive class for ROC-AUC

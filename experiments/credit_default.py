@@ -22,7 +22,7 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
 import dl
-from dl import calibration
+from dl.trust import calibration
 
 DEFAULT = 0  # class "bad": the applicant defaulted
 COLUMNS = ("roc_auc", "pr_auc", "accuracy", "brier", "ece")

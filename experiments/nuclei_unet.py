@@ -6,7 +6,7 @@ The data set `synthetic_nuclei` is GENERATED (dl/data/builders/nuclei.py): textu
 touching, irregular ellipses of varied brightness, blurred, unevenly lit, with photon and
 read noise; 64x64 images, 1,000 train / 250 test, with semantic and instance masks. A U-Net
 (`dl.models.UNet`) learns per-pixel nucleus/background logits through `dl.fit` (a `dl.task`
-with `dl.segmentation.segmentation_objective()`: per-pixel cross-entropy + soft Dice; Adam
+with `dl.apps.segmentation.segmentation_objective()`: per-pixel cross-entropy + soft Dice; Adam
 with warmup and cosine decay). 10% of the train images are held out for validation, whose
 Dice chooses the checkpoint; the test split scores it once.
 
@@ -21,7 +21,7 @@ microscopy images shipped in scikit-image's wheel: `cell`, a quantitative phase 
 cell, and `immunohistochemistry`'s haematoxylin channel; `human_mitosis` is not in the wheel,
 it downloads on first use, so it is left out; no ground truth: a qualitative look) and
 `explanation.png` (Integrated Gradients and Grad-CAM of one predicted nucleus, through
-`dl.explain`). A rerun in the same workdir resumes from its newest checkpoint.
+`dl.trust.explain`). A rerun in the same workdir resumes from its newest checkpoint.
 """
 
 import argparse
@@ -36,8 +36,9 @@ import PIL.Image
 from scipy import ndimage
 
 import dl
-from dl import explain, segmentation
+from dl.apps import segmentation
 from dl.data import sources
+from dl.trust import explain
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -246,7 +247,7 @@ def draw_overlays(path: str, state, task: dl.Task) -> None:
 
 def explain_one(path: str, state, task: dl.Task, test: dict, s: dict) -> dict[str, float]:
   """Integrated Gradients and Grad-CAM of one predicted nucleus of a test image (the U-Net
-  as a classifier of that region, `dl.segmentation.RegionLogits`); writes the PNG.
+  as a classifier of that region, `dl.apps.segmentation.RegionLogits`); writes the PNG.
 
   Returns:
     How local each map is: its share of the map's total within 3 pixels of the nucleus

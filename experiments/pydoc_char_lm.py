@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.metrics import log_loss
 
 import dl
-from dl import sampling
+from dl.apps import decoding
 from dl.data.builders import pydoc_text
 
 PROMPTS = ('The "while" statement\n', "A list comprehension ", "def ")
@@ -70,7 +70,7 @@ def write_samples(state, model, path: str, num_tokens: int, seed: int = 0) -> li
   """Continues each prompt with the KV-cached sampler (temperature 0.8, top-k 20)."""
   generate = jax.jit(
     functools.partial(
-      sampling.sample, model=model, num_tokens=num_tokens, temperature=0.8, top_k=20
+      decoding.sample, model=model, num_tokens=num_tokens, temperature=0.8, top_k=20
     )
   )
   texts = []

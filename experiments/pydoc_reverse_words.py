@@ -12,7 +12,7 @@ inputs=("source", "target_in"))`, and trains through `dl.fit` with the next-toke
 10% of the train chunks (a fixed random choice) are held out for validation, whose loss
 chooses the checkpoint. That checkpoint is scored once on the held-out text's chunks:
 teacher-forced character accuracy and greedy exact match (decoded with
-`dl.sampling.translate` and the decoder's KV cache). A rerun in the same workdir resumes.
+`dl.apps.decoding.translate` and the decoder's KV cache). A rerun in the same workdir resumes.
 python experiments/pydoc_reverse_words.py --workdir workdirs/pydoc_reverse_words
 """
 
@@ -27,7 +27,8 @@ import numpy as np
 import optax
 
 import dl
-from dl import models, sampling
+from dl import models
+from dl.apps import decoding
 from dl.data.batches import padded_batches
 from dl.data.builders import pydoc_text
 
@@ -94,7 +95,7 @@ def make_task(module, train, test, num_steps: int) -> dl.Task:
   schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, warmup, max(num_steps, warmup + 1))
   return dl.task(
     model=dl.Linen(module, inputs=("source", "target_in")),
-    objective=dl.objectives.next_token,
+    objective=dl.core.objectives.next_token,
     optimizer=optax.adamw(schedule, weight_decay=0.01),
     train=train,
     test=test,
@@ -103,14 +104,14 @@ def make_task(module, train, test, num_steps: int) -> dl.Task:
 
 
 class ExactMatch(dl.Hook):
-  """Greedy decoding (`dl.sampling.translate`, the decoder's KV cache) of every test source:
+  """Greedy decoding (`dl.apps.decoding.translate`, the decoder's KV cache) of every test source:
   "exact_match", the share decoded exactly up to and including the end marker. The decoded
   targets stay in `generated` (N, 1 + LENGTH)."""
 
   def __init__(self, module, test: dict[str, np.ndarray], batch_size: int = 256):
     self.test, self.batch_size = test, min(batch_size, len(test["label"]))
     self.translate = jax.jit(
-      functools.partial(sampling.translate, model=module, num_tokens=LENGTH, start_id=START_ID)
+      functools.partial(decoding.translate, model=module, num_tokens=LENGTH, start_id=START_ID)
     )
     self.generated = None
 

@@ -2,7 +2,7 @@ r"""Random search, its 8 trials trained as one population: an MLP on `digits` (1
 144 validation / 360 test), AdamW with learning rate and weight decay drawn log-uniformly.
 The trial best on validation (accuracy at the last step) is scored once on test.
 
-python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/search_digits \
+python -m dl.cli.search --config experiments/search_digits_mlp.py --workdir workdirs/search_digits \
     --algorithm random --num_trials 8
 
 Writes trials.csv, trials.jsonl and trials.png (validation accuracy against steps, every

@@ -3,8 +3,8 @@ r"""Hyperparameter search on real MNIST digits (`mnist5k`: 3,600 train / 400 val
 learning rate and weight decay drawn log-uniformly. A larger validation split than digits'
 (400 against 144), so that the searches' choices are told apart by more than one example.
 
-python -m dl.search --config experiments/search_mnist5k_mlp.py --workdir workdirs/search_mnist5k \
-    --algorithm asha --num_trials 8
+python -m dl.cli.search --config experiments/search_mnist5k_mlp.py \
+    --workdir workdirs/search_mnist5k --algorithm asha --num_trials 8
 python experiments/search_study.py --experiment search_mnist5k_mlp --seeds 3
 """
 

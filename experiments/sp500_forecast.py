@@ -25,7 +25,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 import dl
-from dl import forecasting
+from dl.apps import forecasting
 
 
 def get_config():

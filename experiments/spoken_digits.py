@@ -9,8 +9,8 @@ computed on the device as their first layer (`dl.models.LogMel`).
 1. Keyword CNN (`dl.models.KeywordCNN`) on `isolated` digits through `dl.fit`; 10% of the
    train examples (train voices) held out choose the checkpoint by accuracy; test scored once.
 2. CTC recogniser (`dl.models.CTCRecognizer`: conv front end, 2-layer bidirectional GRU) on
-   `strings` of 3-7 digits through `dl.fit` with `dl.speech.ctc_objective`; validation WER
-   (greedy, `dl.speech.TranscriptErrorRates`) chooses the checkpoint; test WER/CER (jiwer) of
+   `strings` of 3-7 digits through `dl.fit` with `dl.apps.speech.ctc_objective`; validation WER
+   (greedy, `dl.apps.speech.TranscriptErrorRates`) chooses the checkpoint; test WER/CER (jiwer) of
    greedy and beam-search decoding, once.
 3. Baseline in the same run: the keyword CNN applied to evenly split segments of each test
    string's speech (found by frame energy), with the true digit count (an oracle the CTC
@@ -34,7 +34,7 @@ import numpy as np
 import optax
 
 import dl
-from dl import speech
+from dl.apps import speech
 from dl.data import sources
 
 matplotlib.use("Agg")
@@ -118,7 +118,7 @@ def train_keywords(s: Settings, train, test, workdir: str):
   steps = s.max_steps or s.keyword_epochs * per_epoch
   task = dl.task(
     model=dl.Linen(dl.models.KeywordCNN(features=s.keyword_features), inputs=INPUTS),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adamw(schedule(s.keyword_lr, steps), weight_decay=1e-4),
     train=fit_train,
     eval=validation,

@@ -5,11 +5,11 @@ python experiments/synthetic_digit_boxes_centernet.py --workdir workdirs/synthet
 The data set `synthetic_digit_boxes` is synthetic: 1-4 real MNIST digits pasted at seeded
 random positions and sizes into 64x64 canvases (see dl/data/builders/). A CenterNet-style
 detector (`dl.models.CenterNet`) learns per-class centre heat maps and box sizes through
-`dl.fit` (a `dl.task` with the objective `dl.detection.centernet_objective`, Adam with
+`dl.fit` (a `dl.task` with the objective `dl.apps.detection.centernet_objective`, Adam with
 warmup and cosine decay); its top-20 peaks per canvas go through per-class NMS (IoU 0.5)
 and are scored by mAP@0.5 (all-point, VOC 2010+; COCO's 101-point value beside it). The
 builder has train and test splits: 10% of the train canvases are held out for validation,
-whose mAP (`dl.detection.MeanAveragePrecision`, a hook) chooses the checkpoint after each
+whose mAP (`dl.apps.detection.MeanAveragePrecision`, a hook) chooses the checkpoint after each
 epoch; the 500 test canvases score that checkpoint once. A rerun in the same workdir
 resumes from its newest checkpoint. Writes checkpoints, `metrics.jsonl`, `curves.png`,
 `results.md` and `detections.png` (test canvases: ground truth green, detections red).
@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import dl
-from dl import detection
+from dl.apps import detection
 from dl.data import sources
 
 matplotlib.use("Agg")

@@ -35,7 +35,7 @@ def train_classifier(arrays, workdir: str, *, num_steps: int, features: int):
   """A dl CNN trained on `arrays` (all of them) with `dl.fit`; returns (model, variables)."""
   task = dl.task(
     model=dl.models.create("cnn", num_classes=10, features=features, hidden=8 * features),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(3e-3),
     train=arrays,
     validation_fraction=0.0,

@@ -11,8 +11,9 @@ import optax
 import pytest
 
 import dl
-from dl import models, privacy
-from dl.privacy import audit
+from dl import models
+from dl.trust import privacy
+from dl.trust.privacy import audit
 
 
 def test_all_guesses_right_give_the_randomized_response_bound():
@@ -72,7 +73,7 @@ def _audited_run(tmp_path, noise_multiplier):
     )
   task = dl.task(
     model=model,
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(3e-3),
     train=data,
     validation_fraction=0.0,  # every included canary is trained on

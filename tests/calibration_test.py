@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dl import calibration
+from dl.trust import calibration
 
 
 def _binary(p_positive):

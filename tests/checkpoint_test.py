@@ -14,7 +14,7 @@ import pytest
 from orbax.checkpoint._src.path import atomicity
 from orbax.checkpoint._src.serialization import serialization
 
-from dl.checkpoint import Checkpointer, CheckpointWriteError
+from dl.core.checkpoint import Checkpointer, CheckpointWriteError
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -166,7 +166,7 @@ def test_close_logs_an_unreported_failure_instead_of_raising(tmp_path, monkeypat
   ckpt = Checkpointer(tmp_path / "ckpt")
   _fail_writes(monkeypatch, ValueError("RESOURCE_EXHAUSTED: [os_error_code='28']"))
   ckpt.save(10, _state(1), {"index": 1})
-  with caplog.at_level(logging.ERROR, logger="dl.checkpoint"):
+  with caplog.at_level(logging.ERROR, logger="dl.core.checkpoint"):
     ckpt.close()  # runs in `finally` blocks: must not bury the error being raised there
   assert "checkpoint of step 10" in caplog.text and "no earlier checkpoint" in caplog.text
   assert not os.listdir(tmp_path / "ckpt")
@@ -176,7 +176,7 @@ def test_close_logs_an_unreported_failure_instead_of_raising(tmp_path, monkeypat
 _FAILING_RUN = """
 import errno, sys, time
 import jax
-from dl.checkpoint import Checkpointer
+from dl.core.checkpoint import Checkpointer
 
 directory, fault = sys.argv[1], sys.argv[2]
 def state(i):  # 600 kB in 6 arrays: one write each, in flight together
@@ -221,7 +221,7 @@ def _assert_one_clear_error(lines: list[str], directory) -> None:
   assert not [line for line in lines[1:-1] if any(word in line for word in cascade)], lines
   lines = [lines[0], lines[-1]]
   assert lines[1].startswith(
-    f"dl.checkpoint.CheckpointWriteError: could not write the checkpoint of step 20 to "
+    f"dl.core.checkpoint.CheckpointWriteError: could not write the checkpoint of step 20 to "
     f"{directory}: the disk is full: it needs about 600.0 kB (the size of the state) and "
   ), lines[1]
   assert "is free there" in lines[1]
@@ -275,7 +275,7 @@ class MLP(nn.Module):
 
 rng = np.random.default_rng(0)
 arrays = {"input": rng.normal(size=(256, 64)).astype(np.float32), "label": rng.integers(0, 10, 256)}
-task = dl.task(model=MLP(), objective=dl.objectives.classification, optimizer=optax.adam(1e-3),
+task = dl.task(model=MLP(), objective=dl.core.objectives.classification, optimizer=optax.adam(1e-3),
                train=arrays, eval=arrays)
 config = dl.FitConfig(num_steps=40, batch_size=32, checkpoint_every=20, eval_every=20,
                       log_every=20, progress=False, tensorboard=False)
@@ -293,7 +293,7 @@ def test_fit_on_a_full_disk_stops_with_one_clear_error_and_resumes_from_the_last
   lines = [line for line in out.stderr.splitlines() if line and not line.startswith("  ")]
   assert out.returncode == 1 and len(lines) == 2, out.stderr
   assert lines[1].startswith(
-    f"dl.checkpoint.CheckpointWriteError: could not write the checkpoint of step 40 to "
+    f"dl.core.checkpoint.CheckpointWriteError: could not write the checkpoint of step 40 to "
     f"{workdir / 'checkpoints'}: the disk is full: it needs about 630."
   ), lines[1]
   assert "The last good checkpoint, step 20, is kept" in lines[1]

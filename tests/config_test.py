@@ -2,7 +2,7 @@ import ml_collections
 import pytest
 
 import dl
-from dl import config as config_lib
+from dl.recipes import config as config_lib
 from dl.training import optim
 
 

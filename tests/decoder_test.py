@@ -9,13 +9,14 @@ import optax
 import pytest
 
 import dl
-from dl import models, sampling
+from dl import models
+from dl.apps import decoding
 from dl.models.decoder import DecoderLM
 
 VOCAB = 24
 TINY = dict(num_classes=VOCAB, width=32, depth=2, num_heads=4, num_kv_heads=2, mlp_dim=64)
 # Megatron-style tensor parallel over ("data", "fsdp", "model"), as dl maps the names.
-RULES = dl.parallel.LOGICAL_RULES
+RULES = dl.core.parallel.LOGICAL_RULES
 
 
 def _ids(shape, seed=0):
@@ -79,7 +80,7 @@ def test_cached_decoding_equals_the_full_forward(num_kv_heads):
   params = _params(model, ids_BxT)
   full_BxTxV = _apply(model)({"params": params}, ids_BxT)
   decoder = model.clone(decode=True, dropout=0.0)
-  cache = sampling.init_cache(decoder, ids_BxT)
+  cache = decoding.init_cache(decoder, ids_BxT)
   step = jax.jit(functools.partial(decoder.apply, mutable=["cache"]))
   steps = []
   for t in range(ids_BxT.shape[1]):
@@ -88,15 +89,15 @@ def test_cached_decoding_equals_the_full_forward(num_kv_heads):
     steps.append(logits_Bx1xV)
   np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full_BxTxV, atol=1e-5)
   # A prompt can also fill the cache in one call (causal within the chunk).
-  empty = sampling.init_cache(decoder, ids_BxT)
+  empty = decoding.init_cache(decoder, ids_BxT)
   chunk_BxPxV, mutated = step({"params": params, "cache": empty}, ids_BxT[:, :5])
   np.testing.assert_allclose(chunk_BxPxV, full_BxTxV[:, :5], atol=1e-5)
   next_Bx1xV, _ = step({"params": params, "cache": mutated["cache"]}, ids_BxT[:, 5:6])
   np.testing.assert_allclose(next_Bx1xV, full_BxTxV[:, 5:6], atol=1e-5)
-  # dl.sampling drives the same cache: greedy tokens agree with the uncached reference.
+  # dl.apps.decoding drives the same cache: greedy tokens agree with the uncached reference.
   kwargs = dict(model=model, num_tokens=9, temperature=0.0)
-  cached = jax.jit(functools.partial(sampling.sample, **kwargs))
-  uncached = jax.jit(functools.partial(sampling.sample_uncached, **kwargs))
+  cached = jax.jit(functools.partial(decoding.sample, **kwargs))
+  uncached = jax.jit(functools.partial(decoding.sample_uncached, **kwargs))
   prompt_BxP = ids_BxT[:, :3]
   tokens_BxT = cached(params, prompt_BxP, jax.random.PRNGKey(0))
   chex.assert_shape(tokens_BxT, (2, 12))

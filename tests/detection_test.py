@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import dl
-from dl import detection
+from dl.apps import detection
 from dl.data.builders import synthetic_digit_boxes
 from dl.models import CenterNet
 

@@ -15,8 +15,8 @@ import pytest
 from tiny_config import tiny_config
 
 import dl
-from dl import distributed
 from dl.cli import launch
+from dl.core import distributed
 
 TIMEOUT_S = 180  # A hung collective fails the test instead of hanging it.
 HEARTBEAT_S = 10  # Low, so that a dead peer ends the run long before JAX's default 100 s.

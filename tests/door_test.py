@@ -37,7 +37,7 @@ def _digits(n=640):
   }
 
 
-def _task(train, model=None, objective=dl.objectives.classification, **kwargs):
+def _task(train, model=None, objective=dl.core.objectives.classification, **kwargs):
   return dl.task(
     model=model or MLP(), objective=objective, optimizer=optax.adam(1e-2), train=train, **kwargs
   )
@@ -249,7 +249,7 @@ def test_a_stream_checks_each_batch_as_it_is_read(key, value, message, tmp_path)
 def test_a_nan_from_training_says_the_inputs_were_finite(tmp_path):
   task = dl.task(
     model=MLP(),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.sgd(1e12),
     train=_digits(),
   )

@@ -65,13 +65,13 @@ def test_per_example_grads_average_to_the_batch_gradient():
     "input": rng.normal(size=(6, 4)).astype(np.float32),
     "label": rng.integers(0, 3, 6).astype(np.int32),
   }
-  loss = dl.grads.example_loss(model, state)
-  per_example = dl.grads.per_example_grads(loss, state.params, batch)
+  loss = dl.trust.grads.example_loss(model, state)
+  per_example = dl.trust.grads.per_example_grads(loss, state.params, batch)
   assert per_example["Dense_0"]["kernel"].shape == (6, 4, 8)
 
   def batch_loss(params):
     logits = model.apply({"params": params}, batch["input"])
-    return dl.objectives.cross_entropy(logits, batch["label"]).mean()
+    return dl.core.objectives.cross_entropy(logits, batch["label"]).mean()
 
   chex.assert_trees_all_close(
     jax.tree.map(lambda g: jnp.mean(g, axis=0), per_example),
@@ -100,7 +100,7 @@ def test_a_member_differs_from_its_separate_run_by_the_batched_matmuls_rounding_
   x, y = (digits.data / 16).astype(np.float32), digits.target.astype(np.int32)
   task = dl.task(
     model=dl.Linen(TwoInputs(), inputs=("a", "b")),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(1e-2),
     train={"a": x[:, :32], "b": x[:, 32:], "label": y},
   )

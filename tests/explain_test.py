@@ -8,7 +8,7 @@ import pytest
 from tiny_config import tiny_config
 
 import dl
-from dl import explain
+from dl.trust import explain
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from tiny_config import tiny_config
 from tiny_export import exported_cnn, exported_two_inputs, two_input_arrays
 
 import dl
-from dl import export
+from dl.deploy import export
 
 # Reloads exports with jax and numpy only: no dl, no flax, no model code. The spec says how
 # to preprocess each input; the exported function takes them in the spec's order.
@@ -66,7 +66,7 @@ class _Mlp(nnx.Module):
 def _exported_nnx(root) -> tuple:
   task = dl.task(
     model=dl.NNX(lambda rngs: _Mlp(rngs)),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(1e-2),
     train=("digits", "train"),
     test=("digits", "test"),

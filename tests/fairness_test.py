@@ -9,9 +9,9 @@ import pytest
 from tiny_config import tiny_config
 
 import dl
-from dl import fairness
 from dl.data.builders import credit
 from dl.training import placement
+from dl.trust import fairness
 
 BANDS = credit.AGE_BANDS
 

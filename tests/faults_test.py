@@ -14,7 +14,7 @@ import pytest
 import user_parts
 
 import dl
-from dl.lock import WorkdirLock, WorkdirLockedError
+from dl.core.lock import WorkdirLock, WorkdirLockedError
 from dl.training import preemption
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -60,19 +60,19 @@ def test_sigterm_saves_the_step_reached_the_lock_stops_a_second_run_and_a_dead_o
   (stopped_at,) = _checkpoints(run)
   assert 0 < stopped_at < STEPS  # the step reached, far from any scheduled checkpoint
   assert f"stopped by SIGTERM at step {stopped_at}" in stderr
-  assert not (run / "dl.lock").exists()
+  assert not (run / "dl.core.lock").exists()
 
   proc = subprocess.Popen(
     _script(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=SLOW
   )
-  _wait_for(run / "dl.lock", proc)
-  holder = json.loads((run / "dl.lock").read_text())
+  _wait_for(run / "dl.core.lock", proc)
+  holder = json.loads((run / "dl.core.lock").read_text())
   assert holder["pid"] == proc.pid
   with pytest.raises(WorkdirLockedError, match=rf"process {proc.pid} on host .* has run there"):
     user_parts.fit("two_input", str(run), STEPS)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  assert (run / "dl.lock").exists()  # a dead holder's lock stays behind ...
+  assert (run / "dl.core.lock").exists()  # a dead holder's lock stays behind ...
 
   result = subprocess.run(_script(run), capture_output=True, text=True, env=SLOW)
   assert result.returncode == 0, result.stderr
@@ -118,21 +118,23 @@ def test_lock_of_a_live_process_is_kept_and_released_on_exit(tmp_path):
     WorkdirLock(str(tmp_path)).acquire()
   first.release()
   with WorkdirLock(str(tmp_path)):  # free again
-    assert (tmp_path / "dl.lock").exists()
-  assert not (tmp_path / "dl.lock").exists()
+    assert (tmp_path / "dl.core.lock").exists()
+  assert not (tmp_path / "dl.core.lock").exists()
 
 
 def test_stale_lock_of_another_host_is_taken_over_after_its_timeout(tmp_path, caplog):
-  (tmp_path / "dl.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": "x"}))
+  (tmp_path / "dl.core.lock").write_text(
+    json.dumps({"pid": 1, "host": "elsewhere", "started": "x"})
+  )
   with pytest.raises(WorkdirLockedError, match="'elsewhere'"):
     WorkdirLock(str(tmp_path), stale_after_seconds=3600).acquire()
   old = time.time() - 7200
-  os.utime(tmp_path / "dl.lock", (old, old))
+  os.utime(tmp_path / "dl.core.lock", (old, old))
   lock = WorkdirLock(str(tmp_path), stale_after_seconds=3600)
   lock.acquire()
   assert (
     "taking over" in caplog.text
-    and json.loads((tmp_path / "dl.lock").read_text())["pid"] == os.getpid()
+    and json.loads((tmp_path / "dl.core.lock").read_text())["pid"] == os.getpid()
   )
   lock.release()
 

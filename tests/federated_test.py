@@ -19,7 +19,8 @@ import pytest
 from tiny_config import tiny_config
 
 import dl
-from dl import federated, models
+from dl import models
+from dl.trust import federated
 
 MODEL = models.MLP(num_classes=3, width=8, depth=1)
 RESUME_ROUNDS = 150

@@ -94,7 +94,7 @@ def test_nnx_model_trains_with_batch_stats_and_restores(tmp_path):
 def test_data_as_arrays_a_tfds_name_or_a_data_source_give_the_same_task():
   parts = dict(
     model=dl.models.MLP(num_classes=10, width=8, depth=1),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.sgd(0.1),
   )
   named = dl.task(train=("digits", "train"), **parts)  # uint8 pixels, scaled to [0, 1]
@@ -131,16 +131,19 @@ def test_bad_parts_are_named():
     ValueError, match=r"the model reads \['input'\]; the training data has \['label', 'x'\]"
   ):
     dl.task(
-      model=model, objective=dl.objectives.classification, optimizer=optax.sgd(0.1), train=arrays
+      model=model,
+      objective=dl.core.objectives.classification,
+      optimizer=optax.sgd(0.1),
+      train=arrays,
     )
   with pytest.raises(TypeError, match="optimizer must be an optax GradientTransformation"):
-    dl.task(model=model, objective=dl.objectives.classification, optimizer=0.1, train=arrays)
+    dl.task(model=model, objective=dl.core.objectives.classification, optimizer=0.1, train=arrays)
   with pytest.raises(TypeError, match=r"NNX takes a function that builds the module from nnx.Rngs"):
     dl.NNX(user_parts.NNXMLP(user_parts.nnx.Rngs(0)))
   with pytest.raises(ValueError, match="every array needs the same leading"):
     dl.task(
       model=model,
-      objective=dl.objectives.classification,
+      objective=dl.core.objectives.classification,
       optimizer=optax.sgd(0.1),
       train={"input": np.zeros((10, 4)), "label": np.zeros(9)},
     )
@@ -193,7 +196,7 @@ def _dense_task(**kwargs):
   }
   return dl.task(
     model=user_parts.nn.Dense(10),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.sgd(0.1),
     train=arrays,
     test=arrays,

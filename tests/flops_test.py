@@ -28,7 +28,7 @@ def _arrays(n: int = 128, features: int = 8) -> dict[str, np.ndarray]:
 def _task(model: nn.Module) -> dl.Task:
   return dl.task(
     model=model,
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.sgd(0.1),
     train=_arrays(),
     validation_fraction=0.0,
@@ -193,7 +193,9 @@ def test_config_keys_reach_the_loop_and_the_profile(tmp_path):
   # The suite's JAX_COMPILATION_CACHE_DIR (conftest) wins over the config's directory.
   assert os.environ["JAX_COMPILATION_CACHE_DIR"] == before == jax.config.jax_compilation_cache_dir
   built = dl.build(config)
-  assert dl.from_config.fit_config(config, built).compilation_cache_dir == str(tmp_path / "cache")
+  assert dl.recipes.from_config.fit_config(config, built).compilation_cache_dir == str(
+    tmp_path / "cache"
+  )
 
 
 @pytest.mark.parametrize("text", ["10", "a:5", "3:0", "-1:2"])

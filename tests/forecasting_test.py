@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dl
-from dl import forecasting
+from dl.apps import forecasting
 from dl.data.builders import sp500
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from tiny_config import tiny_config
 
-from dl import learning_curve
+from dl.recipes import learning_curve
 
 
 def test_learning_curve_at_tiny_size(tmp_path):

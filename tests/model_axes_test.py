@@ -16,13 +16,13 @@ LM = TransformerLM(32, width=16, num_heads=2, mlp_dim=32, max_len=8)
 CLASSIFIER = TransformerClassifier(3, vocab_size=32, width=16, num_heads=2, mlp_dim=32, max_len=8)
 
 # Inline, so the test does not depend on the library's defaults (Megatron-style).
-RULES = dl.parallel.LOGICAL_RULES
+RULES = dl.core.parallel.LOGICAL_RULES
 
 
 def _axes_and_shapes(module: nn.Module, inputs: jax.Array):
   model = dl.Linen(module)
   params, _ = jax.eval_shape(model.init, jax.random.PRNGKey(0), {"input": inputs})
-  shapes = {dl.parallel.path_name(p): x.shape for p, x in jax.tree.leaves_with_path(params)}
+  shapes = {dl.core.parallel.path_name(p): x.shape for p, x in jax.tree.leaves_with_path(params)}
   return model.axes({"input": inputs}), shapes
 
 

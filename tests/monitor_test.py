@@ -4,8 +4,8 @@ from tiny_config import tiny_config
 from tiny_export import exported_cnn
 
 import dl
-from dl import export, monitor
 from dl.data.transforms import Preprocess
+from dl.deploy import export, monitor
 
 
 def _noisy(images, sigma, seed=0):

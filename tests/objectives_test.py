@@ -7,7 +7,8 @@ import optax
 import pytest
 
 import dl
-from dl import models, objectives
+from dl import models
+from dl.core import objectives
 
 
 def test_regression_is_mean_squared_error_per_example():

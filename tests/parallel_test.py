@@ -9,7 +9,8 @@ import optax
 import pytest
 
 import dl
-from dl import models, parallel
+from dl import models
+from dl.core import parallel
 
 NUM_STEPS = 20
 

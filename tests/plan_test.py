@@ -34,7 +34,7 @@ def _lm_task() -> dl.Task:
   )
   return dl.task(
     model=model,
-    objective=dl.objectives.next_token,
+    objective=dl.core.objectives.next_token,
     optimizer=optax.adamw(1e-3),
     train={"input": tokens_NxL[:, :-1], "label": tokens_NxL[:, 1:]},
     validation_fraction=0.0,
@@ -52,7 +52,7 @@ def test_the_plan_is_what_each_device_holds_once_initialised(mesh_shape):
   )
   state = layout.init(init)
   held = {
-    dl.parallel.path_name(path): max(s.data.nbytes for s in x.addressable_shards)
+    dl.core.parallel.path_name(path): max(s.data.nbytes for s in x.addressable_shards)
     for path, x in jax.tree_util.tree_flatten_with_path(state)[0]
   }
   rows = {row.path: row.device_bytes for row in plan.leaves}
@@ -104,7 +104,7 @@ def _wide_task() -> dl.Task:
   rng = np.random.default_rng(0)
   return dl.task(
     model=WideDense(),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.sgd(0.1),
     train={"input": rng.normal(size=(32, 1003)).astype(np.float32), "label": np.arange(32)},
     validation_fraction=0.0,
@@ -182,7 +182,7 @@ assert len(jax.devices()) == 256  # the backend and its 256 devices exist before
 tokens = np.zeros((8, 128), np.int32)
 model = DecoderLM(num_classes=256, width=1024, depth=8, num_heads=16, num_kv_heads=4,
                   mlp_dim=4096, max_len=2048)
-task = dl.task(model=model, objective=dl.objectives.next_token, optimizer=optax.adamw(1e-3),
+task = dl.task(model=model, objective=dl.core.objectives.next_token, optimizer=optax.adamw(1e-3),
                train={"input": tokens, "label": tokens}, validation_fraction=0.0)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 plan = dl.plan(task, devices=256, mesh_shape="fsdp=64,model=4", batch_size=256, compile=False)

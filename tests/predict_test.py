@@ -12,7 +12,7 @@ from PIL import Image
 from tiny_export import exported_cnn, exported_two_inputs, two_input_arrays
 
 import dl
-from dl import export
+from dl.deploy import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -13,7 +13,8 @@ from scipy import stats
 from tiny_config import tiny_config
 
 import dl
-from dl import models, privacy
+from dl import models
+from dl.trust import privacy
 
 MODEL = models.MLP(num_classes=3, width=8, depth=1)
 CONFIG = __file__.replace("privacy_sampling_test.py", "tiny_config.py")

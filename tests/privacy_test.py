@@ -14,7 +14,8 @@ from dp_accounting import pld, rdp
 from tiny_config import tiny_config
 
 import dl
-from dl import models, privacy
+from dl import models
+from dl.trust import privacy
 
 MODEL = models.MLP(num_classes=3, width=8, depth=1)
 
@@ -203,13 +204,13 @@ def test_shuffled_dp_batches_are_labelled_not_covered(tmp_path):
 
 def test_dp_rejects_batch_norm_and_bad_config():
   with pytest.raises(ValueError, match="dp_noise_multiplier must be a number >= 0; got -1.0"):
-    dl.config.parse(tiny_config(dp_noise_multiplier=-1.0))
+    dl.parse_config(tiny_config(dp_noise_multiplier=-1.0))
   with pytest.raises(ValueError, match=r"dp_delta must be in \(0, 1\); got 2.0"):
-    dl.config.parse(tiny_config(dp_delta=2.0))
+    dl.parse_config(tiny_config(dp_delta=2.0))
   with pytest.raises(ValueError, match="dp_sampling must be 'poisson' or 'shuffle'; got 'fixed'"):
-    dl.config.parse(tiny_config(dp_sampling="fixed"))
+    dl.parse_config(tiny_config(dp_sampling="fixed"))
   with pytest.raises(ValueError, match="dp_accountant must be 'pld' when dp_max_batch_size"):
-    dl.config.parse(tiny_config(dp_accountant="rdp", dp_max_batch_size=64))
+    dl.parse_config(tiny_config(dp_accountant="rdp", dp_max_batch_size=64))
   tx = optax.sgd(0.1)
 
   class WithBatchNorm(nn.Module):

@@ -13,7 +13,7 @@ import pytest
 import sklearn.metrics
 
 import dl
-from dl import recommend
+from dl.apps import recommend
 from dl.data.builders import movielens_100k
 from dl.models import MatrixFactorization, NeuMF
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dl
-from dl import sampling
+from dl.apps import decoding
 from dl.models import ResNet, TransformerClassifier, TransformerLM, UNet
 from dl.models.remat import POLICIES, remat
 
@@ -81,8 +81,8 @@ def test_cached_decoding_ignores_remat():
   prompt_BxP = IDS_BxL[:, :4]
   kwargs = dict(num_tokens=6, temperature=0.0)
   np.testing.assert_array_equal(
-    sampling.sample(params, prompt_BxP, jax.random.PRNGKey(1), model=remat_model, **kwargs),
-    sampling.sample(params, prompt_BxP, jax.random.PRNGKey(1), model=model, **kwargs),
+    decoding.sample(params, prompt_BxP, jax.random.PRNGKey(1), model=remat_model, **kwargs),
+    decoding.sample(params, prompt_BxP, jax.random.PRNGKey(1), model=model, **kwargs),
   )
 
 

@@ -100,7 +100,7 @@ def test_command_line_reads_the_space_from_the_experiment_file(tmp_path):
     [
       sys.executable,
       "-m",
-      "dl.search",
+      "dl.cli.search",
       f"--config={experiment}",
       f"--workdir={tmp_path / 'w'}",
       "--num_trials=3",
@@ -229,7 +229,7 @@ def test_search_killed_mid_way_resumes_to_the_same_table_and_state(tmp_path, alg
   command = [
     sys.executable,
     "-m",
-    "dl.search",
+    "dl.cli.search",
     f"--config={experiment}",
     f"--workdir={killed}",
     f"--algorithm={algorithm}",

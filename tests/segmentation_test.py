@@ -15,8 +15,9 @@ import pytest
 import skimage.draw
 
 import dl
-from dl import explain, segmentation
+from dl.apps import segmentation
 from dl.data.builders import nuclei
+from dl.trust import explain
 
 TINY = nuclei.SyntheticNuclei.builder_configs["tiny"]
 
@@ -146,7 +147,7 @@ import numpy as np
 import optax
 
 import dl
-from dl import segmentation
+from dl.apps import segmentation
 from dl.data.builders import nuclei
 
 CONFIG = dl.FitConfig(
@@ -192,7 +193,7 @@ def test_unet_trains_through_fit_and_resumes_exactly_after_kill(tmp_path):
   losses = [r["loss"] for r in history["train"]]
   assert losses[-1] < 0.6 * losses[0]  # it learns
   assert history["eval"][-1]["dice"] > 0.5, history["eval"]
-  # One segment explained through dl.explain: the U-Net as a classifier of that region.
+  # One segment explained through dl.trust.explain: the U-Net as a classifier of that region.
   x = task.eval["input"][:1]
   region = task.eval["label"][:1].astype(np.float32)
   wrapped = segmentation.RegionLogits(task.model.module)

@@ -16,7 +16,7 @@ import pytest
 import user_parts
 
 import dl
-from dl import parallel
+from dl.core import parallel
 from dl.training import placement
 
 LAYOUTS = ("data=2,fsdp=2,model=2", "fsdp=4,model=2", "model=8")
@@ -239,7 +239,7 @@ def _lm_task() -> dl.Task:
   )
   return dl.task(
     model=model,
-    objective=dl.objectives.next_token,
+    objective=dl.core.objectives.next_token,
     optimizer=optax.adamw(3e-3),
     train=data,
     validation_fraction=0,  # the train losses are compared: no evaluation to compile

@@ -11,7 +11,7 @@ import pytest
 import scipy.signal
 
 import dl
-from dl import speech
+from dl.apps import speech
 from dl.data.builders import spoken_digits
 from dl.models import speech as speech_models
 

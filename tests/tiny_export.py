@@ -12,8 +12,8 @@ import optax
 from tiny_config import tiny_config
 
 import dl
-from dl import export
 from dl.data.transforms import Preprocess
+from dl.deploy import export
 
 
 def cnn_config():
@@ -57,7 +57,9 @@ def _logistic(logits_B, batch):
   return optax.sigmoid_binary_cross_entropy(logits_B, labels_B), {"accuracy": correct_B}
 
 
-LOGISTIC = dl.objectives.Objective(_logistic, metrics=("accuracy",), predictions=jax.nn.sigmoid)
+LOGISTIC = dl.core.objectives.Objective(
+  _logistic, metrics=("accuracy",), predictions=jax.nn.sigmoid
+)
 
 
 def two_input_arrays(n: int, seed: int) -> dict[str, np.ndarray]:

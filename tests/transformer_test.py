@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dl import models, sampling
+from dl import models
+from dl.apps import decoding
 from dl.models import transformer
 
 TINY = dict(width=16, depth=1, num_heads=2, mlp_dim=32, max_len=16)
@@ -76,7 +77,7 @@ def test_seq2seq_shapes_causality_source_padding_and_cached_translation():
   other_sources_BxS = (sources_BxS % 6) + 1
   assert not np.allclose(apply(variables, other_sources_BxS, targets_BxT), logits_BxTxV)
   # Greedy cached decoding: each token is the argmax of the full decoder given those before.
-  translate = jax.jit(functools.partial(sampling.translate, model=model, num_tokens=7, start_id=1))
+  translate = jax.jit(functools.partial(decoding.translate, model=model, num_tokens=7, start_id=1))
   generated_BxT = translate(variables["params"], sources_BxS, jax.random.PRNGKey(0))
   np.testing.assert_array_equal(generated_BxT[:, 0], 1)
   full_BxTxV = apply(variables, sources_BxS, generated_BxT)

@@ -58,7 +58,7 @@ def two_input_task() -> dl.Task:
   schedule = optax.warmup_cosine_decay_schedule(0.0, 3e-2, 10, 400)
   return dl.task(
     model=dl.Linen(TwoTower(), inputs=("left", "right")),
-    objective=dl.objectives.Objective(
+    objective=dl.core.objectives.Objective(
       error_objective, metrics=("error",), lower_is_better=frozenset({"error"}), select="error"
     ),
     optimizer=optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
@@ -81,7 +81,7 @@ class NNXMLP(nnx.Module):
 def nnx_task() -> dl.Task:
   return dl.task(
     model=dl.NNX(NNXMLP),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(1e-2),
     train=("digits", "train"),
     test=("digits", "test"),
@@ -115,7 +115,7 @@ class TensorParallelMLP(nn.Module):
 def tensor_parallel_task() -> dl.Task:
   return dl.task(
     model=TensorParallelMLP(),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adamw(1e-2, weight_decay=1e-4),
     train=("digits", "train"),
     test=("digits", "test"),
@@ -141,7 +141,7 @@ class ShardedNNX(nnx.Module):
 def sharded_nnx_task() -> dl.Task:
   return dl.task(
     model=dl.NNX(ShardedNNX),
-    objective=dl.objectives.classification,
+    objective=dl.core.objectives.classification,
     optimizer=optax.adam(1e-2),
     train=("digits", "train"),
     test=("digits", "test"),
@@ -170,7 +170,7 @@ class Slow(dl.Hook):
 
 def fit(kind: str, workdir: str, num_steps: int, **overrides):
   slow = float(os.environ.get("DL_TEST_SLOW_SECONDS", "0"))
-  with dl.distributed.primary_first("user_parts: data prepared"):  # one process writes it
+  with dl.core.distributed.primary_first("user_parts: data prepared"):  # one process writes it
     task = TASKS[kind]()
   return dl.fit(
     task,
@@ -192,7 +192,7 @@ def _value(text: str):
 
 if __name__ == "__main__":
   # python tests/user_parts.py KIND WORKDIR STEPS [key=value ...]: FitConfig overrides.
-  dl.distributed.initialize_from_env()
+  dl.core.distributed.initialize_from_env()
   jax.config.update("jax_numpy_rank_promotion", "raise")
   overrides = dict(arg.split("=", 1) for arg in sys.argv[4:])
   fit(sys.argv[1], sys.argv[2], int(sys.argv[3]), **{k: _value(v) for k, v in overrides.items()})

@@ -1,7 +1,7 @@
-"""Command-line entry points: `python -m dl.cli.train`, `dl.cli.predict`, `dl.cli.launch`.
+"""Command-line entry points: `python -m dl.cli.train`, `.predict`, `.launch`, `.search`, `.plan`.
 
-Installed, the same programs are the commands `dl-train`, `dl-predict`, `dl-launch` and
-`dl-search` (`python -m dl.search`), pyproject's [project.scripts].
+The top floor: it may import any of dl. Installed, the same programs are the commands
+`dl-train`, `dl-predict`, `dl-launch` and `dl-search`, pyproject's [project.scripts].
 """
 
 import sys

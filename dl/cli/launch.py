@@ -5,9 +5,9 @@ r"""Command line: runs one training run as several processes on this machine.
       --config.parallel=fsdp
 
 Each child runs the command after `--` with `DL_COORDINATOR_ADDRESS` (127.0.0.1 and a free
-port), `DL_NUM_PROCESSES` and `DL_PROCESS_ID` set (read by `dl.distributed`), and with
+port), `DL_NUM_PROCESSES` and `DL_PROCESS_ID` set (read by `dl.core.distributed`), and with
 `--devices_per_process` fake CPU devices when that is given; the rest of the environment,
-`DL_HEARTBEAT_TIMEOUT_SECONDS` and the other timeouts of `dl.distributed` included, is
+`DL_HEARTBEAT_TIMEOUT_SECONDS` and the other timeouts of `dl.core.distributed` included, is
 inherited. Output lines come prefixed with the process index. When a child fails, the others
 are stopped: SIGTERM (which JAX's preemption service catches: a run that checks
 `reached_preemption_sync_point` stops at its next step, others carry on), then SIGKILL after
@@ -26,7 +26,8 @@ from typing import TextIO
 
 from absl import app, flags
 
-from dl import cli, distributed
+from dl import cli
+from dl.core import distributed
 
 _NUM_PROCESSES = flags.DEFINE_integer(
   "num_processes", None, "How many processes to start.", lower_bound=1
@@ -61,7 +62,7 @@ def child_env(
   port: int,
   devices_per_process: int = 0,
 ) -> dict[str, str]:
-  """`base` plus what process `process_id` needs to join the run (see `dl.distributed`)."""
+  """`base` plus what process `process_id` needs to join the run (see `dl.core.distributed`)."""
   env = dict(base)
   env[distributed.COORDINATOR_ADDRESS] = f"127.0.0.1:{port}"
   env[distributed.NUM_PROCESSES] = str(num_processes)

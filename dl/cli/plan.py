@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import dl
+from dl.recipes import plan as plan_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (get_config()).", lock_config=True
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
   try:
-    plan = dl.plan(
+    plan = plan_lib.plan(
       _CONFIG.value,
       mesh_shape=_MESH_SHAPE.value,
       parallel=_PARALLEL.value,

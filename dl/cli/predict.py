@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from dl import export, monitor
+from dl.deploy import export, monitor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
     prog="python -m dl.cli.predict", description=__doc__.split("\n")[0]
   )
-  parser.add_argument("--model", required=True, help="an export directory (dl.export.export)")
+  parser.add_argument(
+    "--model", required=True, help="an export directory (dl.deploy.export.export)"
+  )
   parser.add_argument("--input", required=True, help="a .npz, .npy, .csv or .png file")
   parser.add_argument("--output", help="write predictions to .npy, .csv or .json")
   parser.add_argument("--drift", action="store_true", help="also check the batch for drift")

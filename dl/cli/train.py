@@ -6,7 +6,7 @@ test record ("test_*", scored on the best validation checkpoint, at "test_step")
   python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn \
       --config.learning_rate=0.003 --config.num_epochs=5
 
-Several processes (see `dl.launch`, `dl.distributed`):
+Several processes (see `dl.launch`, `dl.core.distributed`):
 
   python -m dl.cli.launch --num_processes 2 --devices_per_process 4 -- \
       python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn_2x4 \
@@ -19,8 +19,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import dl
 from dl import cli
+from dl.core import checkpoint, distributed, lock
+from dl.recipes import from_config
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file (get_config()).", lock_config=True
@@ -33,10 +34,10 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  dl.distributed.initialize_from_env()  # Before anything touches devices.
+  distributed.initialize_from_env()  # Before anything touches devices.
   try:
-    _, history = dl.train(_CONFIG.value, _WORKDIR.value)
-  except (dl.CheckpointError, dl.lock.WorkdirLockedError) as e:  # one line says it all
+    _, history = from_config.train(_CONFIG.value, _WORKDIR.value)
+  except (checkpoint.CheckpointError, lock.WorkdirLockedError) as e:  # one line says it all
     print(f"dl: {e}", file=sys.stderr)
     sys.exit(1)
   summary = {"workdir": _WORKDIR.value}

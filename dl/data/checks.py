@@ -7,7 +7,7 @@ passes over memory, timed in `benchmarks/door_checks.py`); `dl.task` calls it on
 held in memory, and `CheckedBatches` on each batch of a stream as it is read.
 
   classes: {key: number of outputs}: integer class ids that index the model's last output
-    axis (an objective says which key, e.g. `dl.objectives.classification`'s "label").
+    axis (an objective says which key, e.g. `dl.core.objectives.classification`'s "label").
   ids:     {key: vocabulary size}: integer inputs that index an embedding table.
 """
 

@@ -77,7 +77,7 @@ class DatasetSpec:
     num_classes: The model's output size: the number of label classes, the number of
       float targets per example (regression), or the vocabulary (next-token labels).
     splits: Split name -> number of examples.
-    objective: The objective the label fits (`dl.objectives`): "classification" for a
+    objective: The objective the label fits (`dl.core.objectives`): "classification" for a
       ClassLabel, "regression" for a float Tensor, "next_token" for a Sequence of ClassLabel.
   """
 

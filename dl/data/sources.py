@@ -4,7 +4,7 @@ The training loop asks its data for `batches(batch_size, seed=..., shard_index=.
 num_shards=...)`: a stream with `next(k)`, `get_state()` and `set_state()` whose position
 goes into every checkpoint. A data part (`TrainData`) also says its size (`len`) and shows
 one example (`example()`, for initialising the model). `InMemory` serves arrays held in host
-memory; a user's own part (e.g. `dl.recommend.SampledNegatives`) can stand in its place.
+memory; a user's own part (e.g. `dl.apps.recommend.SampledNegatives`) can stand in its place.
 
 `as_arrays` accepts what a user has at hand: a dict of numpy arrays, a TFDS name and split
 (`("digits", "train")`), or a random-access data source (`tfds.data_source(...)`, any object

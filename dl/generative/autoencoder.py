@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import inference, objectives
+from dl import inference
+from dl.core import objectives
 
 
 class Autoencoder(nn.Module):

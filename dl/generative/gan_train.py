@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import distributed, parallel
+from dl.core import distributed, parallel
 from dl.data import sources
 from dl.data.batches import ShuffledBatches
 from dl.generative import dcgan, gan, images

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl import objectives
+from dl.core import objectives
 
 LATENT = "latent"  # The random stream of the reparameterisation noise.
 

@@ -12,7 +12,7 @@ keys the model reads; everything else in a batch (labels, extra targets) is the 
 A model's own sharding annotations (Linen `nn.with_partitioning` /
 `nn.with_logical_partitioning`, NNX `nnx.with_partitioning`) are not kept in `params`: they
 are read by `model.axes(batch)`, {parameter path: axis names per dimension}, which
-`dl.parallel` resolves to mesh axes.
+`dl.core.parallel` resolves to mesh axes.
 
 - `Linen(module, inputs=("user", "item"))` calls `module(batch["user"], batch["item"],
   train=...)` through `module.apply`.
@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dl.parallel import path_name
+from dl.core.parallel import path_name
 
 Batch = Mapping[str, jax.Array]
 

@@ -3,7 +3,7 @@
 A convolutional backbone downsamples the image by `STRIDE`; two heads predict, at every cell
 of that grid, a heat map logit per class (is an object's centre here?) and a box: the
 sub-cell offset of the centre and the box's width and height, in grid cells.
-`dl.detection` turns the outputs into boxes and trains them.
+`dl.apps.detection` turns the outputs into boxes and trains them.
 """
 
 from typing import Any

@@ -17,7 +17,7 @@ it is applied under (`nn.logical_axis_rules`); outside a mesh the constraints do
                "act_head_dim", "act_mlp", "act_vocab"
 
 With `decode=True` the model keeps a key/value cache in Flax's `cache` collection, with the
-protocol of `TransformerLM` (so `dl.sampling.sample` drives it): initialise with the
+protocol of `TransformerLM` (so `dl.apps.decoding.sample` drives it): initialise with the
 full-length ids to size the cache, then call one position (B, 1) at a time.
 
 Axis letters: B batch, L sequence (queries), S cached positions, D width, N query heads,

@@ -18,7 +18,7 @@ recording's loudness and channel.
 - `CTCRecognizer`: log-mel -> optional strided conv front end (each layer halves time) ->
   bidirectional LSTM/GRU over valid frames (`RNNEncoder`) -> per-frame logits over
   `vocab_size` tokens, token 0 the CTC blank. Returns {"logits": (B, T, V), "num_frames":
-  (B,)} for a CTC objective (`dl.speech.ctc_objective`) and decoders.
+  (B,)} for a CTC objective (`dl.apps.speech.ctc_objective`) and decoders.
 """
 
 import functools

@@ -10,7 +10,7 @@ Axis letters: B batch, L (or S, T) sequence, D width, V vocabulary, C classes.
 The decoder-only `TransformerLM` and the decoder of `TransformerSeq2Seq` take `decode=True`
 for autoregressive decoding with a key/value cache (Flax's `cache` collection): initialise
 with the full-length ids to size the cache, then feed one position at a time
-(`dl.sampling` does this).
+(`dl.apps.decoding` does this).
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`; values and shapes are
 Flax's defaults, so checkpoints are unchanged), which a mesh's rules map to mesh axes:

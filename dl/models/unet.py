@@ -5,7 +5,7 @@ Each level halves the resolution (2x2 max pooling) and doubles the channels; the
 path upsamples with a 2x2 transposed convolution of stride 2, concatenates the skip of the same
 resolution and convolves again. Convolutions are padded ("SAME"), so the logits have the
 input's height and width, which must be divisible by 2 ** levels. Submodules are named by
-their place (`down_0`, ..., `bottleneck`, `up_0`, ..., `head`), so `dl.explain.grad_cam`
+their place (`down_0`, ..., `bottleneck`, `up_0`, ..., `head`), so `dl.trust.explain.grad_cam`
 can name a layer, e.g. layer="bottleneck". `remat` recomputes each convolution block in the
 backward pass (`dl.models.remat`) under the same names.
 """

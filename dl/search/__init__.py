@@ -23,7 +23,7 @@ or copy one member over another, inside the stacked state, so nothing is compile
 
 or, with the space in the experiment's file (a `get_search_space()` beside `get_config()`):
 
-    python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/asha \
+    python -m dl.cli.search --config experiments/search_digits_mlp.py --workdir workdirs/asha \
         --algorithm asha
 
 Hyperparameters that change shapes (`"model.width": Choice((64, 128))`) make groups: `run`
@@ -52,8 +52,9 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from dl import config as config_lib
-from dl import distributed, from_config
+from dl.core import distributed
+from dl.recipes import config as config_lib
+from dl.recipes import from_config
 from dl.search import space as space_lib
 from dl.search.asha import SuccessiveHalving
 from dl.search.optuna_trials import OptunaTrials
@@ -343,7 +344,7 @@ def run(
 
 def _grouped(config, space: Space, workdir: str, algorithm: str, **kwargs) -> SearchResult:
   """`run` once per combination of the shape hyperparameters; the best scored once on test."""
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   shapes = {name: dist for name, dist in space.items() if name.startswith("model.")}
   for name, dist in shapes.items():
     if not isinstance(dist, Choice):
@@ -401,7 +402,7 @@ def _search(
   `steps_per_trial(num_steps)`, when given, is the length of every trial: the optimizer's
   schedule is built for it.
   """
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   if c.sweep_learning_rate or c.sweep_weight_decay or c.ensemble_size > 1:
     raise ValueError(
       "a search sets the population itself: leave sweep_learning_rate, "

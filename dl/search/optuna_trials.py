@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dl.checkpoint import Checkpointer
+from dl.core.checkpoint import Checkpointer
 from dl.search import space as space_lib
 from dl.search.population import Search, Slots
 from dl.training import loop

@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dl.parallel import path_name
+from dl.core.parallel import path_name
 
 
 class Feed:

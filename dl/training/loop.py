@@ -31,10 +31,11 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from dl import distributed, inference, parallel, writers
-from dl.checkpoint import Checkpointer
+from dl import inference
+from dl.core import distributed, parallel, writers
+from dl.core.checkpoint import Checkpointer
+from dl.core.lock import WorkdirLock, WorkdirLockedError
 from dl.data.batches import MemberBatches
-from dl.lock import WorkdirLock, WorkdirLockedError
 from dl.training import feed, flops, optim, placement, preemption
 
 Metrics = dict[str, Any]
@@ -187,7 +188,7 @@ class FitConfig:
       match wins, for leaves the model does not annotate, e.g.
       `((r"Dense_0/kernel$", ("embed", "mlp")),)`; names are logical names or mesh axes.
     logical_axis_rules: (logical name, mesh axes) pairs that take precedence over
-      `dl.parallel.LOGICAL_RULES`, e.g. `(("embed", None),)` to keep the width whole.
+      `dl.core.parallel.LOGICAL_RULES`, e.g. `(("embed", None),)` to keep the width whole.
     max_replicated_mb: a parameter (or optimizer leaf) larger than this many MiB may not be
       replicated on a mesh whose fsdp or model axis could shard it: `fit` stops before
       compiling, naming it.
@@ -298,11 +299,11 @@ def fit(
 
   Args:
     trainable: what to train: a `dl.Task` (`dl.task(model=..., objective=..., ...)`), a GAN
-      (`dl.generative.gan_train`), federated rounds (`dl.federated`), or any `Trainable`.
+      (`dl.generative.gan_train`), federated rounds (`dl.trust.federated`), or any `Trainable`.
     workdir: where `checkpoints/`, `metrics.jsonl`, TensorBoard events and `curves.png` go.
     config: how to run (`FitConfig`); keyword arguments override its fields, e.g.
       `fit(task, "/tmp/run", num_steps=500, batch_size=64)`.
-    hooks: extend the records (`Hook`), e.g. `dl.privacy.BudgetHook`.
+    hooks: extend the records (`Hook`), e.g. `dl.trust.privacy.BudgetHook`.
 
   Returns:
     The final state (members stacked on a leading axis for an ensemble) and the history
@@ -316,7 +317,7 @@ def fit(
       good checkpoint is kept.
     dl.training.preemption.Preempted: on SIGTERM or SIGINT, after saving a checkpoint at the
       step reached (a `SystemExit` with status 75: run the same call again to resume).
-    dl.lock.WorkdirLockedError: when another live run holds `workdir`.
+    dl.core.lock.WorkdirLockedError: when another live run holds `workdir`.
   """
   c = dataclasses.replace(config or FitConfig(), **overrides)
   if c.compilation_cache_dir:

@@ -8,7 +8,7 @@
           parallel), e.g. "data=2,fsdp=2,model=2".
 
 On a mesh, each state leaf is laid out by the model's annotations, then the user's rules,
-then the fsdp shape rule (`dl.parallel.state_shardings`), and the step is traced under the
+then the fsdp shape rule (`dl.core.parallel.state_shardings`), and the step is traced under the
 mesh and the logical axis rules, so activation constraints in model code resolve.
 
 Each mode compiles the same pure step; only the layout differs. `MODES` lists them.
@@ -25,7 +25,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from dl import parallel
+from dl.core import parallel
 from dl.training import compile as compile_lib
 
 MODES = ("jit", "pmap", "data", "fsdp", "mesh")
@@ -146,7 +146,7 @@ def create(
     param_axes: the model's own axis names per parameter path (`dl.Linen(...).axes(batch)`).
     sharding_rules: the user's (regex on leaf paths, axis names) rules.
     logical_axis_rules: (logical name, mesh axes) pairs taking precedence over
-      `dl.parallel.LOGICAL_RULES`.
+      `dl.core.parallel.LOGICAL_RULES`.
     dcn_mesh_shape: the part of each mesh axis that spans slices or hosts (a hybrid mesh).
     max_replicated_mb: a state leaf larger than this may not be replicated on a mesh that
       could shard it (a ValueError names it before anything is compiled).

@@ -8,7 +8,7 @@ next start resumes from that checkpoint exactly. A second SIGINT stops at once (
 checkpoint is kept).
 
 Several processes must stop at the same step. With `jax.distributed` initialised by
-`dl.distributed` (JAX's preemption service on), a SIGTERM to any process reaches them all and
+`dl.core.distributed` (JAX's preemption service on), a SIGTERM to any process reaches them all and
 `multihost_utils.reached_preemption_sync_point` names the same step everywhere; SIGINT is
 turned into a SIGTERM of the process to join that path. Without the service, the processes
 agree at the next log step.

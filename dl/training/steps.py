@@ -2,7 +2,7 @@
 
 A batch is a dict of arrays with one leading (example) axis: the keys the model reads
 (`model.inputs`, e.g. "input") and whatever the objective reads (e.g. "label"), whose
-meaning the objective gives (`dl.objectives`).
+meaning the objective gives (`dl.core.objectives`).
 """
 
 from collections.abc import Mapping
@@ -11,7 +11,7 @@ from typing import Any
 import jax
 import optax
 
-from dl import objectives
+from dl.core import objectives
 from dl.models.adapters import Model, as_model
 from dl.training.state import TrainState
 
@@ -50,7 +50,7 @@ def train_step(
     batch: the model's inputs and what `objective` reads, e.g. {"input", "label"}.
     model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`; a Linen module reads "input").
     tx: the optimizer `state.opt_state` belongs to.
-    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.objectives`).
+    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.core.objectives`).
     axis_name: under `jax.pmap` (or `shard_map`), the device axis: gradients, metrics and
       batch statistics are averaged over it, and each device draws its own dropout mask.
       None under `jax.jit`, where shardings decide the collectives.

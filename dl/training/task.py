@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import inference, objectives
+from dl import inference
+from dl.core import objectives
 from dl.data import checks, sources
 from dl.data.augment import Augment
 from dl.data.streaming import Streaming
@@ -41,7 +42,7 @@ class Task:
 
   Attributes:
     model: `init`/`apply` of the model (`dl.Linen`, `dl.NNX`).
-    objective: the per-example loss and metrics (`dl.objectives.Objective`).
+    objective: the per-example loss and metrics (`dl.core.objectives.Objective`).
     optimizer: any optax `GradientTransformation`.
     train: the training data (`dl.data.sources.InMemory`, `dl.data.streaming.Streaming`, or
       any `TrainData` part).
@@ -52,7 +53,7 @@ class Task:
       and exports accept them.
     preprocess: raw -> model input, per input key that has one.
     train_step: the pure step, `(state, batch, *, model, tx, objective, axis_name=None) ->
-      (state, metrics)`: `dl.train_step`, or e.g. DP-SGD's (`dl.privacy.dp_train_step`).
+      (state, metrics)`: `dl.train_step`, or e.g. DP-SGD's (`dl.trust.privacy.dp_train_step`).
     class_names: one name per class, for exports (empty: indices).
     name: shown on the progress bar and the plot.
     config: what built the task (a config's fields), for run cards; {} for user parts.
@@ -163,7 +164,7 @@ def task(
   Args:
     model: a Flax Linen module (fed `batch["input"]`), `dl.Linen(module, inputs=(...))`
       for other inputs, or `dl.NNX(lambda rngs: Module(..., rngs=rngs), inputs=(...))`.
-    objective: `(outputs, batch) -> (loss_B, {name: (B,)})`, or a `dl.objectives.Objective`
+    objective: `(outputs, batch) -> (loss_B, {name: (B,)})`, or a `dl.core.objectives.Objective`
       that also says which metrics are better when lower.
     optimizer: any optax `GradientTransformation` (with its own schedule).
     train: a dict of arrays with one leading example axis, a (TFDS name, split) pair such as

@@ -13,7 +13,7 @@ Each example is one rating:
 
 Splits: a permutation of the rows with seed 0, then the first 20% is `test`:
 80,000 train / 20,000 test (random, as in the explicit-rating literature). Use
-`train+test` for protocols that split by user (e.g. `dl.recommend.leave_one_out`).
+`train+test` for protocols that split by user (e.g. `dl.apps.recommend.leave_one_out`).
 Example keys are the original row indices.
 """
 

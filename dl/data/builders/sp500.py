@@ -10,7 +10,7 @@ stocks' returns on days t-4 .. t (oldest first), `label` (float32 scalar) the po
 return on day t+1, in percent, and `date` (int32 YYYYMMDD) of day t. 1,253 examples.
 
 One split, `train`, in time order (shuffling is disabled, so "train[:800]" is the first 800
-days). Evaluate forecasts walk-forward (`dl.forecasting`): a model fitted on days before a
+days). Evaluate forecasts walk-forward (`dl.apps.forecasting`): a model fitted on days before a
 test block, never after it.
 """
 

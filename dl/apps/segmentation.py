@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl.objectives import Objective
+from dl.core.objectives import Objective
 
 _SMOOTH = 1.0  # Soft Dice's additive smoothing, in pixels: an empty class scores ~1, not 0/0.
 _INSTALL = "pip install scikit-image"
@@ -309,7 +309,7 @@ def watershed_instances(masks_BxHxW: np.ndarray, min_distance: int = 3) -> np.nd
 
 
 class RegionLogits(nn.Module):
-  """A segmentation model seen as a classifier of one region, so that `dl.explain` applies.
+  """A segmentation model seen as a classifier of one region, so that `dl.trust.explain` applies.
 
   Its output for class k is the sum of the model's class-k logits over the pixels of a region
   (Seg-Grad-CAM, Vinogradova et al. 2020): explaining it says which input pixels (Integrated
@@ -318,8 +318,8 @@ class RegionLogits(nn.Module):
 
     wrapped = RegionLogits(unet)
     variables = {"params": {"model": params}, "region": {"mask": region_BxHxW}}
-    ig = dl.explain.integrated_gradients(wrapped, variables, x, jnp.ones(B, int))
-    cam = dl.explain.grad_cam(wrapped, variables, x, jnp.ones(B, int), layer="model/up_0")
+    ig = dl.trust.explain.integrated_gradients(wrapped, variables, x, jnp.ones(B, int))
+    cam = dl.trust.explain.grad_cam(wrapped, variables, x, jnp.ones(B, int), layer="model/up_0")
 
   Attributes:
     model: a module whose `apply(variables, x, train=False)` gives (B, H, W, K) logits.

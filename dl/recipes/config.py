@@ -1,10 +1,10 @@
 """Training configuration: one typed, frozen dataclass; `ConfigDict`s are built from it.
 
 Experiments write `get_config()` returning `default_config()` with some fields changed;
-`parse` turns any `ConfigDict` or mapping back into a validated `TrainConfig`, and
+`parse_config` turns any `ConfigDict` or mapping back into a validated `TrainConfig`, and
 `dl.build(config)` turns that into parts for `dl.fit`. The names a config may use are
 declared by the modules that implement them: optimizers and schedules (`dl.training.optim`),
-objectives (`dl.objectives`), compile modes (`dl.training.placement`), local data sets
+objectives (`dl.core.objectives`), compile modes (`dl.training.placement`), local data sets
 (`dl.data.builders`).
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections
 
-from dl import objectives
+from dl.core import objectives
 from dl.data import augment as augment_lib
 from dl.training import optim, placement, profile
 
@@ -38,7 +38,7 @@ class TrainConfig:
     test_split: split scored once, at the end, on the best checkpoint ("": none).
     model: {"name": ..., **hyperparameters}; `num_classes` comes from the dataset (the
       number of classes, of regression targets, or the vocabulary size).
-    objective: what the model is trained to do (`dl.objectives`): "classification"
+    objective: what the model is trained to do (`dl.core.objectives`): "classification"
       (class-id labels), "regression" (float targets) or "next_token" (language models).
     seed: seeds init, dropout and data order.
     batch_size: training examples per step.
@@ -79,8 +79,8 @@ class TrainConfig:
       the rest); overrides the "data"/"fsdp" presets.
     dcn_mesh_shape: the part of each mesh axis spanning slices or hosts, e.g. "data=2".
     sharding_rules: ((regex on a state path, axis names per dimension), ...) for parameters
-      the model does not annotate (`dl.parallel`); first match wins.
-    logical_axis_rules: ((logical name, mesh axes), ...) before `dl.parallel.LOGICAL_RULES`.
+      the model does not annotate (`dl.core.parallel`); first match wins.
+    logical_axis_rules: ((logical name, mesh axes), ...) before `dl.core.parallel.LOGICAL_RULES`.
     max_replicated_mb: stop before training when a parameter larger than this would be
       replicated on a mesh that could shard it.
     compute_dtype: "float32", or "bfloat16" for mixed precision (params stay float32).
@@ -89,7 +89,7 @@ class TrainConfig:
     sweep_learning_rate: one member per value, e.g. (1e-3, 3e-3, 1e-2); () for none.
     sweep_weight_decay: one member per value; with `sweep_learning_rate`, paired in order.
     dp_noise_multiplier: DP-SGD noise standard deviation over `dp_l2_clip` (0: no DP-SGD);
-      train records then carry the `epsilon` spent (see `dl.privacy`).
+      train records then carry the `epsilon` spent (see `dl.trust.privacy`).
     dp_l2_clip: DP-SGD clips each example's gradient to this L2 norm.
     dp_delta: the delta at which DP-SGD's epsilon is reported.
     dp_sampling: "poisson" (each example joins a batch with probability
@@ -101,7 +101,7 @@ class TrainConfig:
     dp_accountant: "pld" (privacy loss distributions, tight; accounts for the truncation)
       or "rdp" (Renyi DP, looser; untruncated Poisson sampling).
     group_feature: a ClassLabel feature of the eval data (e.g. "age_band" of "credit") whose
-      groups get their own eval metrics (`dl.fairness`): accuracy per group and, for binary
+      groups get their own eval metrics (`dl.trust.fairness`): accuracy per group and, for binary
       tasks, TPR, FPR, demographic parity and equalized odds differences ("": none).
     data_path: how training batches are read: "memory" (the split decoded once into host
       arrays), "stream" (read record by record through a grain pipeline, `dl.data.streaming`:
@@ -200,12 +200,14 @@ def default_config() -> ml_collections.ConfigDict:
   }
   config = ml_collections.ConfigDict(defaults)
   config.lock()
-  # The model's keys depend on the model, so they may be added; `parse` checks them.
+  # The model's keys depend on the model, so they may be added; `parse_config` checks them.
   config.model.unlock()
   return config
 
 
-def parse(config: ml_collections.ConfigDict | Mapping[str, Any] | TrainConfig) -> TrainConfig:
+def parse_config(
+  config: ml_collections.ConfigDict | Mapping[str, Any] | TrainConfig,
+) -> TrainConfig:
   """Validates `config` and returns it as a `TrainConfig`.
 
   Raises:

@@ -1,6 +1,6 @@
 """One run per workdir: a lock file that names its holder, and stale locks taken over.
 
-`<workdir>/dl.lock` holds JSON: the holder's process id, host, start time (of the run and of
+`<workdir>/dl.core.lock` holds JSON: the holder's process id, host, start time (of the run and of
 the process, so a reused pid is not mistaken for it), command line and number of processes.
 It is created atomically with its content (written beside it, then hard-linked to its name);
 a run that finds it refuses to start with an error naming the holder, unless the holder is
@@ -25,7 +25,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-LOCK_FILE = "dl.lock"
+LOCK_FILE = "dl.core.lock"
 STALE_AFTER_SECONDS = 600.0
 
 

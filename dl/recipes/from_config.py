@@ -19,14 +19,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dl import config as config_lib
 from dl import data as data_lib
-from dl import distributed, fairness, models, objectives, privacy, writers
+from dl import models
+from dl.core import distributed, objectives, writers
 from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
+from dl.recipes import config as config_lib
 from dl.training import loop, optim, profile, steps
 from dl.training.task import Task, task
+from dl.trust import fairness, privacy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def build(config) -> Task:
   in-memory size exceeds `config.data_memory_budget_mb`; both give the same batches and the
   same scores.
   """
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   data_dir = c.data_dir or None
   spec = data_lib.info(c.dataset, data_dir=data_dir)
   if spec.objective != c.objective:
@@ -244,7 +246,7 @@ def _class_names(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec) -> tuple
 
 def fit_config(config, task: Task) -> loop.FitConfig:
   """How `dl.train` runs `task`: the loop's fields of `config`."""
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   sweep = {
     name: values
     for name, values in (
@@ -286,7 +288,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
 def hooks(config, task: Task, workdir: str | None = None) -> list[loop.Hook]:
   """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics, a profile
   of some steps (into `<workdir>/profile`)."""
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   out = []
   if c.profile_steps:
     if workdir is None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import dl
-from dl import sampling
+from dl.apps import decoding
 from dl.models import transformer
 
 VOCAB = 17
@@ -28,8 +28,8 @@ def _prompt(batch=3, length=4):
 @pytest.mark.parametrize("temperature,top_k", [(0.8, 5)])
 def test_cached_and_uncached_sampling_give_the_same_tokens(params, temperature, top_k):
   kwargs = dict(model=MODEL, num_tokens=10, temperature=temperature, top_k=top_k)
-  cached = jax.jit(functools.partial(sampling.sample, **kwargs))
-  uncached = jax.jit(functools.partial(sampling.sample_uncached, **kwargs))
+  cached = jax.jit(functools.partial(decoding.sample, **kwargs))
+  uncached = jax.jit(functools.partial(decoding.sample_uncached, **kwargs))
   prompt_BxP, rng = _prompt(), jax.random.PRNGKey(1)
   tokens_BxT = cached(params, prompt_BxP, rng)
   chex.assert_shape(tokens_BxT, (3, 14))
@@ -51,8 +51,8 @@ def test_generation_compiles_once_and_traces_the_model_once(params):
 
   def generate(prompt_BxP, rng):
     traces.append(1)
-    cache = sampling.init_cache(MODEL.clone(decode=True), jnp.ones((3, 16), jnp.int32))
-    return sampling.decode_loop(step, cache, prompt_BxP, rng, num_tokens=12)
+    cache = decoding.init_cache(MODEL.clone(decode=True), jnp.ones((3, 16), jnp.int32))
+    return decoding.decode_loop(step, cache, prompt_BxP, rng, num_tokens=12)
 
   generate = jax.jit(generate)
   first = generate(_prompt(), jax.random.PRNGKey(0))
@@ -64,7 +64,7 @@ def test_generation_compiles_once_and_traces_the_model_once(params):
 
 def test_top_k_one_is_greedy(params):
   generate = jax.jit(  # dl.Linen around the module, as `task.model` of a dl.Task is
-    functools.partial(sampling.sample, model=dl.Linen(MODEL), num_tokens=6),
+    functools.partial(decoding.sample, model=dl.Linen(MODEL), num_tokens=6),
     static_argnames=("temperature", "top_k"),
   )
   greedy = generate(params, _prompt(), jax.random.PRNGKey(0), temperature=0.0)
@@ -75,14 +75,14 @@ def test_top_k_one_is_greedy(params):
 def test_choose_respects_top_k():
   logits_BxV = jnp.log(jnp.array([[0.1, 0.2, 0.3, 0.4]] * 200))
   rngs = jax.random.split(jax.random.PRNGKey(0), 1)[0]
-  drawn_B = sampling.choose(logits_BxV, rngs, top_k=2)
+  drawn_B = decoding.choose(logits_BxV, rngs, top_k=2)
   assert set(np.unique(drawn_B)) == {2, 3}
-  all_B = sampling.choose(logits_BxV, rngs)
+  all_B = decoding.choose(logits_BxV, rngs)
   assert set(np.unique(all_B)) == {0, 1, 2, 3}
 
 
 def test_too_long_generation_says_how_to_fix(params):
   with pytest.raises(ValueError, match=r"= 20 exceeds the model's max_len=16"):
-    sampling.sample(params, _prompt(length=4), jax.random.PRNGKey(0), model=MODEL, num_tokens=16)
+    decoding.sample(params, _prompt(length=4), jax.random.PRNGKey(0), model=MODEL, num_tokens=16)
   with pytest.raises(TypeError, match="Linen module with a decode cache .* got method"):
-    sampling.sample(params, _prompt(), jax.random.PRNGKey(0), model=MODEL.apply, num_tokens=2)
+    decoding.sample(params, _prompt(), jax.random.PRNGKey(0), model=MODEL.apply, num_tokens=2)

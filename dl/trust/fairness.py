@@ -17,7 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dl import inference, parallel
+from dl import inference
+from dl.core import parallel
 from dl.models.adapters import Model, as_model
 from dl.training import loop
 

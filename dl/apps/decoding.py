@@ -9,7 +9,7 @@ not-yet-written tail irrelevant). Both draw the token after position t with
 
 Both are pure functions: jit them where they are called, with the module and sizes static:
 
-  generate = jax.jit(functools.partial(dl.sampling.sample, model=model, num_tokens=64))
+  generate = jax.jit(functools.partial(dl.apps.decoding.sample, model=model, num_tokens=64))
   tokens_BxT = generate(params, prompt_BxP, jax.random.PRNGKey(0))
 
 `model` is a Linen module or `dl.Linen` around one (e.g. `task.model` of a `dl.Task`), and

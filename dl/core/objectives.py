@@ -95,7 +95,7 @@ def _check_per_example(fn: Callable, batch, loss, metrics) -> None:
       f"batch of {size}, for the loss and every metric; got shapes {wrong}. Return the "
       "per-example values (e.g. optax.softmax_cross_entropy_with_integer_labels(...), not its "
       ".mean()); average a (B, ...) loss over its other axes inside the objective, weighting "
-      "padded positions by their mask (as dl.objectives.next_token does with batch['weights'])."
+      "padded positions by their mask (as `next_token` does with batch['weights'])."
     )
 
 
@@ -106,7 +106,7 @@ def as_objective(objective: "Objective | ObjectiveFn") -> Objective:
   if not callable(objective):
     raise TypeError(
       "an objective must be a function (outputs, batch) -> (loss_B, metrics) or a "
-      f"dl.objectives.Objective; got {type(objective).__name__}."
+      f"dl.core.objectives.Objective; got {type(objective).__name__}."
     )
   return Objective(objective)
 

@@ -10,9 +10,9 @@ The score of example b is its logit of class `targets[b]`. Gradients of the batc
 score give every example's own gradient, since at evaluation examples do not interact.
 
   variables = {"params": state.params, **state.model_state}
-  ig_BxHxWxC = dl.explain.integrated_gradients(model, variables, x_BxHxWxC, labels_B)
-  cam_BxHxW = dl.explain.grad_cam(model, variables, x_BxHxWxC, labels_B, layer="Conv_1")
-  dl.explain.save_overlays("maps.png", x_BxHxWxC, {"Grad-CAM": cam_BxHxW})
+  ig_BxHxWxC = dl.trust.explain.integrated_gradients(model, variables, x_BxHxWxC, labels_B)
+  cam_BxHxW = dl.trust.explain.grad_cam(model, variables, x_BxHxWxC, labels_B, layer="Conv_1")
+  dl.trust.explain.save_overlays("maps.png", x_BxHxWxC, {"Grad-CAM": cam_BxHxW})
 """
 
 import functools

@@ -9,9 +9,9 @@ fold's inputs standardised by the statistics of that fold's training part alone 
 fold trains its configured number of steps with no validation hold-out (nothing is chosen:
 the final model forecasts the block, scored once as the fold's test split).
 
-  folds = dl.forecasting.walk_forward_folds(1253, num_folds=6, test_size=125)
-  result = dl.forecasting.walk_forward(config, folds, "workdirs/wf")
-  dl.forecasting.scores(result.targets, result.predictions)  # {"mae", "rmse", ...}
+  folds = dl.apps.forecasting.walk_forward_folds(1253, num_folds=6, test_size=125)
+  result = dl.apps.forecasting.walk_forward(config, folds, "workdirs/wf")
+  dl.apps.forecasting.scores(result.targets, result.predictions)  # {"mae", "rmse", ...}
 """
 
 import dataclasses
@@ -22,9 +22,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from dl import config as config_lib
 from dl import data as data_lib
-from dl import from_config, inference
+from dl import inference
+from dl.recipes import config as config_lib
+from dl.recipes import from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +121,7 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
   Returns:
     The concatenated out-of-sample `WalkForward` forecasts.
   """
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   targets, members, means, fold_ids = [], [], [], []
   for k, fold in enumerate(folds):
     fold_config = ml_collections.ConfigDict(dataclasses.asdict(c) | fold_splits(fold))

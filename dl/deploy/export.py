@@ -49,10 +49,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dl import inference, monitor, objectives
+from dl import inference
+from dl.core import objectives
 from dl.data.transforms import Preprocess
+from dl.deploy import monitor
 
-FORMAT = "dl.export/2"
+FORMAT = "dl.deploy.export/2"
 MODEL_FILE = "model.stablehlo"
 EMBED_FILE = "embed.stablehlo"
 SPEC_FILE = "input_spec.json"
@@ -62,7 +64,7 @@ CARD_FILE = "run_card.json"
 SAVED_MODEL_DIR = "saved_model"
 _VERSIONED = ("dl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 _PRIVACY_WORDS = ("epsilon", "delta", "noise_multiplier", "privacy")
-# The gaps between groups that `dl.fairness.SliceMetrics` adds beside its "<metric>/group=<g>" keys.
+# The gaps between groups that `fairness.SliceMetrics` adds beside its "<metric>/group=<g>" keys.
 _GAP_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 
 
@@ -271,7 +273,7 @@ def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
     {"created", "name", "config", "fit_config", "data" (sizes and sha256 fingerprints of
     the model-ready arrays), "seeds", "step", "metrics" ({"validation": last "eval" record,
     "test": the "test" record}), "slice_metrics" (the same, per-group keys and gaps from
-    `dl.fairness.SliceMetrics`), "privacy" (budget spent and DP-SGD settings), "versions"}.
+    `dl.trust.fairness.SliceMetrics`), "privacy" (budget spent and DP-SGD settings), "versions"}.
   """
   config = dict(task.config)
   fit_config = {}
@@ -575,7 +577,7 @@ def _evaluated_metrics(task, state, batch_size: int) -> dict[str, dict[str, Any]
 def _run_metrics(path: str) -> dict[str, dict[str, Any]]:
   """Card metrics from `metrics.jsonl`: the last validation record and the test record,
   each split into overall and slice metrics; the privacy budget spent."""
-  from dl import writers
+  from dl.core import writers
 
   history = writers.read_history(path)
   metrics, slices, privacy = {"source": "metrics.jsonl"}, {}, {}

@@ -9,16 +9,21 @@
 - `audit` : the one-run empirical lower bound on epsilon of Steinke, Nasr and Jagielski.
 """
 
-from dl.privacy import audit
-from dl.privacy.accounting import (
+from dl.trust.privacy import audit
+from dl.trust.privacy.accounting import (
   ACCOUNTANTS,
   BudgetHook,
   calibrate_noise_multiplier,
   dp_event,
   epsilon,
 )
-from dl.privacy.sampling import PoissonBatches, PoissonData, max_batch_size, overflow_probability
-from dl.privacy.sgd import dp_train_step
+from dl.trust.privacy.sampling import (
+  PoissonBatches,
+  PoissonData,
+  max_batch_size,
+  overflow_probability,
+)
+from dl.trust.privacy.sgd import dp_train_step
 
 __all__ = [
   "ACCOUNTANTS",

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dl.core.objectives import Objective
 from dl.data.batches import padded_batches
 from dl.data.builders.spoken_digits import DIGITS as DIGIT_WORDS
 from dl.models.adapters import Model, as_model
-from dl.objectives import Objective
 from dl.training.loop import Hook
 
 BLANK = 0
@@ -187,7 +187,7 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
     import jiwer  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
-      "dl.speech.error_rates uses jiwer: pip install jiwer (or pip install 'dl[speech]')."
+      "dl.apps.speech.error_rates uses jiwer: pip install jiwer (or pip install 'dl[speech]')."
     ) from e
   if len(references) != len(hypotheses) or not references:
     raise ValueError(

@@ -39,7 +39,7 @@ every process at the same step (a process that never asks ignores SIGTERM).
 several processes calls it too, before anything touches devices (`jax.devices()`, an array):
 
   import dl
-  dl.distributed.initialize_from_env()
+  dl.core.distributed.initialize_from_env()
   dl.train(config, workdir)
 """
 

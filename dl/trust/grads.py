@@ -6,7 +6,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dl import objectives
+from dl.core import objectives
 from dl.models.adapters import as_model
 from dl.training.state import TrainState
 

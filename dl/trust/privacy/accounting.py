@@ -3,7 +3,7 @@
 A DP-SGD run is `steps` compositions of one event: a subsampled Gaussian mechanism with
 noise multiplier sigma on batches drawn at rate q.
 
-- Poisson sampling truncated to `max_batch_size` (`dl.privacy.sampling`, dl's default for DP)
+- Poisson sampling truncated to `max_batch_size` (`dl.trust.privacy.sampling`, dl's default for DP)
   is `TruncatedSubsampledGaussianDpEvent(N, q, max_batch_size, sigma)`, which the PLD
   accountant (privacy loss distributions: the tight one, and dl's default) supports.
 - Plain Poisson sampling is `PoissonSampledDpEvent(q, GaussianDpEvent(sigma))`, for the PLD
@@ -250,7 +250,7 @@ def _quiet_absl():
 
 def log_overflow(num_examples: int, sampling_rate: float, max_batch_size: int, steps: int) -> str:
   """One line on how often the padded batch is too small for a run of `steps` updates."""
-  from dl.privacy.sampling import overflow_probability
+  from dl.trust.privacy.sampling import overflow_probability
 
   per_step = overflow_probability(num_examples, sampling_rate, max_batch_size)
   run = 1 - math.exp(steps * math.log1p(-per_step)) if per_step < 1 else 1.0

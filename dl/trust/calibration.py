@@ -8,9 +8,9 @@ validation split, never on the test split); `reliability_diagram` draws accuracy
 confidence per bin. Scores that scikit-learn provides (ROC-AUC, PR-AUC, Brier, log loss) come
 from `sklearn.metrics` through `binary_scores`.
 
-  T = dl.calibration.fit_temperature(val_logits_NxC, val_labels_N)
-  probs_NxC = dl.calibration.softmax(test_logits_NxC, T)
-  ece = dl.calibration.expected_calibration_error(probs_NxC, test_labels_N)
+  T = dl.trust.calibration.fit_temperature(val_logits_NxC, val_labels_N)
+  probs_NxC = dl.trust.calibration.softmax(test_logits_NxC, T)
+  ece = dl.trust.calibration.expected_calibration_error(probs_NxC, test_labels_N)
 """
 
 import dataclasses

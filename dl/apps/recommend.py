@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import objectives
+from dl.core import objectives
 
 Arrays = dict[str, np.ndarray]
 RANK_CUTOFF = 10  # K of the HR@K and NDCG@K that `implicit_objective` reports

@@ -8,7 +8,7 @@ at once, one `jax.vmap`ped ensemble (`config.ensemble_size`, member i with seed
 member on the whole eval split. Every size trains for the same number of optimizer steps,
 the full training set's budget, so small sets are not also under-trained.
 
-  curve = dl.learning_curve.learning_curve(config, (0.1, 0.3, 1.0), seeds=5, workdir="lc")
+  curve = dl.recipes.learning_curve.learning_curve(config, (0.1, 0.3, 1.0), seeds=5, workdir="lc")
   curve.mean, curve.std  # (F,): over seeds, per training-set size; lc/learning_curve.png
 """
 
@@ -23,9 +23,9 @@ import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
-from dl import config as config_lib
 from dl import data as data_lib
-from dl import from_config
+from dl.recipes import config as config_lib
+from dl.recipes import from_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +93,7 @@ def learning_curve(
   Raises:
     ValueError: for a sliced `train_split`, fractions outside (0, 1] or seeds < 1.
   """
-  c = config_lib.parse(config)
+  c = config_lib.parse_config(config)
   _check_args(c, fractions, seeds)
   spec = data_lib.info(c.dataset, data_dir=c.data_dir or None)
   num_train = spec.splits[c.train_split]

@@ -29,8 +29,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from dl import config as config_lib
-from dl import parallel
+from dl.core import parallel
+from dl.recipes import config as config_lib
 from dl.training import loop, placement
 
 # The figures of `jax.stages.Compiled.memory_analysis()`, by the name the plan gives them.
@@ -56,7 +56,7 @@ class LeafPlan:
     dtype: its dtype's name.
     spec: its `PartitionSpec` over the mesh axes, as text ("P('fsdp', 'model')").
     source: what decided the layout: "model", "rule", "shape" or "replicated"
-      (`dl.parallel.LeafLayout`).
+      (`dl.core.parallel.LeafLayout`).
     group: "params", "opt_state" or "other" (the state's first path component).
     bytes: the whole leaf's bytes.
     device_bytes: the bytes of the leaf on each device (its shard).
@@ -172,7 +172,7 @@ def plan(
   Args:
     trainable_or_config: a `dl.Task` (or any `dl.training.loop.Trainable`), or a config
       (`ml_collections.ConfigDict`, dict, `dl.TrainConfig`) that `dl.build` turns into one,
-      with its loop fields (`dl.from_config.fit_config`).
+      with its loop fields (`dl.recipes.from_config.fit_config`).
     mesh_shape: the mesh, e.g. "data=2,fsdp=2,model=2" (None: the config's).
     parallel: a mesh mode, "data", "fsdp" or "mesh" (None: the config's if it is a mesh
       mode, else "mesh").
@@ -235,7 +235,7 @@ def use_cpu_devices(count: int) -> None:
 def _parts(source: Any, mesh_shape, mode, batch_size, overrides) -> tuple[Any, loop.FitConfig]:
   """(trainable, loop config) from a trainable or a config, the plan's arguments applied."""
   if _is_config(source):
-    from dl import from_config  # builds on training; imported when a config is planned
+    from dl.recipes import from_config  # builds on training; imported when a config is planned
 
     trainable = from_config.build(source)
     c = from_config.fit_config(source, trainable)

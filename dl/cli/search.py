@@ -6,7 +6,7 @@ The search space is in the experiment's file, a `get_search_space()` beside `get
     return {"learning_rate": dl.search.LogUniform(1e-3, 0.3),
             "weight_decay": dl.search.LogUniform(1e-6, 1e-2)}
 
-  python -m dl.search --config experiments/search_digits_mlp.py --workdir workdirs/search \
+  python -m dl.cli.search --config experiments/search_digits_mlp.py --workdir workdirs/search \
       --algorithm asha --num_trials 8
 
 `--algorithm` is one of random, asha, pbt, tpe, cmaes (`dl.search.ALGORITHMS`).
@@ -22,8 +22,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-import dl
 from dl import cli, search
+from dl.core import checkpoint, distributed, lock
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment file with get_config() and get_search_space().", lock_config=True
@@ -57,7 +57,7 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)
-  dl.distributed.initialize_from_env()  # Before anything touches devices.
+  distributed.initialize_from_env()  # Before anything touches devices.
   space = search_space(config_flags.get_config_filename(flags.FLAGS["config"]))
   try:
     result = search.run(
@@ -68,7 +68,7 @@ def main(argv: list[str]) -> None:
       num_slots=_NUM_TRIALS.value,
       seed=_SEED.value,
     )
-  except (dl.CheckpointError, dl.lock.WorkdirLockedError) as e:  # one line says it all
+  except (checkpoint.CheckpointError, lock.WorkdirLockedError) as e:  # one line says it all
     print(f"dl: {e}", file=sys.stderr)
     sys.exit(1)
   for i, trial in enumerate(result.trials):

@@ -4,7 +4,7 @@
 compiled the same ways (`jax.jit`, `lax.scan`, `jax.vmap` for ensembles, pmap, meshes).
 Each example's gradient is clipped to L2 norm `l2_clip` (`optax`'s per-example clip) and the
 clipped gradients are summed; Gaussian noise of standard deviation `noise_multiplier * l2_clip`
-is added once per logical batch. Under Poisson sampling (`dl.privacy.sampling`) a batch is
+is added once per logical batch. Under Poisson sampling (`dl.trust.privacy.sampling`) a batch is
 padded to a fixed size: its "mask" marks the real examples, and padded ones add exactly zero.
 The sum is divided by the *expected* batch size, a constant: dividing by the number of
 examples drawn would make the update depend on it.
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from dl import objectives
+from dl.core import objectives
 from dl.models.adapters import Model, as_model
 from dl.training import steps
 from dl.training.state import TrainState
@@ -52,7 +52,7 @@ def dp_train_step(
     noise_multiplier: noise standard deviation over `l2_clip` (0: clipping only).
     accum_steps: micro-batches per logical batch; noise is added on the last of them
       (steps `s` with `s % accum_steps == accum_steps - 1`).
-    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.objectives`).
+    objective: `(outputs, batch) -> (loss_B, metrics)`, per example (`dl.core.objectives`).
     expected_batch_size: divides the noisy sum: the expected number of examples per
       (micro-)batch under Poisson sampling (`q * N / accum_steps`, over all devices). None:
       the number of real examples in the batch (fixed-size batches).

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dl import objectives
+from dl.core import objectives
 from dl.models.adapters import Model
 from dl.training import steps
 from dl.training.compile import scan_steps
@@ -161,7 +161,7 @@ def fedavg_round(
       (put `proximal(mu)` in front of it for FedProx).
     server_tx: applied to the pseudo-gradient `params - weighted mean of client params`;
       `optax.sgd(1.0)` is FedAvg (the server takes the mean).
-    objective: the clients' per-example loss and metrics (`dl.objectives`).
+    objective: the clients' per-example loss and metrics (`dl.core.objectives`).
     axis_name: under `jax.pmap`, the device axis the clients are split over: the average
       is summed over it. None under `jax.jit` (also on a mesh, where shardings decide).
 

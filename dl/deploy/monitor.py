@@ -16,7 +16,7 @@ p-value is below `Thresholds.mmd_pvalue`, or by the per-feature rule above.
 Both per-feature tests depend on the order of values alone: the bins are the reference's
 quantiles and KS compares empirical CDFs. An increasing map of a feature (such as the
 standardisation of `dl.data.transforms.Preprocess`) moves the bin edges with the values and
-leaves the PSI and the KS statistic as they were, so exports (`dl.export`) monitor tabular
+leaves the PSI and the KS statistic as they were, so exports (`dl.deploy.export`) monitor tabular
 models on their preprocessed inputs and need no raw training data.
 """
 

@@ -17,7 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from dl import distributed
+from dl.core import distributed
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Checkpointer:
     if distributed.is_primary():  # One process repairs the directory; the others wait.
       for step, error in _steps_with_unreadable_metadata(self.directory):
         self._move_aside(step, error)
-    distributed.barrier("dl.checkpoint: damaged steps moved aside")
+    distributed.barrier("dl.core.checkpoint: damaged steps moved aside")
     self._pending: tuple[int, int] | None = None  # (step, bytes) of a save not yet known done
     self._quiet: _QuietOrbaxFailures | None = None  # from the first save until `close`
     self._manager = self._open()
@@ -259,7 +259,7 @@ class Checkpointer:
     return restored["state"], restored["data"]
 
   def _quarantine(self, step: int, error: Exception) -> None:
-    distributed.barrier(f"dl.checkpoint: done reading step {step}")
+    distributed.barrier(f"dl.core.checkpoint: done reading step {step}")
     if distributed.is_primary():
       self._move_aside(step, error)
     self._manager.close()

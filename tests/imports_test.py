@@ -1,0 +1,153 @@
+"""dl's imports point down its floors and never round in a cycle.
+
+The floors are declared here, once. A module may import from its own floor's package and any
+floor below; an import of a floor above, or a cycle between modules, fails with the line that
+made it. Every `import` counts, including those inside functions, since an import written late
+to dodge a cycle is the cycle still.
+"""
+
+import ast
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent / "dl"
+
+# Lowest first. A package's subpackages share its floor unless named on a floor of their own.
+FLOORS = (
+  ("dl.core",),
+  ("dl.data", "dl.models"),
+  ("dl.inference",),
+  ("dl.training",),
+  ("dl.trust", "dl.generative"),
+  ("dl.deploy",),
+  ("dl.recipes",),
+  ("dl.apps", "dl.search"),
+  ("dl.cli",),
+  ("dl",),
+)
+
+
+def floor_of(module: str) -> tuple[int, str]:
+  """(floor, the package that declares it) of a dotted module name: its longest declared prefix."""
+  best = None
+  for level, packages in enumerate(FLOORS):
+    for package in packages:
+      if module == package or module.startswith(package + "."):
+        if best is None or len(package) > len(best[1]):
+          best = (level, package)
+  if best is None:
+    raise AssertionError(f"{module} is on no floor: add its package to FLOORS in {__file__}")
+  return best
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  return {_module_name(p): p for p in sorted(ROOT.rglob("*.py*")) if p.suffix in {".py", ".pyi"}}
+
+
+def imports(path: pathlib.Path, modules) -> list[tuple[str, int]]:
+  """(dl module imported, line) for each import of dl in the file at `path`."""
+  name = _module_name(path)
+  package = name if path.stem == "__init__" else name.rpartition(".")[0]
+  found = []
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      found += [(alias.name, node.lineno) for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([node.module] if node.module else []))
+      for alias in node.names:  # `from dl.x import y`: y is a module or a name in dl.x
+        target = f"{base}.{alias.name}"
+        found.append((target if target in modules else base, node.lineno))
+  return [(m, line) for m, line in found if m == "dl" or m.startswith("dl.")]
+
+
+def _graph():
+  modules = _modules()
+  return modules, {
+    name: [(m, line) for m, line in imports(path, modules) if m != name]
+    for name, path in modules.items()
+  }
+
+
+def test_every_import_points_down():
+  modules, graph = _graph()
+  upward = []
+  for name, targets in graph.items():
+    level, package = floor_of(name)
+    for target, line in targets:
+      target_level, target_package = floor_of(target)
+      if target_level > level or (target_level == level and target_package != package):
+        upward.append(
+          f"{modules[name].relative_to(ROOT.parent)}:{line} imports {target} "
+          f"(floor {target_level}, {target_package}) from floor {level} ({package})"
+        )
+  assert not upward, "imports that run up a floor or across it:\n" + "\n".join(upward)
+
+
+def test_no_import_cycles():
+  modules, graph = _graph()
+  edges = {name: {t for t, _ in targets if t in modules} for name, targets in graph.items()}
+  cycles = [c for c in _strongly_connected(edges) if len(c) > 1]
+  assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(sorted(c)) for c in cycles)
+
+
+def _strongly_connected(edges):
+  """Tarjan's strongly connected components of `edges` (a dict of name -> set of names)."""
+  index, low, stack, on_stack, components = {}, {}, [], set(), []
+
+  def visit(v):
+    index[v] = low[v] = len(index)
+    stack.append(v)
+    on_stack.add(v)
+    for w in edges.get(v, ()):
+      if w not in index:
+        visit(w)
+        low[v] = min(low[v], low[w])
+      elif w in on_stack:
+        low[v] = min(low[v], index[w])
+    if low[v] == index[v]:
+      component = set()
+      while True:
+        w = stack.pop()
+        on_stack.discard(w)
+        component.add(w)
+        if w == v:
+          break
+      components.append(component)
+
+  sys.setrecursionlimit(max(sys.getrecursionlimit(), 10_000))
+  for v in list(edges):
+    if v not in index:
+      visit(v)
+  return components
+
+
+def test_the_check_catches_an_upward_import(tmp_path):
+  bad = ROOT / "core" / "_upward_probe.py"
+  bad.write_text("from dl.training import loop\n")
+  try:
+    with pytest.raises(AssertionError, match="_upward_probe.py:1 imports dl.training"):
+      test_every_import_points_down()
+  finally:
+    bad.unlink()
+
+
+def test_import_dl_loads_no_floor():
+  """`import dl` loads lazy_loader and nothing of jax, tfds or dl's floors until a name is used."""
+  code = (
+    "import sys; import dl; "
+    "print(sorted(m for m in sys.modules if m.split('.')[0] in {'jax', 'tensorflow_datasets', "
+    "'grain', 'matplotlib', 'flax', 'optax', 'orbax'} or m.startswith('dl.')))"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == "[]", out.stdout
