@@ -1,4 +1,5 @@
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,3 +57,14 @@ def test_unknown_activation():
   model = models.MLP(num_classes=2, activation="relu6x")
   with pytest.raises(ValueError, match="unknown activation 'relu6x'; expected one of relu"):
     model.init(jax.random.PRNGKey(0), jnp.ones((1, 3)))
+
+
+def test_every_model_is_named_in_models():
+  """`MODELS` (what a config's `model.name` can build) leaves out no model, only the parts."""
+  parts = {models.LogMel, models.RNNEncoder}  # a front end and an encoder, used inside models
+  exported = {
+    getattr(models, name)
+    for name in models.__all__
+    if isinstance(getattr(models, name), type) and issubclass(getattr(models, name), nn.Module)
+  }
+  assert exported - parts == set(models.MODELS.values())

@@ -1,6 +1,11 @@
 """Models: Flax Linen modules, used through `init`/`apply` as pure functions.
 
-Every model takes a batch of inputs and `train: bool`, and returns logits.
+Each takes a batch of inputs (and `train: bool` where it has dropout or batch statistics) and
+returns what its docstring says: class logits (MLP, CNN, ResNet, TextRNN, the transformer
+classifier, KeywordCNN), token logits (TransformerLM, DecoderLM, TransformerSeq2Seq), a
+regression value (SeriesRNN, the recommenders' scores), per-pixel logits (UNet), a CenterNet
+grid of heat logits and boxes, or a dict of frame logits and frame counts (CTCRecognizer).
+`MODELS` names every one that `create` (and a config's `model.name`) can build.
 """
 
 import dataclasses
@@ -32,6 +37,11 @@ MODELS = {
   "transformer": TransformerClassifier,
   "transformer_lm": TransformerLM,
   "decoder_lm": DecoderLM,
+  "transformer_seq2seq": TransformerSeq2Seq,
+  "unet": UNet,
+  "centernet": CenterNet,
+  "keyword_cnn": KeywordCNN,
+  "ctc_recognizer": CTCRecognizer,
 }
 
 
@@ -39,8 +49,7 @@ def create(name: str, **kwargs) -> nn.Module:
   """Builds the model called `name` with hyperparameters `kwargs`.
 
   Args:
-    name: one of `MODELS` ("mlp", "cnn", "resnet", "matrix_factorization", "neumf",
-      "text_rnn", "series_rnn", "transformer", "transformer_lm", "decoder_lm").
+    name: a key of `MODELS`.
     **kwargs: fields of that module, e.g. `num_classes=10, width=64`.
 
   Returns:
