@@ -21,7 +21,6 @@ import time
 
 import numpy as np
 import sklearn.metrics
-import tensorflow_datasets as tfds
 from matplotlib.figure import Figure
 from statsmodels.tsa.ar_model import ar_select_order
 from statsmodels.tsa.arima.model import ARIMA
@@ -137,8 +136,7 @@ def main():
   parser.add_argument("--steps", type=int, default=0, help="train steps (0: the config's)")
   args = parser.parse_args()
   train, test = (_split("sunspots", s, args.data_dir) for s in ("train", "test"))
-  data_dir = args.data_dir or os.environ.get(dl.data.loading.DATA_DIR_ENV)
-  meta = tfds.builder("sunspots", data_dir=data_dir).info.metadata
+  meta = dl.data.loading.builder_info("sunspots", data_dir=args.data_dir).metadata
   mean, std, window = meta["mean"], meta["std"], meta["window"]
   scaled = {k: [f] for k, f in _classical_forecasts(_series(train), _series(test), window).items()}
   scaled |= _network_forecasts(args, test["features"])

