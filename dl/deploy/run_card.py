@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from dl import inference
+from dl.trust import fairness
 
 CARD_FILE = "run_card.json"
 _VERSIONED = ("dl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
 _PRIVACY_WORDS = ("epsilon", "delta", "noise_multiplier", "privacy")
-# The gaps between groups that `fairness.SliceMetrics` adds beside its "<metric>/group=<g>" keys.
-_GAP_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 
 
 def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
@@ -118,15 +117,11 @@ def _run_metrics(path: str) -> dict[str, dict[str, Any]]:
     if not history.get(split):
       continue
     record = {k: v for k, v in history[split][-1].items() if not _is_privacy_key(k)}
-    sliced = {k: record.pop(k) for k in list(record) if _is_slice_key(k)}
+    sliced = {k: record.pop(k) for k in list(record) if fairness.is_slice_key(k)}
     metrics[name] = record
     if sliced:
       slices[name] = {"step": record["step"], **sliced}
   return {"metrics": metrics, "slice_metrics": slices, "privacy": privacy}
-
-
-def _is_slice_key(key: str) -> bool:
-  return "/group=" in key or key in _GAP_METRICS
 
 
 def _is_privacy_key(key: str) -> bool:
