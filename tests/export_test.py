@@ -218,6 +218,23 @@ def test_run_card_carries_the_privacy_budget(tmp_path):
   assert card["privacy"] == {"epsilon": 0.8, "noise_multiplier": 1.1, "l2_clip": 1.0, "delta": 1e-5}
 
 
+def test_run_card_keeps_metrics_whose_names_merely_mention_privacy(tmp_path):
+  task, state, _, _ = exported_cnn()
+  records = [
+    {"split": "train", "step": 10, "loss": 1.0, "delta_loss": 0.1, "epsilon_if_poisson": 0.4},
+    {"split": "eval", "step": 10, "loss": 0.7, "delta_loss": 0.2, "privacy_risk": 0.3},
+  ]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+  card = run_card.run_card(task, state, workdir=str(tmp_path))
+  assert card["metrics"]["validation"] == {
+    "step": 10,
+    "loss": 0.7,
+    "delta_loss": 0.2,
+    "privacy_risk": 0.3,
+  }
+  assert card["privacy"] == {"epsilon_if_poisson": 0.4}
+
+
 def test_run_card_without_a_workdir_evaluates_validation_and_test():
   task, state, workdir, _ = exported_cnn()
   card = run_card.run_card(task, state)

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from dl import inference
-from dl.trust import fairness
+from dl.trust import fairness, privacy
 
 CARD_FILE = "run_card.json"
 _VERSIONED = ("dl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
-_PRIVACY_WORDS = ("epsilon", "delta", "noise_multiplier", "privacy")
 
 
 def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
@@ -109,23 +108,19 @@ def _run_metrics(path: str) -> dict[str, dict[str, Any]]:
   from dl.core import writers
 
   history = writers.read_history(path)
-  metrics, slices, privacy = {"source": "metrics.jsonl"}, {}, {}
+  metrics, slices, spent = {"source": "metrics.jsonl"}, {}, {}
   for split in sorted(history):
     for record in history[split]:
-      privacy.update({k: v for k, v in record.items() if _is_privacy_key(k)})
+      spent.update({k: v for k, v in record.items() if k in privacy.BudgetHook.KEYS})
   for split, name in (("eval", "validation"), ("test", "test")):
     if not history.get(split):
       continue
-    record = {k: v for k, v in history[split][-1].items() if not _is_privacy_key(k)}
+    record = {k: v for k, v in history[split][-1].items() if k not in privacy.BudgetHook.KEYS}
     sliced = {k: record.pop(k) for k in list(record) if fairness.is_slice_key(k)}
     metrics[name] = record
     if sliced:
       slices[name] = {"step": record["step"], **sliced}
-  return {"metrics": metrics, "slice_metrics": slices, "privacy": privacy}
-
-
-def _is_privacy_key(key: str) -> bool:
-  return any(word in key.lower() for word in _PRIVACY_WORDS)
+  return {"metrics": metrics, "slice_metrics": slices, "privacy": spent}
 
 
 def _privacy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
