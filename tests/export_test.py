@@ -150,14 +150,17 @@ def test_two_input_linen_model_with_its_own_loss_exports_exactly():
   )
 
 
-def test_nnx_model_exports_exactly_with_outputs_as_its_embedding(tmp_path):
+def test_nnx_model_exports_exactly_with_its_hidden_layer_as_embedding(tmp_path):
   task, state, directory = _exported_nnx(tmp_path)
   model = export.load(directory)
   images = dl.data.load("digits", "test")["image"]
   np.testing.assert_array_equal(model(images), dl.predict(task, state, images))
   assert model(images).shape == (360, 10) and model.class_names == list("0123456789")
-  logits = dl.inference.outputs(state, task.model, {"input": task.test["input"]})
-  np.testing.assert_array_equal(model.embed(images), logits)  # no Linen Dense layer
+  module = task.model.module(state.params, state.model_state)
+  x_BxD = jnp.reshape(task.test["input"], (len(images), -1))
+  hidden_BxH = nnx.relu(module.hidden(x_BxD))  # the input of the last nnx.Linear
+  np.testing.assert_allclose(model.embed(images), hidden_BxH, rtol=1e-5, atol=1e-6)
+  assert model.embed(images).shape == (360, 16)
   assert model.reference.kind == "embeddings" and not model.check_drift(images).drifted
 
 

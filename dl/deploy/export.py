@@ -9,9 +9,9 @@ from `dl.build`) and writes:
   probabilities when classifying). Params are baked in; the batch dimension `b` is symbolic
   and shared by the inputs (any batch size).
 - `embed.stablehlo`: the same inputs -> (b, D) float32 features for drift checks: the input
-  of the model's last Linen `Dense` layer (penultimate features, found with
-  `nn.intercept_methods`); for a model with no Linen `Dense` layer (e.g. a `dl.NNX` model)
-  its outputs.
+  of the last dense layer the model calls (penultimate features): a Linen `nn.Dense` (found
+  with `nn.intercept_methods`), or for a `dl.NNX` model an `nnx.Linear` (recorded by the
+  module rebuilt with `nnx.merge`); for a model that calls no such layer, its outputs.
 - `input_spec.json` and `preprocess.npz`: each raw input's name, shape and dtype, and its
   preprocessing (`dl.deploy.input_spec`).
 - `drift_reference.npz`: reference statistics of the task's own training arrays (see Drift).
@@ -47,6 +47,7 @@ from dl import inference
 from dl.core import objectives
 from dl.data.transforms import Preprocess
 from dl.deploy import input_spec, monitor, run_card
+from dl.models.adapters import NNX
 
 FORMAT = "dl.deploy.export/2"
 MODEL_FILE = "model.stablehlo"
@@ -247,31 +248,65 @@ def _serving_functions(task, state):
   model, keys = task.model, task.model.inputs
   predictions = objectives.as_objective(task.objective).predictions
 
-  def outputs(*xs):
+  def baked():
     # The params are baked in as constants; the barrier keeps XLA from specialising the
     # program on their values (constant folding changes last bits), so the export computes
     # exactly what `dl.predict` does with params as arguments.
-    params, model_state = jax.lax.optimization_barrier((state.params, state.model_state))
-    out, _ = model.apply(params, model_state, dict(zip(keys, xs)), train=False)
-    return out
+    return jax.lax.optimization_barrier((state.params, state.model_state))
 
   def predict_fn(*xs):
-    return predictions(outputs(*xs))
+    out, _ = model.apply(*baked(), dict(zip(keys, xs)), train=False)
+    return predictions(out)
 
   def embed_fn(*xs):
-    dense_inputs = []
-
-    def record_dense_inputs(next_fun, args, kwargs, context):
-      if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-        dense_inputs.append(args[0])
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record_dense_inputs):  # Linen only; NNX models fall through.
-      out = outputs(*xs)
-    features = dense_inputs[-1] if dense_inputs else out
+    features = _penultimate(model, *baked(), dict(zip(keys, xs)))
     return jnp.reshape(features, (features.shape[0], -1)).astype(jnp.float32)
 
   return predict_fn, embed_fn
+
+
+def _penultimate(model, params, model_state, batch) -> jax.Array:
+  """The input of the model's last dense layer call (Linen `nn.Dense`, NNX `nnx.Linear`) in
+  eval mode, or its outputs when it calls none."""
+  if isinstance(model, NNX):
+    return _nnx_penultimate(model, params, model_state, batch)
+  dense_inputs = []
+
+  def record_dense_inputs(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+      dense_inputs.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record_dense_inputs):
+    out, _ = model.apply(params, model_state, batch, train=False)
+  return dense_inputs[-1] if dense_inputs else out
+
+
+def _nnx_penultimate(model: NNX, params, model_state, batch) -> jax.Array:
+  """`_penultimate` of a `dl.NNX` model: its module rebuilt (`nnx.merge`) with each
+  `nnx.Linear` layer's class swapped for a subclass that records the layer's input."""
+  from flax import nnx
+
+  module = model.module(params, model_state)  # a fresh module, only this call sees it
+  module.eval()
+  linear_inputs, recording = [], {}
+  for _, layer in nnx.iter_modules(module):
+    if isinstance(layer, nnx.Linear):
+      cls = type(layer)
+      layer.__class__ = recording.setdefault(cls, _recording_subclass(cls, linear_inputs))
+  out = module(*(batch[k] for k in model.inputs))
+  return linear_inputs[-1] if linear_inputs else out
+
+
+def _recording_subclass(cls: type, inputs: list) -> type:
+  """A subclass of layer class `cls` whose calls append their first argument to `inputs`."""
+
+  def __call__(self, x, *args, **kwargs):
+    inputs.append(x)
+    return super(subclass, self).__call__(x, *args, **kwargs)
+
+  subclass = type(f"Recording{cls.__name__}", (cls,), {"__call__": __call__})
+  return subclass
 
 
 def _concrete_batch(args, n: int) -> list[jax.ShapeDtypeStruct]:
@@ -302,8 +337,8 @@ def _spec(task, args, outputs, class_names: list[str]) -> dict[str, Any]:
     "model_signature": "the inputs' model arrays, in order, each model_dtype (b, *shape) -> "
     "predictions (b, *outputs.shape): class probabilities when class_names are given",
     "embed_file": EMBED_FILE,
-    "embedding": "the same inputs -> float32 (b, D): the input of the model's last Linen Dense "
-    "layer, or the model's outputs when it has none (e.g. NNX models)",
+    "embedding": "the same inputs -> float32 (b, D): the input of the last dense layer the "
+    "model calls (Linen Dense, NNX Linear), or the model's outputs when it calls none",
   }
 
 
