@@ -16,7 +16,7 @@ from tiny_config import tiny_config
 from tiny_export import exported_cnn, exported_two_inputs, two_input_arrays
 
 import dl
-from dl.deploy import export
+from dl.deploy import export, run_card
 
 # Reloads exports with jax and numpy only: no dl, no flax, no model code. The spec says how
 # to preprocess each input; the exported function takes them in the spec's order.
@@ -150,14 +150,17 @@ def test_two_input_linen_model_with_its_own_loss_exports_exactly():
   )
 
 
-def test_nnx_model_exports_exactly_with_outputs_as_its_embedding(tmp_path):
+def test_nnx_model_exports_exactly_with_its_hidden_layer_as_embedding(tmp_path):
   task, state, directory = _exported_nnx(tmp_path)
   model = export.load(directory)
   images = dl.data.load("digits", "test")["image"]
   np.testing.assert_array_equal(model(images), dl.predict(task, state, images))
   assert model(images).shape == (360, 10) and model.class_names == list("0123456789")
-  logits = dl.inference.outputs(state, task.model, {"input": task.test["input"]})
-  np.testing.assert_array_equal(model.embed(images), logits)  # no Linen Dense layer
+  module = task.model.module(state.params, state.model_state)
+  x_BxD = jnp.reshape(task.test["input"], (len(images), -1))
+  hidden_BxH = nnx.relu(module.hidden(x_BxD))  # the input of the last nnx.Linear
+  np.testing.assert_allclose(model.embed(images), hidden_BxH, rtol=1e-5, atol=1e-6)
+  assert model.embed(images).shape == (360, 16)
   assert model.reference.kind == "embeddings" and not model.check_drift(images).drifted
 
 
@@ -169,7 +172,7 @@ def test_run_card_records_config_data_metrics_and_versions():
   assert card["data"]["dataset"] == "digits" and card["data"]["num_train_examples"] == len(
     task.train
   )
-  assert card["data"]["fingerprint"] == export.data_fingerprint(task.train.arrays)
+  assert card["data"]["fingerprint"] == run_card.data_fingerprint(task.train.arrays)
   assert card["seeds"] == {"seed": 0} and card["step"] == 300
   assert card["fit_config"]["num_steps"] == 300 and card["fit_config"]["batch_size"] == 32
   history = dl.read_history(os.path.join(workdir, "metrics.jsonl"))
@@ -210,7 +213,7 @@ def test_run_card_carries_the_privacy_budget(tmp_path):
   ]
   (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
   dp = dataclasses.replace(task, config={**task.config, "dp_noise_multiplier": 1.1})
-  card = export.run_card(dp, state, workdir=str(tmp_path))
+  card = run_card.run_card(dp, state, workdir=str(tmp_path))
   assert card["metrics"] == {
     "source": "metrics.jsonl",
     "validation": {"step": 20, "loss": 0.7, "accuracy": 0.8},
@@ -218,9 +221,26 @@ def test_run_card_carries_the_privacy_budget(tmp_path):
   assert card["privacy"] == {"epsilon": 0.8, "noise_multiplier": 1.1, "l2_clip": 1.0, "delta": 1e-5}
 
 
+def test_run_card_keeps_metrics_whose_names_merely_mention_privacy(tmp_path):
+  task, state, _, _ = exported_cnn()
+  records = [
+    {"split": "train", "step": 10, "loss": 1.0, "delta_loss": 0.1, "epsilon_if_poisson": 0.4},
+    {"split": "eval", "step": 10, "loss": 0.7, "delta_loss": 0.2, "privacy_risk": 0.3},
+  ]
+  (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+  card = run_card.run_card(task, state, workdir=str(tmp_path))
+  assert card["metrics"]["validation"] == {
+    "step": 10,
+    "loss": 0.7,
+    "delta_loss": 0.2,
+    "privacy_risk": 0.3,
+  }
+  assert card["privacy"] == {"epsilon_if_poisson": 0.4}
+
+
 def test_run_card_without_a_workdir_evaluates_validation_and_test():
   task, state, workdir, _ = exported_cnn()
-  card = export.run_card(task, state)
+  card = run_card.run_card(task, state)
   history = dl.read_history(os.path.join(workdir, "metrics.jsonl"))
   assert card["metrics"]["source"] == "dl.evaluate at export" and card["fit_config"] == {}
   assert card["metrics"]["test"]["accuracy"] == pytest.approx(history["test"][-1]["accuracy"])
@@ -231,13 +251,13 @@ def test_data_fingerprint_changes_with_the_training_data():
   with open(os.path.join(directory, "run_card.json")) as f:
     exported_fingerprint = json.load(f)["data"]["fingerprint"]
   same = dl.build(task.config)
-  assert export.run_card(same, state)["data"]["fingerprint"] == exported_fingerprint
+  assert run_card.run_card(same, state)["data"]["fingerprint"] == exported_fingerprint
   fewer = dl.build({**task.config, "train_split": "train[:90%]"})
-  assert export.run_card(fewer, state)["data"]["fingerprint"] != exported_fingerprint
+  assert run_card.run_card(fewer, state)["data"]["fingerprint"] != exported_fingerprint
   pixels = same.train.arrays["input"].copy()
   pixels[0, 0, 0, 0] += 1 / 255
   one_pixel = {**same.train.arrays, "input": pixels}
-  assert export.data_fingerprint(one_pixel) != exported_fingerprint
+  assert run_card.data_fingerprint(one_pixel) != exported_fingerprint
 
 
 def test_ensembles_are_refused(tmp_path):

@@ -95,6 +95,8 @@ def test_metrics_from_sums_edge_cases():
   metrics = fairness.metrics_from_sums(binary, ["a", "b", "c"])
   assert metrics["demographic_parity_difference"] == 0.75  # 1.0 - 0.25; empty b left out
   assert metrics["equalized_odds_difference"] == 0.5  # TPR 1.0 vs 0.5; c has no negatives
+  assert fairness.GAP_KEYS == ("demographic_parity_difference", "equalized_odds_difference")
+  assert all(fairness.is_slice_key(k) for k in metrics) and not fairness.is_slice_key("accuracy")
   with pytest.raises(ValueError, match="expected 3 group names .* got 2"):
     fairness.metrics_from_sums(sums, ["a", "b"])
 

@@ -12,7 +12,7 @@ from PIL import Image
 from tiny_export import exported_cnn, exported_two_inputs, two_input_arrays
 
 import dl
-from dl.deploy import export
+from dl.deploy import export, input_spec
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -141,14 +141,14 @@ def test_read_inputs_png_and_csv(tmp_path):
   spec = export.load(directory).spec
   images = dl.data.load("digits", "test")["image"][:3]
   Image.fromarray(images[0, ..., 0]).save(tmp_path / "x.png")
-  np.testing.assert_array_equal(export.read_inputs(str(tmp_path / "x.png"), spec), images[:1])
+  np.testing.assert_array_equal(input_spec.read_inputs(str(tmp_path / "x.png"), spec), images[:1])
   header = ",".join(f"p{i}" for i in range(64))
   rows = "\n".join(",".join(map(str, im.ravel())) for im in images)
   (tmp_path / "x.csv").write_text(f"{header}\n{rows}\n")
-  np.testing.assert_array_equal(export.read_inputs(str(tmp_path / "x.csv"), spec), images)
+  np.testing.assert_array_equal(input_spec.read_inputs(str(tmp_path / "x.csv"), spec), images)
   Image.fromarray(np.zeros((28, 28), np.uint8)).save(tmp_path / "big.png")
   with pytest.raises(ValueError, match=r"expected a 8x8 image with 1 channel\(s\); got 28x28"):
-    export.read_inputs(str(tmp_path / "big.png"), spec)
+    input_spec.read_inputs(str(tmp_path / "big.png"), spec)
   (tmp_path / "neg.csv").write_text(",".join(["-1"] * 64))
   with pytest.raises(ValueError, match=r"whole numbers in \[0, 255\] \(uint8\); got values in"):
-    export.read_inputs(str(tmp_path / "neg.csv"), spec)
+    input_spec.read_inputs(str(tmp_path / "neg.csv"), spec)

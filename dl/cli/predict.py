@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 
-from dl.deploy import export, monitor
+from dl.deploy import export, input_spec, monitor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
   args = _parser().parse_args(argv)
   try:
     model = export.load(args.model)
-    inputs = export.read_inputs(args.input, model.spec)
+    inputs = input_spec.read_inputs(args.input, model.spec)
     predictions = model(inputs)
     report = None
     if args.drift:

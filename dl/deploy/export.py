@@ -9,16 +9,14 @@ from `dl.build`) and writes:
   probabilities when classifying). Params are baked in; the batch dimension `b` is symbolic
   and shared by the inputs (any batch size).
 - `embed.stablehlo`: the same inputs -> (b, D) float32 features for drift checks: the input
-  of the model's last Linen `Dense` layer (penultimate features, found with
-  `nn.intercept_methods`); for a model with no Linen `Dense` layer (e.g. a `dl.NNX` model)
-  its outputs.
+  of the last dense layer the model calls (penultimate features): a Linen `nn.Dense` (found
+  with `nn.intercept_methods`), or for a `dl.NNX` model an `nnx.Linear` (recorded by the
+  module rebuilt with `nnx.merge`); for a model that calls no such layer, its outputs.
 - `input_spec.json` and `preprocess.npz`: each raw input's name, shape and dtype, and its
-  preprocessing: the very `Preprocess` values training used (`task.preprocess`), saved with
-  `Preprocess.to_arrays` under "<input>/<array>" and applied in numpy exactly as `dl.predict`
-  applies them.
+  preprocessing (`dl.deploy.input_spec`).
 - `drift_reference.npz`: reference statistics of the task's own training arrays (see Drift).
 - `run_card.json`: config, fit settings and seeds, data fingerprints, validation and test
-  metrics, slice metrics, privacy budget, library versions.
+  metrics, slice metrics, privacy budget, library versions (`dl.deploy.run_card`).
 - `saved_model/`: a TF SavedModel (jax2tf), only when TensorFlow is installed.
 
 Reloading needs no model code (`jax.export.deserialize(...).call(*inputs)`); `load` wraps
@@ -34,14 +32,10 @@ verdicts read as on raw features. Every other model (images, ids, sequences) is 
 its embeddings (`embed.stablehlo`), whole vectors (MMD) and dimension by dimension.
 """
 
-import datetime
-import hashlib
-import importlib.metadata
 import importlib.util
 import json
 import os
-import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -52,20 +46,14 @@ import numpy as np
 from dl import inference
 from dl.core import objectives
 from dl.data.transforms import Preprocess
-from dl.deploy import monitor
+from dl.deploy import input_spec, monitor, run_card
+from dl.models.adapters import NNX
 
 FORMAT = "dl.deploy.export/2"
 MODEL_FILE = "model.stablehlo"
 EMBED_FILE = "embed.stablehlo"
-SPEC_FILE = "input_spec.json"
-PREPROCESS_FILE = "preprocess.npz"
 REFERENCE_FILE = "drift_reference.npz"
-CARD_FILE = "run_card.json"
 SAVED_MODEL_DIR = "saved_model"
-_VERSIONED = ("dl", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy")
-_PRIVACY_WORDS = ("epsilon", "delta", "noise_multiplier", "privacy")
-# The gaps between groups that `fairness.SliceMetrics` adds beside its "<metric>/group=<g>" keys.
-_GAP_METRICS = ("demographic_parity_difference", "equalized_odds_difference")
 
 
 def export(
@@ -119,7 +107,7 @@ def export(
   if saved_model and not importlib.util.find_spec("tensorflow"):
     raise ImportError("saved_model=True needs TensorFlow (pip install tensorflow); not installed.")
   predict_fn, embed_fn = _serving_functions(task, state)
-  args = _export_args(task)
+  args = input_spec.export_args(task)
   outputs = jax.eval_shape(predict_fn, *_concrete_batch(args, 1))
   names = _class_names(task, class_names, outputs)
   os.makedirs(directory, exist_ok=True)
@@ -127,12 +115,11 @@ def export(
     exported = jax.export.export(jax.jit(fn), platforms=platforms)(*args)
     with open(os.path.join(directory, name), "wb") as f:
       f.write(exported.serialize())
-  arrays = {f"{k}/{a}": v for k, p in task.preprocess.items() for a, v in p.to_arrays().items()}
-  np.savez(os.path.join(directory, PREPROCESS_FILE), **arrays)
-  _write_json(os.path.join(directory, SPEC_FILE), _input_spec(task, args, outputs, names))
+  input_spec.save_preprocess(os.path.join(directory, input_spec.PREPROCESS_FILE), task.preprocess)
+  _write_json(os.path.join(directory, input_spec.SPEC_FILE), _spec(task, args, outputs, names))
   ref = _drift_reference(task, jax.jit(embed_fn))
   ref.save(os.path.join(directory, REFERENCE_FILE))
-  card = run_card(task, state, workdir=workdir)
+  card = run_card.run_card(task, state, workdir=workdir)
   card["export"] = {
     "format": FORMAT,
     "batch_dimension": "symbolic",
@@ -142,10 +129,10 @@ def export(
   if saved_model or (saved_model is None and importlib.util.find_spec("tensorflow")):
     _write_saved_model(predict_fn, args, os.path.join(directory, SAVED_MODEL_DIR))
     card["export"]["saved_model"] = SAVED_MODEL_DIR
-  _write_json(os.path.join(directory, CARD_FILE), card)
+  _write_json(os.path.join(directory, run_card.CARD_FILE), card)
   _verify(directory, task, state, batch_sizes)
   card["export"]["verified_batch_sizes"] = [int(n) for n in batch_sizes]
-  _write_json(os.path.join(directory, CARD_FILE), card)
+  _write_json(os.path.join(directory, run_card.CARD_FILE), card)
   return directory
 
 
@@ -176,7 +163,7 @@ class ExportedModel:
   ):
     self.directory, self.spec, self.card, self.reference = directory, spec, card, reference
     self._predict, self._embed = predict, embed
-    self.inputs = input_specs(spec)
+    self.inputs = input_spec.input_specs(spec)
     self.preprocess = preprocess
     self._model_dtypes = [np.dtype(i["model_dtype"]) for i in spec["inputs"]]
 
@@ -221,33 +208,34 @@ def load(directory: str) -> ExportedModel:
     FileNotFoundError: naming the missing file when `directory` is not a complete export.
     ValueError: for an export in another format (an older dl's).
   """
-  paths = {
-    name: os.path.join(directory, name)
-    for name in (MODEL_FILE, EMBED_FILE, SPEC_FILE, PREPROCESS_FILE, REFERENCE_FILE, CARD_FILE)
-  }
+  files = (
+    MODEL_FILE,
+    EMBED_FILE,
+    input_spec.SPEC_FILE,
+    input_spec.PREPROCESS_FILE,
+    REFERENCE_FILE,
+    run_card.CARD_FILE,
+  )
+  paths = {name: os.path.join(directory, name) for name in files}
   missing = [name for name, path in paths.items() if not os.path.exists(path)]
   if missing:
     raise FileNotFoundError(
       f"{directory!r} is not a dl export: expected {', '.join(paths)}; missing "
       f"{', '.join(missing)}."
     )
-  spec = _read_json(paths[SPEC_FILE])
+  spec = _read_json(paths[input_spec.SPEC_FILE])
   if spec.get("format") != FORMAT:
     raise ValueError(
       f"{directory!r} holds a {spec.get('format')!r} export; this dl reads {FORMAT!r}. "
       "Export the model again."
     )
-  with np.load(paths[PREPROCESS_FILE], allow_pickle=False) as f:
-    stored = dict(f)
-  preprocess = {}
-  for name in input_specs(spec):
-    arrays = {k.split("/", 1)[1]: v for k, v in stored.items() if k.split("/", 1)[0] == name}
-    if arrays:
-      preprocess[name] = Preprocess.from_arrays(arrays)
+  preprocess = input_spec.load_preprocess(
+    paths[input_spec.PREPROCESS_FILE], list(input_spec.input_specs(spec))
+  )
   return ExportedModel(
     directory,
     spec,
-    _read_json(paths[CARD_FILE]),
+    _read_json(paths[run_card.CARD_FILE]),
     monitor.Reference.load(paths[REFERENCE_FILE]),
     _deserialize(paths[MODEL_FILE]),
     _deserialize(paths[EMBED_FILE]),
@@ -255,206 +243,79 @@ def load(directory: str) -> ExportedModel:
   )
 
 
-def input_specs(spec: Mapping[str, Any]) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-  """{name: (example shape, raw dtype)} of an `input_spec.json`, in the model's order."""
-  return {i["name"]: (tuple(i["shape"]), np.dtype(i["dtype"])) for i in spec["inputs"]}
-
-
-def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
-  """The machine-readable record of what was trained on what, and how well.
-
-  Args:
-    task: a `dl.Task`; its `config` (the config's fields; {} for user parts) is recorded.
-    state: the trained state.
-    workdir: the run's workdir: `fit_config.json` (written by `dl.fit`: seed, steps, batch
-      size...) and `metrics.jsonl` supply the fit settings and the metrics when present.
-
-  Returns:
-    {"created", "name", "config", "fit_config", "data" (sizes and sha256 fingerprints of
-    the model-ready arrays), "seeds", "step", "metrics" ({"validation": last "eval" record,
-    "test": the "test" record}), "slice_metrics" (the same, per-group keys and gaps from
-    `dl.trust.fairness.SliceMetrics`), "privacy" (budget spent and DP-SGD settings), "versions"}.
-  """
-  config = dict(task.config)
-  fit_config = {}
-  if workdir and os.path.exists(os.path.join(workdir, "fit_config.json")):
-    fit_config = _read_json(os.path.join(workdir, "fit_config.json"))
-  metrics_path = os.path.join(workdir, "metrics.jsonl") if workdir else ""
-  if metrics_path and os.path.exists(metrics_path):
-    metrics = _run_metrics(metrics_path)
-  else:
-    metrics = _evaluated_metrics(task, state, fit_config.get("eval_batch_size", 1000))
-  seed = fit_config.get("seed", config.get("seed"))
-  return {
-    "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-    "name": task.name,
-    "config": _jsonable(config),
-    "fit_config": _jsonable(fit_config),
-    "data": _data_card(task, config),
-    "seeds": {} if seed is None else {"seed": seed},
-    "step": int(np.asarray(state.step)),
-    **metrics,
-    "privacy": {**metrics["privacy"], **_privacy_settings(config)},
-    "versions": _versions(),
-  }
-
-
-def data_fingerprint(arrays: Mapping[str, np.ndarray]) -> str:
-  """sha256 over the arrays' names, dtypes, shapes and bytes, in name order."""
-  h = hashlib.sha256()
-  for name in sorted(arrays):
-    a = np.ascontiguousarray(arrays[name])
-    h.update(f"{name}:{a.dtype.str}:{a.shape};".encode())
-    h.update(a.tobytes())
-  return "sha256:" + h.hexdigest()
-
-
-def read_inputs(path: str, spec: Mapping[str, Any]) -> np.ndarray | dict[str, np.ndarray]:
-  """Reads a batch of raw inputs from `.npz`, `.npy`, `.csv` or `.png` as the spec expects.
-
-  `.npz`: one array per input name, each (N, *shape) (the form for several inputs).
-  A model with one input also reads: `.npy`, (N, *shape) or one example of `shape`;
-  `.csv`, one example per row, `prod(shape)` numeric columns, an optional header row;
-  `.png`, one image of `shape` (uint8 image models only).
-
-  Returns:
-    The array for a model with one input, else {name: array}.
-
-  Raises:
-    FileNotFoundError: no file at `path`.
-    ValueError: unknown format, or contents whose names, shapes or dtypes do not fit `spec`.
-  """
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"input file {path!r} does not exist.")
-  inputs = input_specs(spec)
-  ext = os.path.splitext(path)[1].lower()
-  readers = {".npz": _read_npz, ".npy": _read_npy, ".csv": _read_csv, ".png": _read_png}
-  if ext not in readers:
-    raise ValueError(f"input must be one of {', '.join(readers)}; got {ext or 'no extension'!r}.")
-  if ext != ".npz" and len(inputs) > 1:
-    raise ValueError(
-      f"this model takes inputs {list(inputs)}: pass a .npz file with one array per name; "
-      f"got {ext!r}."
-    )
-  if ext == ".npz":
-    batch = _read_npz(path)
-  else:
-    ((name, (shape, dtype)),) = inputs.items()
-    batch = {name: readers[ext](path, shape, dtype)}
-  inference.check_inputs(batch, inputs)
-  return batch if len(inputs) > 1 else next(iter(batch.values()))
-
-
-def _read_npz(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as f:
-    return dict(f)
-
-
-def _read_npy(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-  del dtype
-  x = np.load(path, allow_pickle=False)
-  return x[np.newaxis] if x.shape == shape else x
-
-
-def _read_csv(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-  with open(path) as f:
-    lines = [line for line in f.read().splitlines() if line.strip()]
-  if lines and not _is_numeric_row(lines[0]):
-    lines = lines[1:]  # a header
-  try:
-    rows = np.array([[float(v) for v in line.split(",")] for line in lines], np.float64)
-  except ValueError as e:
-    raise ValueError(f"{path}: expected rows of numbers separated by commas ({e}).") from e
-  width = int(np.prod(shape))
-  if rows.ndim != 2 or rows.shape[1] != width:
-    got = rows.shape[1] if rows.ndim == 2 else "ragged rows"
-    raise ValueError(f"{path}: expected {width} columns (one example of shape {shape}); got {got}.")
-  if np.issubdtype(dtype, np.integer):
-    info = np.iinfo(dtype)
-    if np.any(rows != np.round(rows)) or rows.min() < info.min or rows.max() > info.max:
-      raise ValueError(
-        f"{path}: expected whole numbers in [{info.min}, {info.max}] ({dtype}); got values in "
-        f"[{rows.min()}, {rows.max()}]."
-      )
-  return rows.astype(dtype).reshape((len(rows), *shape))
-
-
-def _is_numeric_row(line: str) -> bool:
-  try:
-    [float(v) for v in line.split(",")]
-  except ValueError:
-    return False
-  return True
-
-
-def _read_png(path: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-  from PIL import Image
-
-  if dtype != np.uint8 or len(shape) != 3:
-    raise ValueError(f"png inputs need a uint8 image model; this one takes {dtype} {shape}.")
-  with Image.open(path) as image:
-    pixels = np.asarray(image.convert("L") if shape[-1] == 1 else image.convert("RGB"))
-    mode, size = image.mode, image.size
-  pixels = pixels.reshape(*pixels.shape[:2], -1)
-  if pixels.shape != shape:
-    raise ValueError(
-      f"{path}: expected a {shape[1]}x{shape[0]} image with {shape[2]} channel(s); got "
-      f"{size[0]}x{size[1]} ({mode})."
-    )
-  return pixels[np.newaxis]
-
-
 def _serving_functions(task, state):
   """(predict_fn, embed_fn) of the model inputs in order, with the params closed over."""
   model, keys = task.model, task.model.inputs
   predictions = objectives.as_objective(task.objective).predictions
 
-  def outputs(*xs):
+  def baked():
     # The params are baked in as constants; the barrier keeps XLA from specialising the
     # program on their values (constant folding changes last bits), so the export computes
     # exactly what `dl.predict` does with params as arguments.
-    params, model_state = jax.lax.optimization_barrier((state.params, state.model_state))
-    out, _ = model.apply(params, model_state, dict(zip(keys, xs)), train=False)
-    return out
+    return jax.lax.optimization_barrier((state.params, state.model_state))
 
   def predict_fn(*xs):
-    return predictions(outputs(*xs))
+    out, _ = model.apply(*baked(), dict(zip(keys, xs)), train=False)
+    return predictions(out)
 
   def embed_fn(*xs):
-    dense_inputs = []
-
-    def record_dense_inputs(next_fun, args, kwargs, context):
-      if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
-        dense_inputs.append(args[0])
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(record_dense_inputs):  # Linen only; NNX models fall through.
-      out = outputs(*xs)
-    features = dense_inputs[-1] if dense_inputs else out
+    features = _penultimate(model, *baked(), dict(zip(keys, xs)))
     return jnp.reshape(features, (features.shape[0], -1)).astype(jnp.float32)
 
   return predict_fn, embed_fn
 
 
-def _model_dtype(task, key: str) -> np.dtype:
-  """The dtype the model sees for input `key` (e.g. float32, int32), as jit canonicalises it."""
-  return np.dtype(jax.dtypes.canonicalize_dtype(task.train.example()[key].dtype))
+def _penultimate(model, params, model_state, batch) -> jax.Array:
+  """The input of the model's last dense layer call (Linen `nn.Dense`, NNX `nnx.Linear`) in
+  eval mode, or its outputs when it calls none."""
+  if isinstance(model, NNX):
+    return _nnx_penultimate(model, params, model_state, batch)
+  dense_inputs = []
+
+  def record_dense_inputs(next_fun, args, kwargs, context):
+    if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+      dense_inputs.append(args[0])
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record_dense_inputs):
+    out, _ = model.apply(params, model_state, batch, train=False)
+  return dense_inputs[-1] if dense_inputs else out
 
 
-def _export_args(task) -> list[jax.ShapeDtypeStruct]:
-  """The exported function's arguments: each model input as (b, *shape), one symbolic b."""
-  (b,) = jax.export.symbolic_shape("b")
-  return [
-    jax.ShapeDtypeStruct((b, *task.train.example()[k].shape[1:]), _model_dtype(task, k))
-    for k in task.model.inputs
-  ]
+def _nnx_penultimate(model: NNX, params, model_state, batch) -> jax.Array:
+  """`_penultimate` of a `dl.NNX` model: its module rebuilt (`nnx.merge`) with each
+  `nnx.Linear` layer's class swapped for a subclass that records the layer's input."""
+  from flax import nnx
+
+  module = model.module(params, model_state)  # a fresh module, only this call sees it
+  module.eval()
+  linear_inputs, recording = [], {}
+  for _, layer in nnx.iter_modules(module):
+    if isinstance(layer, nnx.Linear):
+      cls = type(layer)
+      layer.__class__ = recording.setdefault(cls, _recording_subclass(cls, linear_inputs))
+  out = module(*(batch[k] for k in model.inputs))
+  return linear_inputs[-1] if linear_inputs else out
+
+
+def _recording_subclass(cls: type, inputs: list) -> type:
+  """A subclass of layer class `cls` whose calls append their first argument to `inputs`."""
+
+  def __call__(self, x, *args, **kwargs):
+    inputs.append(x)
+    return super(subclass, self).__call__(x, *args, **kwargs)
+
+  subclass = type(f"Recording{cls.__name__}", (cls,), {"__call__": __call__})
+  return subclass
 
 
 def _concrete_batch(args, n: int) -> list[jax.ShapeDtypeStruct]:
+  """`args` with batch size n for the symbolic b."""
   return [jax.ShapeDtypeStruct((n, *a.shape[1:]), a.dtype) for a in args]
 
 
 def _class_names(task, class_names: Sequence[str] | None, outputs) -> list[str]:
+  """One name per output column (`task.class_names` by default), or none."""
   names = list(task.class_names if class_names is None else class_names)
   if names and (outputs.ndim != 2 or outputs.shape[1] != len(names)):
     raise ValueError(
@@ -464,36 +325,20 @@ def _class_names(task, class_names: Sequence[str] | None, outputs) -> list[str]:
   return names
 
 
-def _input_spec(task, args, outputs, class_names: list[str]) -> dict[str, Any]:
-  inputs = []
-  for key, arg in zip(task.model.inputs, args):
-    shape, dtype = task.inputs[key]
-    pre = task.preprocess.get(key)
-    inputs.append(
-      {
-        "name": key,
-        "shape": list(shape),
-        "dtype": np.dtype(dtype).name,
-        "model_dtype": np.dtype(arg.dtype).name,
-        "preprocessing": {
-          "kind": pre.kind if pre else "none",
-          "formula": (pre.formula if pre else "x") + ", then cast to model_dtype",
-          "arrays": f"{PREPROCESS_FILE}: '{key}/<name>'" if pre else "",
-        },
-      }
-    )
+def _spec(task, args, outputs, class_names: list[str]) -> dict[str, Any]:
+  """The contents of `input_spec.json`: the inputs, the outputs and the exported files."""
   return {
     "format": FORMAT,
     "name": task.name,
-    "inputs": inputs,
+    "inputs": input_spec.describe_inputs(task, args),
     "outputs": {"shape": list(outputs.shape[1:]), "dtype": np.dtype(outputs.dtype).name},
     "class_names": class_names,
     "model_file": MODEL_FILE,
     "model_signature": "the inputs' model arrays, in order, each model_dtype (b, *shape) -> "
     "predictions (b, *outputs.shape): class probabilities when class_names are given",
     "embed_file": EMBED_FILE,
-    "embedding": "the same inputs -> float32 (b, D): the input of the model's last Linen Dense "
-    "layer, or the model's outputs when it has none (e.g. NNX models)",
+    "embedding": "the same inputs -> float32 (b, D): the input of the last dense layer the "
+    "model calls (Linen Dense, NNX Linear), or the model's outputs when it calls none",
   }
 
 
@@ -545,85 +390,6 @@ def _verify(directory: str, task, state, batch_sizes: Sequence[int]) -> None:
       )
 
 
-def _data_card(task, config: Mapping[str, Any]) -> dict[str, Any]:
-  """Sizes and fingerprints of the model-ready (preprocessed) arrays of each split."""
-  card = {
-    k: config[k]
-    for k in ("dataset", "train_split", "validation_split", "test_split")
-    if k in config
-  }
-  card |= {
-    "num_train_examples": len(task.train),
-    "fingerprint": data_fingerprint(task.train.arrays),
-  }
-  for split, arrays in (("validation", task.eval), ("test", task.test)):
-    if arrays is not None:
-      card[f"num_{split}_examples"] = inference.num_examples(arrays)
-    if isinstance(arrays, Mapping):  # a split read in batches has no fingerprint
-      card[f"{split}_fingerprint"] = data_fingerprint(arrays)
-  return card
-
-
-def _evaluated_metrics(task, state, batch_size: int) -> dict[str, dict[str, Any]]:
-  """Card metrics without a workdir: `dl.evaluate` on the validation and test arrays."""
-  metrics = {"source": "dl.evaluate at export"}
-  for split, name in (("eval", "validation"), ("test", "test")):
-    evaluated = task.evaluate(state, split, batch_size)
-    if evaluated is not None:
-      metrics[name] = evaluated
-  return {"metrics": metrics, "slice_metrics": {}, "privacy": {}}
-
-
-def _run_metrics(path: str) -> dict[str, dict[str, Any]]:
-  """Card metrics from `metrics.jsonl`: the last validation record and the test record,
-  each split into overall and slice metrics; the privacy budget spent."""
-  from dl.core import writers
-
-  history = writers.read_history(path)
-  metrics, slices, privacy = {"source": "metrics.jsonl"}, {}, {}
-  for split in sorted(history):
-    for record in history[split]:
-      privacy.update({k: v for k, v in record.items() if _is_privacy_key(k)})
-  for split, name in (("eval", "validation"), ("test", "test")):
-    if not history.get(split):
-      continue
-    record = {k: v for k, v in history[split][-1].items() if not _is_privacy_key(k)}
-    sliced = {k: record.pop(k) for k in list(record) if _is_slice_key(k)}
-    metrics[name] = record
-    if sliced:
-      slices[name] = {"step": record["step"], **sliced}
-  return {"metrics": metrics, "slice_metrics": slices, "privacy": privacy}
-
-
-def _is_slice_key(key: str) -> bool:
-  return "/group=" in key or key in _GAP_METRICS
-
-
-def _is_privacy_key(key: str) -> bool:
-  return any(word in key.lower() for word in _PRIVACY_WORDS)
-
-
-def _privacy_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-  """DP-SGD's settings from a config that trained with it (noise multiplier > 0)."""
-  if not config.get("dp_noise_multiplier"):
-    return {}
-  return {
-    "noise_multiplier": config["dp_noise_multiplier"],
-    "l2_clip": config.get("dp_l2_clip"),
-    "delta": config.get("dp_delta"),
-  }
-
-
-def _versions() -> dict[str, str]:
-  versions = {"python": platform.python_version()}
-  for package in _VERSIONED:
-    try:
-      versions[package] = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-      pass
-  return versions
-
-
 def _write_saved_model(predict_fn, args, path: str) -> None:
   """A TF SavedModel of model inputs -> predictions, through jax2tf (needs TensorFlow)."""
   try:
@@ -645,16 +411,6 @@ def _write_saved_model(predict_fn, args, path: str) -> None:
 def _deserialize(path: str):
   with open(path, "rb") as f:
     return jax.export.deserialize(bytearray(f.read()))
-
-
-def _jsonable(value):
-  if isinstance(value, Mapping):
-    return {str(k): _jsonable(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_jsonable(v) for v in value]
-  if isinstance(value, (str, int, float, bool)) or value is None:
-    return value
-  return str(value)
 
 
 def _write_json(path: str, value) -> None:

@@ -23,6 +23,10 @@ from dl.models.adapters import Model, as_model
 from dl.training import loop
 
 GROUP_KEY = "group"
+# The record keys of the gaps between groups, beside the per-group "<metric>/group=<name>" keys.
+DEMOGRAPHIC_PARITY_KEY = "demographic_parity_difference"
+EQUALIZED_ODDS_KEY = "equalized_odds_difference"
+GAP_KEYS = (DEMOGRAPHIC_PARITY_KEY, EQUALIZED_ODDS_KEY)
 _COLUMNS = ("count", "accuracy", "tpr", "fpr", "selection_rate")
 
 
@@ -100,8 +104,8 @@ def metrics_from_sums(sums: Mapping[str, np.ndarray], group_names: Sequence[str]
     out[f"count/group={name}"] = s["count"][..., i]
     out |= {f"{metric}/group={name}": values[..., i] for metric, values in rates.items()}
   if "positive" in s:
-    out["demographic_parity_difference"] = _gap(rates["selection_rate"])
-    out["equalized_odds_difference"] = np.maximum(_gap(rates["tpr"]), _gap(rates["fpr"]))
+    out[DEMOGRAPHIC_PARITY_KEY] = _gap(rates["selection_rate"])
+    out[EQUALIZED_ODDS_KEY] = np.maximum(_gap(rates["tpr"]), _gap(rates["fpr"]))
   return {k: _to_python(v) for k, v in out.items()}
 
 
@@ -164,6 +168,11 @@ class SliceMetrics(loop.Hook):
     if not isinstance(arrays, Mapping) or GROUP_KEY not in arrays:  # none, or a stream
       return {}
     return evaluate_groups(state, self.task.model, arrays, self.group_names, self.batch_size)
+
+
+def is_slice_key(key: str) -> bool:
+  """Whether a record key is one `metrics_from_sums` writes: per group, or a gap (`GAP_KEYS`)."""
+  return "/group=" in key or key in GAP_KEYS
 
 
 def format_table(metrics: Mapping[str, Any]) -> str:

@@ -199,7 +199,13 @@ class BudgetHook(loop.Hook):
     max_batch_size: the truncation of Poisson batches (None: untruncated).
     accountant_name: "pld" or "rdp".
     poisson: whether the batches are Poisson-sampled (False: shuffled, not covered).
+
+  Attributes:
+    KEYS: the record keys it writes, ("epsilon", "epsilon_if_poisson"): the first for
+      Poisson-sampled runs, the second for shuffled ones.
   """
+
+  KEYS = ("epsilon", "epsilon_if_poisson")
 
   def __init__(
     self,
@@ -220,7 +226,7 @@ class BudgetHook(loop.Hook):
     }
     self.sampling_rate, self.noise_multiplier, self.delta = sampling_rate, noise_multiplier, delta
     self.accum_steps = accum_steps
-    self.key = "epsilon" if poisson else "epsilon_if_poisson"
+    self.key = self.KEYS[0] if poisson else self.KEYS[1]
 
   def on_log(self, step: int, record: dict) -> dict:
     del record
