@@ -41,11 +41,16 @@ def is_ensemble(state: Any) -> bool:
   return np.ndim(state.step) == 1
 
 
+# Examples per compiled evaluation call: the default of every evaluation in dl (FitConfig's
+# eval_batch_size, the trainers' `evaluate`, the slice metrics).
+EVAL_BATCH_SIZE = 1000
+
+
 def evaluate(
   state: Any,
   model: Any,
   arrays: Mapping[str, np.ndarray],
-  batch_size: int = 1000,
+  batch_size: int = EVAL_BATCH_SIZE,
   objective: Any = objectives.classification,
 ) -> dict[str, Any]:
   """Mean loss and metrics of `state` on all of `arrays` (exact: padding is masked).

@@ -56,7 +56,7 @@ objective = objectives.Objective(_reconstruction)
 
 
 def reconstruction_error(
-  task, state, x_NxHxWxC: np.ndarray, *, batch_size: int = 1000
+  task, state, x_NxHxWxC: np.ndarray, *, batch_size: int = inference.EVAL_BATCH_SIZE
 ) -> np.ndarray:
   """Per-example mean squared reconstruction error (N,): an anomaly score.
 

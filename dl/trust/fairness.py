@@ -114,7 +114,7 @@ def evaluate_groups(
   model: Any,
   arrays: dict[str, np.ndarray],
   group_names: Sequence[str],
-  batch_size: int = 1000,
+  batch_size: int = inference.EVAL_BATCH_SIZE,
 ) -> dict[str, Any]:
   """Per-group metrics of `state` on all of `arrays` (exact: padding is masked).
 
@@ -159,7 +159,9 @@ class SliceMetrics(loop.Hook):
     batch_size: examples per compiled call.
   """
 
-  def __init__(self, task: Any, group_names: Sequence[str], batch_size: int = 1000):
+  def __init__(
+    self, task: Any, group_names: Sequence[str], batch_size: int = inference.EVAL_BATCH_SIZE
+  ):
     self.task, self.group_names, self.batch_size = task, tuple(group_names), batch_size
 
   def on_eval(self, state: Any, step: int, split: str) -> dict[str, Any]:
