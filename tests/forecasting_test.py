@@ -3,7 +3,9 @@
 import sys
 from importlib import metadata
 
+import flax.linen as nn
 import numpy as np
+import optax
 import pytest
 
 import dl
@@ -108,3 +110,35 @@ def test_walk_forward_refits_per_fold_on_the_past(days, tmp_path):
     train_x = days["features"][fold.train_range]
     expected_test_x = (days["features"][fold.test_range] - train_x.mean(0)) / train_x.std(0)
     np.testing.assert_allclose(task.test["input"], expected_test_x, atol=1e-4)
+
+
+def test_walk_forward_refits_a_task_factory_per_fold(tmp_path):
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(200, 3)).astype(np.float32)
+  y = (x @ np.float32([1.0, -2.0, 0.5]) + 3.0).astype(np.float32)  # a level the mean misses
+  folds = forecasting.walk_forward_folds(200, num_folds=2, test_size=20)
+  calls = []
+
+  def make(fold):
+    calls.append(fold)
+    train, test = fold.train_range, fold.test_range
+    return dl.task(
+      model=nn.Dense(1),
+      objective=dl.core.objectives.create("regression"),
+      optimizer=optax.adam(0.05),
+      train={"input": x[train], "label": y[train]},
+      test={"input": x[test], "label": y[test]},
+      validation_fraction=0.0,
+    )
+
+  fit = dl.FitConfig(num_steps=150, batch_size=32, log_every=50, progress=False, tensorboard=False)
+  result = forecasting.walk_forward(make, folds, str(tmp_path), fit=fit)
+  assert calls == folds and sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1"]
+  np.testing.assert_allclose(result.targets_N, y[160:200])
+  for k, fold in enumerate(folds):
+    np.testing.assert_allclose(result.train_means_N[result.fold_N == k], y[fold.train_range].mean())
+  # The refit model forecasts far better than the historical mean of its training part.
+  fitted = forecasting.scores(result.targets_N, result.predictions_N)["rmse"]
+  assert fitted < 0.2 * forecasting.scores(result.targets_N, result.train_means_N)["rmse"]
+  with pytest.raises(ValueError, match="pass fit only with a task factory"):
+    forecasting.walk_forward(_tiny_regression(), folds, str(tmp_path / "c"), fit=fit)

@@ -10,10 +10,12 @@ import subprocess
 import sys
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import kill
 import numpy as np
+import optax
 import pytest
 from tiny_config import tiny_config
 
@@ -331,3 +333,67 @@ def test_widths_form_groups_and_the_best_is_scored_once(tmp_path):
   assert result.chosen_state.params["Dense_0"]["kernel"].shape == (64, width)
   with pytest.raises(ValueError, match="give it as dl.search.Choice"):
     search.run(config, {"model.width": search.Uniform(8, 16)}, str(tmp_path / "u"), "random")
+
+
+class _TinyMLP(nn.Module):
+  """A user's own model: the flattened digit through one hidden layer."""
+
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    hidden = nn.relu(nn.Dense(self.width)(x.reshape(len(x), -1)))
+    return nn.Dense(10)(hidden)
+
+
+def _task_factory(calls):
+  """A factory of `dl.task`s on digits; `calls` records what each call was given."""
+
+  def make(hparams):
+    calls.append(dict(hparams))
+    tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3, weight_decay=0.0)
+    return dl.task(
+      model=_TinyMLP(width=hparams.get("model.width", 16)),
+      objective=dl.core.objectives.create("classification"),
+      optimizer=tx,
+      train=("digits", "train"),
+      test=("digits", "test"),
+    )
+
+  return make
+
+
+FIT = dl.FitConfig(num_steps=12, batch_size=32, eval_every=4, log_every=4, progress=False)
+
+
+@pytest.mark.parametrize("algorithm", ["random", "asha"])
+def test_a_task_factory_is_searched_and_built_once(tmp_path, algorithm):
+  calls = []
+  space = {"learning_rate": search.LogUniform(1e-3, 0.3)}
+  fit = dataclasses.replace(FIT, tensorboard=False)
+  result = search.run(_task_factory(calls), space, str(tmp_path), algorithm, num_slots=3, fit=fit)
+  assert calls == [{}]  # one task for the whole population
+  held = [r for r in result.trials if r.get("status", "finished") == "finished"]  # in the slots
+  assert len(held) == 3 and (algorithm == "random") == (len(result.trials) == 3)
+  chosen = result.trials[result.best]
+  assert chosen["validation_accuracy"] == max(r["validation_accuracy"] for r in held)
+  assert [i for i, r in enumerate(result.trials) if "test_accuracy" in r] == [result.best]
+  # Each slot trained with its own trial's learning rate, in its own optimizer state.
+  lr = dl.training.optim.get_hyperparam(result.chosen_state.opt_state, "learning_rate")
+  assert lr == np.float32(chosen["learning_rate"])
+  lrs = np.asarray(dl.training.optim.get_hyperparam(result.state.opt_state, "learning_rate"))
+  assert sorted(lrs.tolist()) == sorted(np.float32([r["learning_rate"] for r in held]).tolist())
+  kernels = np.asarray(result.state.params["Dense_0"]["kernel"])
+  assert not np.allclose(kernels[0], kernels[1])
+
+
+def test_a_task_factory_is_passed_its_groups_shapes(tmp_path):
+  calls = []
+  space = {"learning_rate": search.LogUniform(1e-2, 0.1), "model.width": search.Choice((4, 8))}
+  fit = dataclasses.replace(FIT, tensorboard=False)
+  result = search.run(_task_factory(calls), space, str(tmp_path), "random", num_slots=2, fit=fit)
+  assert calls == [{"model.width": 4}, {"model.width": 8}]
+  width = result.trials[result.best]["model.width"]
+  assert result.chosen_state.params["Dense_0"]["kernel"].shape == (64, width)
+  with pytest.raises(ValueError, match="pass fit only with a task factory"):
+    search.random_search(tiny_config(), SPACE, str(tmp_path / "c"), num_trials=2, fit=fit)

@@ -15,17 +15,21 @@ the final model forecasts the block, scored once as the fold's test split).
 """
 
 import dataclasses
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from dl import data as data_lib
 from dl import inference
+from dl.core import distributed
 from dl.recipes import config as config_lib
 from dl.recipes import from_config
+from dl.training import loop
+from dl.training.task import Task
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,24 +113,36 @@ class WalkForward:
   member_predictions_SxN: np.ndarray
 
 
-def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
-  """Refits the config's model on each fold's training part and forecasts its test block.
+def walk_forward(
+  source, folds: Sequence[Fold], workdir: str, *, fit: loop.FitConfig | None = None
+) -> WalkForward:
+  """Refits a fresh model on each fold's training part and forecasts its test block.
 
   Args:
-    config: a regression `dl` config (`objective="regression"`, a scalar float label) on a
-      time-ordered data set; `train_split`/`test_split` are set per fold.
+    source: a regression `dl` config (`objective="regression"`, a scalar float label) on a
+      time-ordered data set, its `train_split`/`test_split` set per fold; or a task
+      factory, `(fold) -> dl.Task` (e.g. `dl.task` on the user's arrays sliced by
+      `fold.train_range` and `fold.test_range`, with `validation_fraction=0`), whose task
+      holds its training arrays in memory and a test split with "input" and "label".
     folds: from `walk_forward_folds`.
     workdir: fold k trains in `workdir/fold<k>` (resumed if it holds checkpoints).
+    fit: how the loop trains a factory's task (None: `dl.FitConfig()`); a config says it.
 
   Returns:
     The concatenated out-of-sample `WalkForward` forecasts.
   """
-  c = config_lib.parse_config(config)
+  if callable(source):
+    train_fold = functools.partial(_fit_task, source, fit or loop.FitConfig())
+  elif fit is not None:
+    raise ValueError(
+      "a config says how the loop runs (its num_train_steps, batch_size, ...): pass fit only "
+      f"with a task factory; got a config and fit={fit!r}."
+    )
+  else:
+    train_fold = functools.partial(_fit_config, config_lib.parse_config(source))
   targets, members, means, fold_ids = [], [], [], []
   for k, fold in enumerate(folds):
-    fold_config = ml_collections.ConfigDict(dataclasses.asdict(c) | fold_splits(fold))
-    state, _ = from_config.train(fold_config, os.path.join(workdir, f"fold{k}"))
-    task = from_config.build(fold_config)
+    task, state = train_fold(fold, os.path.join(workdir, f"fold{k}"))
     outputs_SxN = member_outputs(task, state, task.test["input"])
     members.append(outputs_SxN.reshape(len(outputs_SxN), -1))
     targets.append(np.asarray(task.test["label"], np.float64).reshape(-1))
@@ -140,6 +156,28 @@ def walk_forward(config, folds: Sequence[Fold], workdir: str) -> WalkForward:
     fold_N=np.concatenate(fold_ids),
     member_predictions_SxN=member_predictions_SxN,
   )
+
+
+def _fit_config(c: config_lib.TrainConfig, fold: Fold, workdir: str) -> tuple[Task, Any]:
+  """(task, final state) of the config trained on `fold`, the task built once."""
+  fold_config = dataclasses.replace(c, **fold_splits(fold))
+  with distributed.primary_first("dl.apps.forecasting: data prepared"):
+    task = from_config.build(fold_config)
+  fit = from_config.fit_config(fold_config, task)
+  state, _ = loop.fit(task, workdir, fit, hooks=from_config.hooks(fold_config, task, workdir))
+  return task, state
+
+
+def _fit_task(factory, fit: loop.FitConfig, fold: Fold, workdir: str) -> tuple[Task, Any]:
+  """(task, final state) of the factory's task for `fold`."""
+  task = factory(fold)
+  if not isinstance(task, Task) or not isinstance(task.test, Mapping):
+    raise TypeError(
+      "a walk-forward task factory returns a dl.Task with test arrays (dl.task(..., test=...)); "
+      f"got {type(task).__name__} with test {type(getattr(task, 'test', None)).__name__}."
+    )
+  state, _ = loop.fit(task, workdir, fit)
+  return task, state
 
 
 def fold_splits(fold: Fold) -> dict[str, object]:
