@@ -29,3 +29,48 @@ from .training.steps import train_step
 from .training.task import Task, task
 
 __version__: str
+
+# What the API reference lists (lazy_loader derives the same list from the imports above;
+# tests/imports_test.py checks that the two agree).
+__all__ = [
+  "CheckpointError",
+  "CheckpointWriteError",
+  "Checkpointer",
+  "FitConfig",
+  "Hook",
+  "Linen",
+  "NNX",
+  "ProfileHook",
+  "Task",
+  "TrainConfig",
+  "TrainState",
+  "apps",
+  "build",
+  "cli",
+  "core",
+  "create_train_state",
+  "data",
+  "default_config",
+  "deploy",
+  "eval_step",
+  "evaluate",
+  "fit",
+  "generative",
+  "inference",
+  "jit_step",
+  "models",
+  "parse_config",
+  "plan",
+  "plot_history",
+  "predict",
+  "read_history",
+  "recipes",
+  "restore",
+  "scan_steps",
+  "search",
+  "task",
+  "train",
+  "train_step",
+  "training",
+  "trust",
+]

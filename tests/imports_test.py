@@ -7,6 +7,7 @@ to dodge a cycle is the cycle still.
 """
 
 import ast
+import importlib
 import pathlib
 import subprocess
 import sys
@@ -151,3 +152,18 @@ def test_import_dl_loads_no_floor():
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("stub", sorted(ROOT.rglob("__init__.pyi")), ids=lambda p: str(p.parent))
+def test_a_lazy_packages_stub_lists_what_it_gives(stub):
+  """A lazy package's `__all__` (the API reference's list) is what lazy_loader gives, and each
+  name loads."""
+  module = importlib.import_module(_module_name(stub))
+  declared = next(
+    ast.literal_eval(node.value)
+    for node in ast.parse(stub.read_text()).body
+    if isinstance(node, ast.Assign) and node.targets[0].id == "__all__"
+  )
+  assert sorted(declared) == sorted(module.__all__)
+  for name in declared:
+    getattr(module, name)

@@ -222,7 +222,8 @@ def decode_loop(
     prompt_BxP: the first tokens (kept as they are).
     rng: PRNG key; token t + 1 is drawn with `fold_in(rng, t)`.
     num_tokens: N, how many tokens to add after the prompt.
-    temperature, top_k: as in `choose`.
+    temperature: as in `choose`.
+    top_k: as in `choose`.
 
   Returns:
     Token ids (B, P + N) int32.

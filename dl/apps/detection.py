@@ -117,7 +117,7 @@ def centernet_targets(
 
   Returns:
     {"label": heat (B, H, W, num_classes) float32, "box": (B, H, W, 4) float32,
-     "center": (B, H, W) float32 1 at object centres}, H, W = image_hw // stride.
+      "center": (B, H, W) float32 1 at object centres}, H, W = image_hw // stride.
   """
   grid_h, grid_w = image_hw[0] // stride, image_hw[1] // stride
   b = boxes_BxMx4.shape[0]
@@ -403,7 +403,10 @@ class MeanAveragePrecision(Hook):
     data: {split: {"input": model-ready images, "boxes": (N, M, 4) padded boxes in pixels,
       "classes": (N, M), -1 for padding}}, for "eval" and/or "test".
     num_classes: heat-map channels.
-    top_k, iou_threshold, min_score, batch_size: as in `detect`.
+    top_k: as in `detect`.
+    iou_threshold: as in `detect`.
+    min_score: as in `detect`.
+    batch_size: as in `detect`.
   """
 
   def __init__(

@@ -45,6 +45,7 @@ class MetricWriter:
           self._tb.add_scalar(tag, float(v), int(step))
 
   def close(self) -> None:
+    """Closes metrics.jsonl and the TensorBoard writer."""
     self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -24,3 +24,30 @@ from .errors import (
   UnknownSplitError,
 )
 from .loading import DatasetSpec, info, load
+
+# What the API reference lists (lazy_loader derives the same list from the imports above;
+# tests/imports_test.py checks that the two agree).
+__all__ = [
+  "DamagedDatasetError",
+  "DataPackageMissingError",
+  "DatasetDownloadError",
+  "DatasetError",
+  "DatasetSpec",
+  "LOCAL_DATASETS",
+  "UnknownDatasetError",
+  "UnknownSplitError",
+  "augment",
+  "batches",
+  "builders",
+  "checks",
+  "errors",
+  "espeak",
+  "info",
+  "integrity",
+  "load",
+  "loading",
+  "sources",
+  "streaming",
+  "text",
+  "transforms",
+]

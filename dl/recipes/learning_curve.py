@@ -57,6 +57,7 @@ class LearningCurve:
     return self.values_FxS.std(axis=1)
 
   def to_dict(self) -> dict:
+    """The curve as plain JSON-ready values."""
     return {
       "dataset": self.dataset,
       "metric": self.metric,
