@@ -172,6 +172,29 @@ def test_close_logs_an_unreported_failure_instead_of_raising(tmp_path, monkeypat
   assert not os.listdir(tmp_path / "ckpt")
 
 
+def _process_hooks():
+  """Every logger's handlers and filters, and `sys.unraisablehook`: what a library must not keep."""
+  loggers = [logging.getLogger(), *map(logging.getLogger, list(logging.root.manager.loggerDict))]
+  return sys.unraisablehook, {x.name: (list(x.handlers), list(x.filters)) for x in loggers}
+
+
+def test_open_save_fail_and_close_leave_the_process_loggers_and_hook_as_they_were(
+  tmp_path, monkeypatch
+):
+  before = _process_hooks()
+  ckpt = Checkpointer(tmp_path / "ckpt", best_metric="accuracy")
+  ckpt.save(10, _state(1), {"index": 1})  # without metrics: orbax's warning is dropped for it
+  ckpt.save(20, _state(2), {"index": 2}, {"accuracy": 0.5})
+  ckpt.wait()
+  assert _process_hooks() == before  # nothing is kept while no save is in flight
+  _fail_writes(monkeypatch, OSError(errno.ENOSPC, "No space left on device"))
+  ckpt.save(30, _state(3), {"index": 3}, {"accuracy": 0.6})
+  with pytest.raises(CheckpointWriteError):
+    ckpt.wait()
+  ckpt.close()
+  assert _process_hooks() == before
+
+
 # A run whose second checkpoint fails, checking at each "event step" as the loop does.
 _FAILING_RUN = """
 import errno, sys, time

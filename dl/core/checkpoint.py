@@ -2,14 +2,10 @@
 safe resume, and one clear error when a checkpoint cannot be written."""
 
 import contextlib
-import errno
-import gc
 import json
 import logging
 import os
-import re
 import shutil
-import sys
 import time
 from typing import Any
 
@@ -17,7 +13,7 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
-from dl.core import distributed
+from dl.core import distributed, orbax_quiet, write_failure
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +50,9 @@ class Checkpointer:
   the files are written in the background while training goes on. A save that fails
   (a full disk, no permission) raises `CheckpointWriteError` once, at the next `check`,
   `save` or `wait`: its half-written directory is removed and the earlier checkpoints
-  are kept. While a Checkpointer is open it also quiets the tracebacks that orbax's
-  writer threads print about such a failure, since that error is raised here instead.
+  are kept. While a save may still fail it also quiets the tracebacks that orbax's
+  writer threads print about such a failure, since that error is raised here instead
+  (see `dl.core.orbax_quiet`); the process's loggers and hooks are left as they were.
   """
 
   def __init__(
@@ -76,7 +73,7 @@ class Checkpointer:
         self._move_aside(step, error)
     distributed.barrier("dl.core.checkpoint: damaged steps moved aside")
     self._pending: tuple[int, int] | None = None  # (step, bytes) of a save not yet known done
-    self._quiet: _QuietOrbaxFailures | None = None  # from the first save until `close`
+    self._quiet = orbax_quiet.QuietOrbaxFailures()  # installed while a save may still fail
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
@@ -116,16 +113,16 @@ class Checkpointer:
       CheckpointWriteError: when the previous save or this one failed (see `check`).
     """
     self.wait()
-    self._quiet = self._quiet or _QuietOrbaxFailures()
+    self._quiet.install()
     self._pending = (step, _nbytes(state) + len(json.dumps(data, default=str)))
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data))
     try:
-      with _no_warning_for_steps_without_metrics(metrics):
+      with _no_warning_for_steps_without_metrics(metrics):  # orbax has no switch for it
         self._manager.save(step, args=args, metrics=metrics, force=True)
     except Exception as e:  # Orbax raises ValueError, OSError, ... for a failed write.
       self._fail(e)
     if not self._options["async_saves"]:
-      self._pending = None
+      self._succeeded()
 
   def check(self) -> None:
     """Raises the failure of a background save that has ended; returns at once otherwise.
@@ -152,7 +149,13 @@ class Checkpointer:
       self._manager.wait_until_finished()
     except Exception as e:  # The background write's own error, re-raised by orbax.
       self._fail(e)
+    self._succeeded()
+
+  def _succeeded(self) -> None:
+    """Forgets the save just finished; quiets orbax no longer, unless a failure may still echo."""
     self._pending = None
+    if not self._quiet.after_failure:
+      self._quiet.remove()
 
   def close(self) -> None:
     """Waits for pending saves and releases orbax's threads.
@@ -166,8 +169,7 @@ class Checkpointer:
       log.error("%s", e)
     finally:
       self._manager.close()
-      if self._quiet:
-        self._quiet.remove()
+      self._quiet.remove()
 
   def _fail(self, error: BaseException) -> None:
     """Cleans up after a failed save, leaves a working manager, raises one clear error."""
@@ -177,15 +179,13 @@ class Checkpointer:
     with contextlib.suppress(Exception):  # a second report of the error we hold
       self._manager.close()  # joins orbax's threads
     left = self._remove_partial(step)
-    _drop_tracebacks(error)  # Their frames hold orbax's abandoned write coroutines, which
-    gc.collect()  # end quietly now instead of noisily at exit.
+    self._quiet.failed(error)
     try:
       self._manager = self._open()  # forgets the failed step, sees the kept ones
     except Exception as e:  # noqa: BLE001 - the write error is the one to report
       log.warning("could not reopen %s after a failed save: %s", self.directory, e)
     kept = max(_finished_steps(self.directory), default=None)
-    message = _write_failure_message(self.directory, step, needed, kept, left, error)
-    _quiet_abandoned_orbax_tasks(error)
+    message = write_failure.describe(self.directory, step, needed, kept, left, error)
     raise CheckpointWriteError(message, step, kept, error) from None
 
   def _remove_partial(self, step: int) -> list[str]:
@@ -299,103 +299,15 @@ def _steps_with_unreadable_metadata(directory: str) -> list[tuple[int, Exception
   return bad
 
 
-def _drop_tracebacks(error: BaseException | None) -> None:
-  """Frees the frames that `error` and the errors it chains to keep alive."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    error.__traceback__ = None
-    if error.__cause__ is not None and error.__context__ is not None:
-      _drop_tracebacks(error.__context__)
-    error = error.__cause__ or error.__context__
-
-
 def _nbytes(state: Any) -> int:
   """Bytes of the arrays in `state` (what a checkpoint of it takes on disk, uncompressed)."""
   return sum(getattr(x, "nbytes", 0) for x in jax.tree.leaves(state))
-
-
-# What the OS said, as an OSError's errno or in the text of tensorstore's errors.
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
-_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
-_STRERROR = {
-  errno.ENOSPC: "No space left on device",
-  errno.EACCES: "Permission denied",
-  errno.EROFS: "Read-only file system",
-  errno.EDQUOT: "Disk quota exceeded",
-  errno.EPERM: "Operation not permitted",
-}
-
-
-def _os_cause(error: BaseException) -> tuple[int | None, str | None]:
-  """(errno, path) of the OS error under `error`, or (None, None) when it was not one."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    if isinstance(error, OSError) and error.errno:
-      return error.errno, error.filename
-    text = str(error)
-    code = _OS_ERROR_CODE.search(text)
-    number = (
-      int(code.group(1))
-      if code
-      else next((n for n, words in _STRERROR.items() if words in text), None)
-    )
-    if number is not None:
-      path = _QUOTED_PATH.search(text)
-      return number, path and path.group(1)
-    error = error.__cause__ or error.__context__
-  return None, None
-
-
-def _size(num_bytes: float) -> str:
-  for unit in ("bytes", "kB", "MB", "GB", "TB"):
-    if num_bytes < 1000 or unit == "TB":
-      return f"{num_bytes:.0f} {unit}" if unit == "bytes" else f"{num_bytes:.1f} {unit}"
-    num_bytes /= 1000
-  raise AssertionError("unreachable")
-
-
-def _free_bytes(directory: str) -> int:
-  while not os.path.exists(directory):
-    directory = os.path.dirname(directory)
-  return shutil.disk_usage(directory).free
 
 
 def _finished_steps(directory: str) -> list[int]:
   """Steps whose checkpoint is complete on disk (orbax renames a step's directory when it is)."""
   names = os.listdir(directory) if os.path.isdir(directory) else []
   return [int(name) for name in names if name.isdigit()]
-
-
-def _write_failure_message(
-  directory: str, step: int, needed: int, kept: int | None, left: list[str], error: BaseException
-) -> str:
-  """One paragraph: where, which step, why (the space needed and free, or the path refused),
-  what is kept and what to do."""
-  number, path = _os_cause(error)
-  if number in (errno.ENOSPC, errno.EDQUOT):
-    what = "the disk is full" if number == errno.ENOSPC else "the disk quota is exceeded"
-    why = (
-      f"{what}: it needs about {_size(needed)} (the size of the state) and "
-      f"{_size(_free_bytes(directory))} is free there"
-    )
-    fix = "free some space (or move the workdir to a larger disk)"
-  elif number in (errno.EACCES, errno.EPERM, errno.EROFS):
-    why = f"{_STRERROR[number].lower()} on {path or directory}"
-    fix = f"make {directory} writable (or train in another workdir)"
-  else:
-    why = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
-    fix = "fix the cause"
-  if left:  # never restored: orbax lists only renamed, complete steps, and removes these
-    partial = f"Its half-written files ({', '.join(left)}) go at the next start."
-  else:
-    partial = "Nothing half-written is left."
-  if kept is None:
-    then = f"There is no earlier checkpoint: {fix}, then rerun (it starts from step 0)."
-  else:
-    then = f"The last good checkpoint, step {kept}, is kept: {fix}, then rerun to resume from it."
-  return f"could not write the checkpoint of step {step} to {directory}: {why}. {partial} {then}"
 
 
 @contextlib.contextmanager
@@ -413,84 +325,3 @@ def _no_warning_for_steps_without_metrics(metrics: dict | None):
     yield
   finally:
     logger.removeFilter(drop)
-
-
-_REPORTED_OS_ERRORS: set[int] = set()  # errnos of write failures `Checkpointer` has raised
-
-
-def _quiet_abandoned_orbax_tasks(error: BaseException) -> None:
-  """After a reported write failure, asyncio's "... exception was never retrieved" about
-  orbax's abandoned write tasks and the futures gathering them (printed whenever they are
-  collected, up to exit) says again what `CheckpointWriteError` said: demoted to DEBUG, for
-  the rest of the process, when it names orbax's code or the same OS error."""
-  number, _ = _os_cause(error)
-  if number is not None:
-    _REPORTED_OS_ERRORS.add(number)
-  logger = logging.getLogger("asyncio")
-  if _demote_abandoned_orbax_task not in logger.filters:
-    logger.addFilter(_demote_abandoned_orbax_task)
-
-
-def _demote_abandoned_orbax_task(record: logging.LogRecord) -> bool:
-  text = str(record.msg)
-  error = record.exc_info[1] if record.exc_info else None
-  if (
-    record.levelno >= logging.ERROR
-    and "exception was never retrieved" in text.split("\n", 1)[0]
-    and (
-      f"orbax{os.sep}checkpoint" in text  # a task's coroutine, "defined at <its file>"
-      or (error is not None and _os_cause(error)[0] in _REPORTED_OS_ERRORS)
-    )
-  ):
-    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-    return logging.getLogger("asyncio").isEnabledFor(logging.DEBUG)
-  return True
-
-
-class _QuietOrbaxFailures:
-  """Quiets what orbax's threads print about a failed write, which `Checkpointer` raises itself.
-
-  Two kinds of noise: orbax logs each failed thread's traceback at ERROR (turned into
-  DEBUG records here, shown only where debug logging is on), and tensorstore's writes that
-  finish after the first failed one call back into an event loop that orbax has closed
-  ("Event loop is closed", through `sys.unraisablehook`). A Checkpointer installs this at its
-  first save and removes it at `close`.
-  """
-
-  _MESSAGES = (
-    "raised an exception",  # _SignalingThread.run()
-    "Failed to run",  # handler commit operations in the background save thread
-    "Save Finalize thread",
-    "Checkpointer failed",
-  )
-
-  def __init__(self):
-    self._logger = logging.getLogger("absl")
-    self._logger.addFilter(self._demote)
-    self._previous_hook = sys.unraisablehook
-    self._active = True
-    sys.unraisablehook = self._unraisable
-
-  def _demote(self, record: logging.LogRecord) -> bool:
-    if (
-      self._active
-      and record.levelno >= logging.ERROR
-      and f"orbax{os.sep}checkpoint" in record.pathname
-      and any(m in str(record.msg) for m in self._MESSAGES)
-    ):
-      record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-      return self._logger.isEnabledFor(logging.DEBUG)
-    return True
-
-  def _unraisable(self, unraisable) -> None:
-    closed_loop = isinstance(unraisable.exc_value, RuntimeError) and (
-      str(unraisable.exc_value) == "Event loop is closed"
-    )
-    if not (self._active and closed_loop):
-      self._previous_hook(unraisable)
-
-  def remove(self) -> None:
-    self._active = False
-    self._logger.removeFilter(self._demote)
-    if sys.unraisablehook == self._unraisable:  # else a later one wraps ours: it stays, inert
-      sys.unraisablehook = self._previous_hook
