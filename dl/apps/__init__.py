@@ -3,9 +3,11 @@
 Imports every floor below, recipes included.
 """
 
+import pkgutil
+
 import lazy_loader
 
+# Every module of the package, each imported on first use.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-  __name__,
-  submodules=["decoding", "detection", "forecasting", "recommend", "segmentation", "speech"],
+  __name__, submodules=[m.name for m in pkgutil.iter_modules(__path__)]
 )

@@ -3,8 +3,11 @@
 Also `jax.distributed` from the environment. Imports nothing of dl.
 """
 
+import pkgutil
+
 import lazy_loader
 
+# Every module of the package, each imported on first use.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-  __name__, submodules=["checkpoint", "distributed", "lock", "objectives", "parallel", "writers"]
+  __name__, submodules=[m.name for m in pkgutil.iter_modules(__path__)]
 )

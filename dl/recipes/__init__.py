@@ -3,8 +3,11 @@
 Imports every floor below apps.
 """
 
+import pkgutil
+
 import lazy_loader
 
+# Every module of the package, each imported on first use.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-  __name__, submodules=["config", "from_config", "learning_curve", "plan"]
+  __name__, submodules=[m.name for m in pkgutil.iter_modules(__path__)]
 )

@@ -3,8 +3,11 @@
 Imports core, data, models, inference, training.
 """
 
+import pkgutil
+
 import lazy_loader
 
+# Every module of the package, each imported on first use.
 __getattr__, __dir__, __all__ = lazy_loader.attach(
-  __name__, submodules=["calibration", "explain", "fairness", "federated", "grads", "privacy"]
+  __name__, submodules=[m.name for m in pkgutil.iter_modules(__path__)]
 )
