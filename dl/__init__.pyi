@@ -22,8 +22,9 @@ from .recipes.config import TrainConfig, default_config, parse_config
 from .recipes.from_config import build, restore, train
 from .recipes.plan import plan
 from .training.compile import jit_step, scan_steps
-from .training.loop import FitConfig, Hook, fit
+from .training.loop import FitConfig, fit
 from .training.profile import ProfileHook
+from .training.protocols import Hook
 from .training.state import TrainState, create_train_state
 from .training.steps import train_step
 from .training.task import Task, task

@@ -27,7 +27,7 @@ import numpy as np
 
 from dl.data.batches import padded_batches
 from dl.models.adapters import Model, as_model
-from dl.training.loop import Hook
+from dl.training.protocols import Hook
 
 INTERPOLATIONS = ("all_point", "coco_101")
 _FOCAL_ALPHA, _FOCAL_BETA = 2.0, 4.0

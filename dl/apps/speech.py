@@ -28,7 +28,7 @@ from dl.core.objectives import Objective
 from dl.data.batches import padded_batches
 from dl.data.builders.spoken_digits import DIGITS as DIGIT_WORDS
 from dl.models.adapters import Model, as_model
-from dl.training.loop import Hook
+from dl.training.protocols import Hook
 
 BLANK = 0
 

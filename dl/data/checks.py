@@ -117,7 +117,7 @@ def _kind(dtype: np.dtype) -> str:
 
 
 class CheckedBatches:
-  """A stream of batches (`dl.training.loop.Batches`) whose every batch is checked as it is
+  """A stream of batches (`dl.training.protocols.Batches`) whose every batch is checked as it is
   read (`check_split`), for data that is never held whole (streams, a user's own part)."""
 
   def __init__(self, batches: Any, what: str, **limits):

@@ -39,7 +39,7 @@ def load_images(
 class ZippedBatches:
   """Several batch streams as one: `next()` is {name: stream.next()["input"]}.
 
-  A checkpointable stream for `dl.fit` (`dl.training.loop.Batches`): its position is every
+  A checkpointable stream for `dl.fit` (`dl.training.protocols.Batches`): its position is every
   stream's position, so a resumed run draws the batches an uninterrupted one would. An
   epoch is one of the longest stream.
   """

@@ -5,7 +5,7 @@
                           hooks=[gan_train.SampleGrid(gan, workdir)])
   state = dl.training.loop.restore(gan, workdir)       # the newest checkpoint
 
-`GAN` is a `dl.training.loop.Trainable`: its state is a `gan.GANState` (both networks, both
+`GAN` is a `dl.training.protocols.Trainable`: its state is a `gan.GANState` (both networks, both
 optimizer states, the key) and its step is `gan.train_step`, so `dl.fit` gives it what any
 part gets: exact resume (state and data position in every checkpoint), `metrics.jsonl`, the
 progress bar, fused steps and the compile modes (jit, pmap, a mesh). Its evaluation is the
@@ -29,7 +29,7 @@ from dl.core import distributed, parallel
 from dl.data import sources
 from dl.data.batches import ShuffledBatches
 from dl.generative import dcgan, gan, images
-from dl.training.loop import Hook
+from dl.training.protocols import Hook
 
 Metrics = dict[str, Any]
 
@@ -58,7 +58,7 @@ class GANConfig:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GAN:
-  """A DCGAN and its training images, as a `dl.training.loop.Trainable` (see `build_gan`).
+  """A DCGAN and its training images, as a `dl.training.protocols.Trainable` (see `build_gan`).
 
   Attributes:
     config: what built the networks and optimizers.

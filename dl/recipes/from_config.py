@@ -26,7 +26,7 @@ from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
 from dl.recipes import config as config_lib
-from dl.training import loop, optim, profile, steps
+from dl.training import loop, optim, profile, protocols, steps
 from dl.training.task import Task, task
 from dl.trust import fairness, privacy
 
@@ -285,7 +285,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
   )
 
 
-def hooks(config, task: Task, workdir: str | None = None) -> list[loop.Hook]:
+def hooks(config, task: Task, workdir: str | None = None) -> list[protocols.Hook]:
   """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics, a profile
   of some steps (into `<workdir>/profile`)."""
   c = config_lib.parse_config(config)

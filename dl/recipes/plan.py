@@ -32,6 +32,7 @@ import numpy as np
 from dl.core import parallel
 from dl.recipes import config as config_lib
 from dl.training import loop, placement
+from dl.training.protocols import TrainableDefaults, optional
 
 # The figures of `jax.stages.Compiled.memory_analysis()`, by the name the plan gives them.
 _MEMORY_FIELDS = {
@@ -170,7 +171,7 @@ def plan(
   """Plans the memory of training `trainable_or_config` on a mesh, from shapes alone.
 
   Args:
-    trainable_or_config: a `dl.Task` (or any `dl.training.loop.Trainable`), or a config
+    trainable_or_config: a `dl.Task` (or any `dl.training.protocols.Trainable`), or a config
       (`ml_collections.ConfigDict`, dict, `dl.TrainConfig`) that `dl.build` turns into one,
       with its loop fields (`dl.recipes.from_config.fit_config`).
     mesh_shape: the mesh, e.g. "data=2,fsdp=2,model=2" (None: the config's).
@@ -262,11 +263,10 @@ def _is_config(source: Any) -> bool:
 
 def _leaves(trainable, layout: placement.Placement, abstract_state, c) -> list[parallel.LeafLayout]:
   """Each leaf's layout and why; the specs are those of the placement `fit` uses."""
-  param_axes = getattr(trainable, "param_axes", None)
   leaves = parallel.layout_leaves(
     abstract_state,
     layout.mesh,
-    param_axes=param_axes() if param_axes else None,
+    param_axes=optional(trainable, TrainableDefaults.param_axes)(),
     rules=c.sharding_rules,
     logical_rules=layout.logical_rules,
   )
@@ -292,7 +292,7 @@ def _abstract_batch(trainable, c: loop.FitConfig, layout, example_shapes) -> dic
     if key not in shapes:
       raise ValueError(f"example_shapes names {key!r}; the batch has {sorted(shapes)}.")
     shapes[key] = ((c.batch_size, *shape), shapes[key][1])
-  split_size = getattr(trainable, "split_size", lambda b: b)(c.batch_size)
+  split_size = optional(trainable, TrainableDefaults.split_size)(c.batch_size)
   if split_size % layout.batch_shards:
     raise ValueError(
       f"batch_size ({c.batch_size}) must be divisible by the {layout.batch_shards} devices "

@@ -14,7 +14,7 @@ import numpy as np
 
 from dl.search import space as space_lib
 from dl.search.population import Search, Slots
-from dl.training import loop
+from dl.training import protocols
 
 
 class SuccessiveHalving(Search):
@@ -63,7 +63,7 @@ class SuccessiveHalving(Search):
     """Trial `trial`'s hyperparameters, the same in every run of the same seed."""
     return space_lib.sample(self.space, 1, seed=(self.seed, trial))[0]
 
-  def after_eval(self, state: Any, step: int, metrics: loop.Metrics) -> Any:
+  def after_eval(self, state: Any, step: int, metrics: protocols.Metrics) -> Any:
     values = self.record(step, metrics)
     reached = []
     for slot, t in enumerate(self.slot_trial):

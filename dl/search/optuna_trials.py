@@ -22,7 +22,7 @@ import numpy as np
 from dl.core.checkpoint import Checkpointer
 from dl.search import space as space_lib
 from dl.search.population import Search, Slots
-from dl.training import loop
+from dl.training import protocols
 
 SAMPLERS = ("tpe", "cmaes")
 
@@ -134,7 +134,7 @@ class OptunaTrials(Search):
       for t in asked
     ]
 
-  def after_eval(self, state: Any, step: int, metrics: loop.Metrics) -> Any:
+  def after_eval(self, state: Any, step: int, metrics: protocols.Metrics) -> Any:
     self.record(step, metrics)
     if step % self.trial_steps:
       return state

@@ -14,7 +14,7 @@ import numpy as np
 
 from dl.search import space as space_lib
 from dl.search.population import Search, Slots
-from dl.training import loop
+from dl.training import protocols
 
 FACTORS = (0.8, 1.25)
 
@@ -60,7 +60,7 @@ class PopulationBasedTraining(Search):
     for trial in self.trials:
       trial |= {"generation": 0, "parent": None, "from_step": 0}
 
-  def after_eval(self, state: Any, step: int, metrics: loop.Metrics) -> Any:
+  def after_eval(self, state: Any, step: int, metrics: protocols.Metrics) -> Any:
     values = self.record(step, metrics)
     if step >= self.num_steps:
       return state

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from dl.training import loop, optim
+from dl.training import optim, protocols
 
 
 class Slots:
@@ -60,7 +60,7 @@ class Slots:
     return jax.tree.map(lambda members: members[slot], state)
 
 
-class Search(loop.Hook):
+class Search(protocols.Hook):
   """Records of a search's trials; with no decisions of its own, it is random search.
 
   Args:
@@ -93,11 +93,11 @@ class Search(loop.Hook):
     del step
     return self.slots.with_hyperparams(state, [self.trials[t]["hparams"] for t in self.slot_trial])
 
-  def after_eval(self, state: Any, step: int, metrics: loop.Metrics) -> Any:
+  def after_eval(self, state: Any, step: int, metrics: protocols.Metrics) -> Any:
     self.record(step, metrics)
     return state
 
-  def record(self, step: int, metrics: loop.Metrics) -> list[float]:
+  def record(self, step: int, metrics: protocols.Metrics) -> list[float]:
     """Notes each slot's validation value at `step` in its trial's record; returns them."""
     values = [float(v) for v in np.atleast_1d(metrics[self.metric])]
     for slot, t in enumerate(self.slot_trial):

@@ -1,11 +1,13 @@
 """How a pure step becomes a compiled call. The step itself never changes."""
 
 import functools
+import logging
 from collections.abc import Callable
 
 import jax
 
 Step = Callable  # (state, batch) -> (state, metrics)
+log = logging.getLogger(__name__)
 
 
 def scan_steps(step: Step, *, unroll: bool = False) -> Step:
@@ -69,3 +71,22 @@ def mesh_step(
     out_shardings=(state_shardings, None),
     donate_argnums=0,
   )
+
+
+def use_compilation_cache(directory: str) -> None:
+  """Points JAX's persistent compilation cache at `directory`, unless the environment
+  (JAX_COMPILATION_CACHE_DIR) or an earlier run of this process chose one already.
+
+  Args:
+    directory: where compiled programs are written and, by a later run, read back.
+  """
+  current = jax.config.jax_compilation_cache_dir
+  if current and current != directory:
+    log.warning(
+      "compilation_cache_dir %r not used: this process caches compiled programs in %r "
+      "(JAX_COMPILATION_CACHE_DIR or an earlier run), and JAX keeps the first.",
+      directory,
+      current,
+    )
+    return
+  jax.config.update("jax_compilation_cache_dir", directory)

@@ -22,7 +22,7 @@ class Feed:
   """`take(k)` gives the next k batches laid out for the step, prefetching the next call's.
 
   Args:
-    batches: the training stream (`dl.training.loop.Batches`).
+    batches: the training stream (`dl.training.protocols.Batches`).
     put: `(numpy batch, fused=...) -> laid-out batch` (`Placement.put_batch`).
   """
 

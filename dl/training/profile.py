@@ -17,7 +17,7 @@ profile plugin and XProf read) and `<host>.trace.json.gz` (Perfetto, chrome://tr
 
 import jax
 
-from dl.training.loop import Hook
+from dl.training.protocols import Hook
 
 
 def parse_steps(text: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@
   )
   state, history = dl.fit(task, "/tmp/run", num_steps=500, batch_size=64)
 
-`Task` is what `dl.fit` trains (a `dl.training.loop.Trainable`); `dl.build(config)` makes
+`Task` is what `dl.fit` trains (a `dl.training.protocols.Trainable`); `dl.build(config)` makes
 the same from a config.
 """
 

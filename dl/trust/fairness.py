@@ -20,7 +20,7 @@ import numpy as np
 from dl import inference
 from dl.core import parallel
 from dl.models.adapters import Model, as_model
-from dl.training import loop
+from dl.training import protocols
 
 GROUP_KEY = "group"
 # The record keys of the gaps between groups, beside the per-group "<metric>/group=<name>" keys.
@@ -150,7 +150,7 @@ def _jitted_group_step(model: Model, num_groups: int, ensemble: bool):
   return jax.jit(jax.vmap(step, in_axes=(0, None)) if ensemble else step)
 
 
-class SliceMetrics(loop.Hook):
+class SliceMetrics(protocols.Hook):
   """Adds per-group metrics (`evaluate_groups`) to every evaluation of a task.
 
   Args:

@@ -275,7 +275,7 @@ class ClientRounds:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Federated:
-  """Federated rounds of a task's model, as a `dl.training.loop.Trainable` (see `federate`).
+  """Federated rounds of a task's model, as a `dl.training.protocols.Trainable` (see `federate`).
 
   Attributes:
     task: the model, objective and data; `task.train` is what the clients hold,

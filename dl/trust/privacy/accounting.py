@@ -22,7 +22,7 @@ import functools
 import logging
 import math
 
-from dl.training import loop
+from dl.training import protocols
 
 ACCOUNTANTS = ("pld", "rdp")
 VALUE_DISCRETIZATION = 1e-3
@@ -184,7 +184,7 @@ def calibrate_noise_multiplier(
   return calibrate(accountant_name, bracket, max_batch_size)
 
 
-class BudgetHook(loop.Hook):
+class BudgetHook(protocols.Hook):
   """Adds the privacy spent so far at `delta` to every train record.
 
   "epsilon" for Poisson-sampled runs (the chosen accountant; truncation included with PLD);
