@@ -19,8 +19,8 @@ import pytest
 
 import dl
 from dl.models.decoder import DecoderLM
+from dl.recipes import plan as plan_lib
 from dl.training import placement
-from dl.training import plan as plan_lib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 LAYOUTS = ("data=2,fsdp=2,model=2", "fsdp=4,model=2")
