@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dl import inference
 from dl.data.batches import ShuffledBatches, padded_batches
 from dl.generative import datasets, gan
 
@@ -244,7 +245,9 @@ class CycleGAN:
       }
     )
 
-  def evaluate(self, state: gan.GANState, split: str = "eval", batch_size: int = 1000):
+  def evaluate(
+    self, state: gan.GANState, split: str = "eval", batch_size: int = inference.EVAL_BATCH_SIZE
+  ):
     """Mean L1 round-trip errors on `split`'s images: "cycle_a", "cycle_b" and their sum
     "cycle_loss" (as in training); None when there are none."""
     arrays = {"eval": self.eval, "test": self.test}[split]

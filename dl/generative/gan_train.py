@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dl import inference
 from dl.core import distributed, parallel
 from dl.data import sources
 from dl.data.batches import ShuffledBatches
@@ -118,7 +119,7 @@ class GAN:
     return self.train.batches(batch_size, seed=seed, shard_index=shard_index, num_shards=num_shards)
 
   def evaluate(
-    self, state: gan.GANState, split: str = "eval", batch_size: int = 1000
+    self, state: gan.GANState, split: str = "eval", batch_size: int = inference.EVAL_BATCH_SIZE
   ) -> Metrics | None:
     """`score(self, state)` for "eval" ({} without a score); None for "test" (no test data)."""
     del batch_size  # The score decides how many images it generates.

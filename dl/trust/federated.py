@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from dl import inference
 from dl.core import objectives
 from dl.models.adapters import Model
 from dl.training import steps
@@ -348,7 +349,7 @@ class Federated:
     )
 
   def evaluate(
-    self, state: TrainState, split: str = "eval", batch_size: int = 1000
+    self, state: TrainState, split: str = "eval", batch_size: int = inference.EVAL_BATCH_SIZE
   ) -> Metrics | None:
     """The global model on the task's "eval" (validation) or "test" arrays (`dl.evaluate`)."""
     return self.task.evaluate(state, split, batch_size)
