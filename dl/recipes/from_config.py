@@ -26,7 +26,7 @@ from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
 from dl.recipes import config as config_lib
-from dl.training import loop, optim, profile, steps
+from dl.training import loop, optim, options, profile, steps
 from dl.training.task import Task, task
 from dl.trust import fairness, privacy
 
@@ -244,7 +244,7 @@ def _class_names(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec) -> tuple
     return tuple(str(i) for i in range(spec.num_classes))
 
 
-def fit_config(config, task: Task) -> loop.FitConfig:
+def fit_config(config, task: Task) -> options.FitConfig:
   """How `dl.train` runs `task`: the loop's fields of `config`."""
   c = config_lib.parse_config(config)
   sweep = {
@@ -255,7 +255,7 @@ def fit_config(config, task: Task) -> loop.FitConfig:
     )
     if values
   }
-  return loop.FitConfig(
+  return options.FitConfig(
     num_steps=_num_steps(c, len(task.train)),
     batch_size=c.batch_size,
     eval_batch_size=c.eval_batch_size,
