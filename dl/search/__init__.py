@@ -30,7 +30,7 @@ Hyperparameters that change shapes (`"model.width": Choice((64, 128))`) make gro
 searches each combination as its own population (one compiled program per group).
 
 Every algorithm trains K slots for the config's number of steps: the same budget of
-training steps. Trials start from the same initial state (`config.seed`) and see the data in
+training steps. Trials start from the same initial state (`config.fit.seed`) and see the data in
 the same order, so they differ only in their hyperparameters. The chosen trial is the best
 on validation (its metric at its last evaluation); the test split is scored once, for it
 alone. A search resumes from its checkpoints after any interruption, kill -9 included, and
@@ -102,12 +102,12 @@ def random_search(
   """Trains `num_trials` draws from `space` as one population and picks one on validation.
 
   Args:
-    config: what `dl.train` takes (its `sweep_*` fields must be empty; the search sets them).
+    config: what `dl.train` takes (its `fit.sweep` must be empty; the search sets it).
     space: {hyperparameter: LogUniform | Uniform | Choice}; names from `SEARCHABLE`.
     workdir: the population's checkpoints, metrics, trial table and plot. A search resumes
       from its checkpoints, like `dl.train`.
     num_trials: trials in the population.
-    seed: the search's seed (draws); `config.seed` seeds the init and data order of all.
+    seed: the search's seed (draws); `config.fit.seed` seeds the init and data order of all.
     metric: validation metric to choose by (default: the objective's, e.g. "accuracy").
     score_test: score the chosen trial on test (False where the caller chooses among
       several searches and scores its own choice once).
@@ -373,7 +373,7 @@ def _grouped(config, space: Space, workdir: str, algorithm: str, **kwargs) -> Se
   rows[best]["chosen"] = True
   built = from_config.build(group_config)
   if built.test is not None:
-    test = built.evaluate(result.chosen_state, "test", group_config.eval_batch_size)
+    test = built.evaluate(result.chosen_state, "test", group_config.fit.eval_batch_size)
     rows[best] |= {f"test_{k}": float(v) for k, v in test.items()}
   if distributed.is_primary():
     _write_table(workdir, rows)
@@ -403,11 +403,10 @@ def _search(
   schedule is built for it.
   """
   c = config_lib.parse_config(config)
-  if c.sweep_learning_rate or c.sweep_weight_decay or c.ensemble_size > 1:
+  if c.fit.sweep or c.fit.ensemble_size > 1:
     raise ValueError(
-      "a search sets the population itself: leave sweep_learning_rate, "
-      f"sweep_weight_decay and ensemble_size unset (got {c.sweep_learning_rate}, "
-      f"{c.sweep_weight_decay}, {c.ensemble_size})."
+      "a search sets the population itself: leave config.fit.sweep and "
+      f"config.fit.ensemble_size unset (got {dict(c.fit.sweep)}, {c.fit.ensemble_size})."
     )
   if num_slots < 2:
     raise ValueError(f"a search trains 2 or more trials as one population; got {num_slots}.")
@@ -421,7 +420,8 @@ def _search(
   fit_config = from_config.fit_config(c, built)
   if steps_per_trial:
     trial_steps = steps_per_trial(fit_config.num_steps)
-    built = from_config.build(dataclasses.replace(c, num_train_steps=max(trial_steps, 1)))
+    trial_fit = dataclasses.replace(c.fit, num_steps=max(trial_steps, 1))
+    built = from_config.build(dataclasses.replace(c, fit=trial_fit))
   metric = metric or built.objective.select
   mode = built.mode(metric)
   slots = Slots(names, functools.partial(built.init, fit_config.seed))

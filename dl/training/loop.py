@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -197,7 +196,7 @@ def fit(
       f"parallel={c.parallel!r} splits it over."
     )
   batches = _batches(trainable, c, members)
-  num_steps = c.num_steps or math.ceil(c.num_epochs * batches.steps_per_epoch)
+  num_steps = c.total_steps(batches.steps_per_epoch)
   selection = _selection(trainable, c)
   lock = _lock(workdir)
   try:

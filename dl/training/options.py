@@ -5,6 +5,7 @@ same options.
 """
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -98,47 +99,56 @@ class FitConfig:
 
   def __post_init__(self):
     for key in ("batch_size", "eval_batch_size", "steps_per_dispatch", "log_every"):
-      _require(getattr(self, key) > 0, key, "an integer > 0", getattr(self, key))
+      require(getattr(self, key) > 0, key, "an integer > 0", getattr(self, key))
     for key in ("num_steps", "eval_every", "checkpoint_every"):
-      _require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
-    _require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
-    _require(
+      require(getattr(self, key) >= 0, key, "an integer >= 0", getattr(self, key))
+    require(self.keep_checkpoints > 0, "keep_checkpoints", "an integer > 0", self.keep_checkpoints)
+    require(
       self.peak_flops_per_device >= 0,
       "peak_flops_per_device",
       "a number >= 0 (0: from the device kind)",
       self.peak_flops_per_device,
     )
-    _require(
+    require(
       self.checkpoint_every_seconds >= 0,
       "checkpoint_every_seconds",
       "a number >= 0",
       self.checkpoint_every_seconds,
     )
-    _require(
+    require(
       self.num_steps > 0 or self.num_epochs > 0,
       "num_epochs",
       "> 0 (or num_steps > 0)",
       self.num_epochs,
     )
-    _require(self.ensemble_size > 0, "ensemble_size", "an integer > 0", self.ensemble_size)
-    _require(
+    require(self.ensemble_size > 0, "ensemble_size", "an integer > 0", self.ensemble_size)
+    require(
       self.parallel in placement.MODES, "parallel", f"one of {placement.MODES}", self.parallel
     )
-    _require(
-      self.best_mode in ("", "min", "max"), "best_mode", "'min', 'max' or ''", self.best_mode
-    )
+    require(self.best_mode in ("", "min", "max"), "best_mode", "'min', 'max' or ''", self.best_mode)
     sizes = {len(v) for v in self.sweep.values()} | ({self.ensemble_size} - {1})
-    _require(
+    require(
       len(sizes) <= 1,
       "sweep",
       "one value per member (all of equal length, and equal to ensemble_size when that is > 1)",
       (self.ensemble_size, dict(self.sweep)),
     )
-    if sizes and self.parallel != "jit":
-      raise ValueError(
-        f"ensembles and sweeps run as one vmapped program with parallel='jit'; got "
-        f"{self.parallel!r}."
-      )
+    require(
+      all(isinstance(v, (int, float)) and v >= 0 for vs in self.sweep.values() for v in vs),
+      "sweep",
+      "{hyperparameter: a tuple of numbers >= 0}",
+      dict(self.sweep),
+    )
+    require(
+      not sizes or self.parallel == "jit",
+      "parallel",
+      "'jit' for ensembles and sweeps (they run as one vmapped program)",
+      self.parallel,
+    )
+
+  def total_steps(self, steps_per_epoch: int) -> int:
+    """`num_steps`, else `num_epochs` passes of `steps_per_epoch` steps (rounded up)."""
+    return self.num_steps or math.ceil(self.num_epochs * steps_per_epoch)
 
   def members(self) -> list[tuple[int, dict[str, float]]]:
     """(seed, hyperparameters) of every member: one entry unless ensembling or sweeping."""
@@ -147,6 +157,7 @@ class FitConfig:
     return [(seeds[i], {k: float(v[i]) for k, v in self.sweep.items()}) for i in range(n)]
 
 
-def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+def require(ok: bool, key: str, expected: str, got: Any) -> None:
+  """Raises a ValueError naming `key`, what it must be and what it got, unless `ok`."""
   if not ok:
     raise ValueError(f"{key} must be {expected}; got {got!r}.")
