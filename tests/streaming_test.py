@@ -11,7 +11,7 @@ import chex
 import kill
 import numpy as np
 import pytest
-from tiny_config import tiny_config
+from tiny_config import FIT_FIELDS, tiny_config
 
 import dl
 from dl.data import augment, sources, streaming
@@ -102,7 +102,7 @@ def test_kill_mid_epoch_streaming_with_augmentation_resumes_to_the_in_memory_run
       os.path.join(REPO, "tests", "tiny_config.py"),
     ),
     *("--workdir", str(tmp_path / "killed")),
-    *(f"--config.{k}={v}" for k, v in overrides.items()),
+    *(f"--config.{'fit.' * (k in FIT_FIELDS)}{k}={v}" for k, v in overrides.items()),
   ]
   assert kill.kill_then_rerun(command, tmp_path / "killed", 50) < 120
   config = tiny_config(**overrides)

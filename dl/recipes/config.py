@@ -68,7 +68,7 @@ class TrainConfig:
     dp_l2_clip: DP-SGD clips each example's gradient to this L2 norm.
     dp_delta: the delta at which DP-SGD's epsilon is reported.
     dp_sampling: "poisson" (each example joins a batch with probability
-      batch_size * grad_accum_steps / N; batches padded and masked: what the accountant
+      fit.batch_size * grad_accum_steps / N; batches padded and masked: what the accountant
       assumes) or "shuffle" (fixed-size shuffled batches, whose records carry
       `epsilon_if_poisson`, a figure their sampling is not covered by).
     dp_max_batch_size: rows of a padded Poisson batch (0: chosen so that any of the run's

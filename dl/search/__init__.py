@@ -211,7 +211,7 @@ def population_based_training(
 
   Args:
     config: as for `random_search`; the config's evaluation interval is PBT's
-      (eval_every_steps, else once per epoch).
+      (config.fit.eval_every, else once per epoch).
     space: as for `random_search`.
     workdir: as for `random_search`.
     seed: as for `random_search`.
