@@ -53,7 +53,7 @@ def test_ensemble_resumes_and_restores(tmp_path):
 
 
 def test_ensemble_needs_jit_mode(tmp_path):
-  with pytest.raises(ValueError, match="ensembles and sweeps run as one vmapped program"):
+  with pytest.raises(ValueError, match="fit.parallel must be 'jit' for ensembles and sweeps"):
     dl.train(tiny_config(ensemble_size=2, parallel="data"), str(tmp_path))
 
 
