@@ -25,15 +25,15 @@ def _config(batch_size, num_steps, **overrides):
   config = dl.default_config()
   config.dataset = "digits"
   config.model = {"name": "mlp", "width": 128, "depth": 2}
-  config.batch_size = batch_size
-  config.num_train_steps = num_steps
-  config.log_every_steps = max(num_steps // 6, 1)
-  config.eval_every_steps = num_steps
+  config.fit.batch_size = batch_size
+  config.fit.num_steps = num_steps
+  config.fit.log_every = max(num_steps // 6, 1)
+  config.fit.eval_every = num_steps
   config.schedule = "constant"
-  config.progress = False
-  config.tensorboard = False
+  config.fit.progress = False
+  config.fit.tensorboard = False
   for key, value in overrides.items():
-    config[key] = value
+    config.fit[key] = value
   return config
 
 

@@ -55,10 +55,10 @@ def lm_config(width: int, depth: int, batch_size: int, model: str = "transformer
   else:
     config.model.mlp_dim = 4 * width
   config.model.max_len = 128
-  config.batch_size = batch_size
-  config.num_train_steps = 1000
-  config.progress = False
-  config.tensorboard = False
+  config.fit.batch_size = batch_size
+  config.fit.num_steps = 1000
+  config.fit.progress = False
+  config.fit.tensorboard = False
   return config
 
 

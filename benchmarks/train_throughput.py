@@ -76,15 +76,15 @@ def dl_config(dataset, model, batch_size, num_steps, steps_per_dispatch, log_eve
   config = dl.default_config()
   config.dataset = dataset
   config.model = model
-  config.batch_size = batch_size
-  config.num_train_steps = num_steps
-  config.steps_per_dispatch = steps_per_dispatch
-  config.unroll_steps = unroll
-  config.log_every_steps = log_every
-  config.eval_every_steps = num_steps  # evaluate and checkpoint once, at the end
+  config.fit.batch_size = batch_size
+  config.fit.num_steps = num_steps
+  config.fit.steps_per_dispatch = steps_per_dispatch
+  config.fit.unroll_steps = unroll
+  config.fit.log_every = log_every
+  config.fit.eval_every = num_steps  # evaluate and checkpoint once, at the end
   config.schedule = "constant"
-  config.progress = False
-  config.tensorboard = False
+  config.fit.progress = False
+  config.fit.tensorboard = False
   return config
 
 
@@ -95,7 +95,7 @@ def compare(name, config, repeats):
   for _ in range(repeats):  # alternate the two sides so machine noise hits both
     ours = dl_examples_per_sec(config)
     theirs = handwritten_examples_per_sec(
-      model, task.train.arrays, config.batch_size, config.num_train_steps, config.learning_rate
+      model, task.train.arrays, config.fit.batch_size, config.fit.num_steps, config.learning_rate
     )
     results.append((ours, theirs))
   ours = statistics.median(r[0] for r in results)

@@ -22,7 +22,8 @@ from .recipes.config import TrainConfig, default_config, parse_config
 from .recipes.from_config import build, restore, train
 from .recipes.plan import plan
 from .training.compile import jit_step, scan_steps
-from .training.loop import FitConfig, fit
+from .training.loop import fit
+from .training.options import FitConfig
 from .training.profile import ProfileHook
 from .training.protocols import Hook
 from .training.state import TrainState, create_train_state

@@ -35,10 +35,10 @@ def _base_config():
 def run(augment: tuple[str, ...], seeds: int, epochs: float) -> dict:
   config = _base_config()
   config.augment = augment
-  config.ensemble_size = seeds
-  config.num_epochs = epochs
-  config.progress = False
-  config.tensorboard = False
+  config.fit.ensemble_size = seeds
+  config.fit.num_epochs = epochs
+  config.fit.progress = False
+  config.fit.tensorboard = False
   start = time.perf_counter()
   with tempfile.TemporaryDirectory() as workdir:
     _, history = dl.train(config, workdir)

@@ -37,11 +37,11 @@ def mlp_config():
   config.model.width = 64
   config.model.depth = 2
   config.model.dropout = 0.2
-  config.batch_size = 32
-  config.num_epochs = 40
+  config.fit.batch_size = 32
+  config.fit.num_epochs = 40
   config.learning_rate = 1e-3
   config.weight_decay = 1e-2
-  config.log_every_steps = 11
+  config.fit.log_every = 11
   return config
 
 
@@ -141,13 +141,13 @@ def main(argv=None):
   parser.add_argument("--tiny", action="store_true", help="a few steps, for tests")
   args = parser.parse_args(argv)
   config = mlp_config()
-  config.ensemble_size = args.seeds
-  config.progress = False
+  config.fit.ensemble_size = args.seeds
+  config.fit.progress = False
   if args.tiny:
-    config.num_train_steps = 4
-    config.eval_every_steps = 4
-    config.log_every_steps = 2
-    config.tensorboard = False
+    config.fit.num_steps = 4
+    config.fit.eval_every = 4
+    config.fit.log_every = 2
+    config.fit.tensorboard = False
   print(run(config, args.workdir), flush=True)
 
 

@@ -35,14 +35,14 @@ def mlp_config():
   config.model.width = 64
   config.model.depth = 2
   config.model.dropout = 0.2
-  config.batch_size = 64
-  config.num_epochs = 30
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 30
   config.learning_rate = 1e-3
   config.weight_decay = 1e-2
-  config.log_every_steps = 55
+  config.fit.log_every = 55
   # The study scores probabilities (ROC-AUC, Brier, ECE): the checkpoint is chosen by the
   # validation loss (NLL, a proper scoring rule), not by accuracy at a 0.5 threshold.
-  config.best_metric = "loss"
+  config.fit.best_metric = "loss"
   return config
 
 
@@ -125,13 +125,13 @@ def main(argv=None):
   parser.add_argument("--tiny", action="store_true", help="a few steps, for tests")
   args = parser.parse_args(argv)
   config = mlp_config()
-  config.ensemble_size = args.seeds
-  config.progress = False
+  config.fit.ensemble_size = args.seeds
+  config.fit.progress = False
   if args.tiny:
-    config.num_train_steps = 4
-    config.eval_every_steps = 4
-    config.log_every_steps = 2
-    config.tensorboard = False
+    config.fit.num_steps = 4
+    config.fit.eval_every = 4
+    config.fit.log_every = 2
+    config.fit.tensorboard = False
   print(run(config, args.workdir, tiny=args.tiny), flush=True)
 
 

@@ -17,9 +17,9 @@ def get_config():
   config.model.width = 64
   config.model.depth = 2
   config.model.dropout = 0.2
-  config.batch_size = 64
-  config.num_epochs = 30
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 30
   config.learning_rate = 1e-3
   config.weight_decay = 1e-2
-  config.log_every_steps = 55
+  config.fit.log_every = 55
   return config

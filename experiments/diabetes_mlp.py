@@ -25,12 +25,12 @@ def get_config():
   config.model.name = "mlp"
   config.model.width = 16
   config.model.depth = 1
-  config.batch_size = 32
-  config.num_epochs = 100
+  config.fit.batch_size = 32
+  config.fit.num_epochs = 100
   config.learning_rate = 1e-2
   config.weight_decay = 1e-3
-  config.log_every_steps = 11
-  config.eval_every_steps = 110
+  config.fit.log_every = 11
+  config.fit.eval_every = 110
   return config
 
 

@@ -10,8 +10,8 @@ def get_config():
   config = dl.default_config()
   config.dataset = "digits"
   config.model.name = "cnn"
-  config.batch_size = 32
-  config.num_epochs = 30
+  config.fit.batch_size = 32
+  config.fit.num_epochs = 30
   config.learning_rate = 3e-3
-  config.log_every_steps = 20
+  config.fit.log_every = 20
   return config

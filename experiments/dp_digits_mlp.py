@@ -20,13 +20,13 @@ def get_config():
   config.model.name = "mlp"
   config.model.width = 128
   config.model.depth = 1
-  config.batch_size = 64
-  config.num_epochs = 30
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 30
   config.optimizer = "momentum"
   config.learning_rate = 0.1
   config.weight_decay = 0.0
   config.schedule = "constant"
-  config.log_every_steps = 22
+  config.fit.log_every = 22
   config.dp_noise_multiplier = 1.0
   config.dp_l2_clip = 1.0
   config.dp_delta = 1e-5

@@ -45,9 +45,9 @@ def config_for(dataset: str, num_steps: int = 0):
     config.group_feature = ""
     config.dp_l2_clip = 1.0
     config.dp_delta = 1e-5
-    config.log_every_steps = 100
+    config.fit.log_every = 100
   if num_steps:
-    config.num_train_steps = config.log_every_steps = num_steps
+    config.fit.num_steps = config.fit.log_every = num_steps
   return config
 
 
@@ -57,7 +57,7 @@ def audited_run(config, workdir: str) -> audit.AuditResult:
   arrays = dict(task.train.arrays)
   num_classes = int(arrays["label"].max()) + 1
   train, canaries, included = audit.insert_canaries(
-    arrays, NUM_CANARIES, num_classes=num_classes, seed=config.seed
+    arrays, NUM_CANARIES, num_classes=num_classes, seed=config.fit.seed
   )
   if isinstance(task.train, privacy.PoissonData):
     data = privacy.PoissonData(train, max_batch_size=task.train.max_batch_size)
@@ -90,7 +90,7 @@ def main():
     for seed in range(args.seeds):
       config = config_for(args.dataset, args.num_steps)
       config.dp_noise_multiplier, config.dp_sampling = sigma, args.sampling
-      config.seed, config.progress, config.tensorboard = seed, False, False
+      config.fit.seed, config.fit.progress, config.fit.tensorboard = seed, False, False
       run = os.path.join(workdir, f"sigma{sigma}_seed{seed}")
       _, history = dl.train(config, run)
       accuracies.append(history["test"][-1]["accuracy"])
@@ -111,7 +111,7 @@ def _epsilons(config, task) -> tuple[str, str, str]:
   if not config.dp_noise_multiplier:
     return "inf", "inf", "-"
   n = len(task.train)
-  q = config.batch_size * config.grad_accum_steps / n
+  q = config.fit.batch_size * config.grad_accum_steps / n
   updates = from_config.fit_config(config, task).num_steps // config.grad_accum_steps
   size = getattr(task.train, "max_batch_size", None)
   sigma, delta = config.dp_noise_multiplier, config.dp_delta

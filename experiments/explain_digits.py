@@ -32,7 +32,7 @@ def get_config():
 def explain_digits(workdir: str, num_examples: int = 8, layer: str = "Conv_1") -> dict:
   """Trains (or restores) the CNN, writes the PNGs to `workdir`, returns the checks' figures."""
   config = get_config()
-  config.progress = False
+  config.fit.progress = False
   dl.train(config, workdir)  # returns at once when the run is complete
   state = dl.restore(config, workdir, step="best")  # the model chosen on validation
   task = dl.build(config)

@@ -28,10 +28,10 @@ def get_config():
   config.model.name = "mlp"
   config.model.width = 128
   config.model.depth = 2
-  config.batch_size = 32
-  config.num_epochs = 30
+  config.fit.batch_size = 32
+  config.fit.num_epochs = 30
   config.learning_rate = 3e-3
-  config.log_every_steps = 20
+  config.fit.log_every = 20
   # dl's default hold-out: 10% of the training digits (144) are validation data, read at
   # every evaluation and choosing the checkpoint; the clients hold the other 1,293. The test
   # split is scored once, on that checkpoint.
@@ -79,7 +79,7 @@ def _fedavg(task, split, fed, workdir, mu=0.0):
     rounds,
     workdir,
     num_steps=fed.rounds,
-    batch_size=task.config["batch_size"],
+    batch_size=task.config["fit"]["batch_size"],
     eval_every=fed.eval_every,
     log_every=fed.eval_every,
     seed=fed.seed,
@@ -102,7 +102,7 @@ def _central(config, workdir, seeds):
   """Test accuracy of `dl.train` per seed (best validation checkpoint), and the mean wall time."""
   start, accuracies = time.perf_counter(), []
   for seed in range(seeds):
-    config.seed = seed
+    config.fit.seed = seed
     _, history = dl.train(config, os.path.join(workdir, f"central_seed{seed}"))
     accuracies.append(history["test"][-1]["accuracy"])
   return accuracies, (time.perf_counter() - start) / seeds
@@ -115,13 +115,13 @@ def main():
   parser.add_argument("--tiny", action="store_true", help="a few steps and rounds, for tests")
   args = parser.parse_args()
   config, fed = get_config(), federated_config(args.tiny)
-  config.progress, config.tensorboard = False, False
+  config.fit.progress, config.fit.tensorboard = False, False
   if args.tiny:
-    config.num_train_steps, config.eval_every_steps = 20, 10
+    config.fit.num_steps, config.fit.eval_every = 20, 10
   task = dl.build(config)
   central, wall = _central(config, args.workdir, args.seeds)
   marks = (fed.rounds // 5, fed.rounds // 2)
-  length = f"{config.num_train_steps} steps" if args.tiny else f"{config.num_epochs:g} epochs"
+  length = f"{config.fit.num_steps} steps" if args.tiny else f"{config.fit.num_epochs:g} epochs"
   print(
     f"| training | client data (sizes, seed 0) | test accuracy | validation accuracy at rounds "
     f"{marks[0]} / {marks[1]} | wall s |\n|---|---|---|---|---|\n"

@@ -32,15 +32,15 @@ def classifier_config(tiny: bool = False):
   config.dataset = "mnist5k"
   config.model.name = "cnn"
   config.model.dropout = 0.3
-  config.batch_size = 64
-  config.num_epochs = 8
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 8
   config.learning_rate = 3e-3
   config.validation_fraction = 0.0  # the test split scores it once, at the end
-  config.progress = False
-  config.tensorboard = False
+  config.fit.progress = False
+  config.fit.tensorboard = False
   if tiny:
     config.model.features, config.model.hidden = 4, 16
-    config.num_train_steps = 4
+    config.fit.num_steps = 4
   return config
 
 

@@ -25,11 +25,11 @@ def digits_config():
   config.model.name = "mlp"
   config.model.width = 128
   config.model.depth = 2
-  config.batch_size = 32
-  config.num_train_steps = 900
+  config.fit.batch_size = 32
+  config.fit.num_steps = 900
   config.learning_rate = 3e-3
-  config.log_every_steps = 100
-  config.steps_per_dispatch = 50
+  config.fit.log_every = 100
+  config.fit.steps_per_dispatch = 50
   return config
 
 
@@ -39,7 +39,7 @@ def breast_cancer_config():
   config.dataset = "breast_cancer"
   config.model.width = 64
   config.model.dropout = 0.2
-  config.num_train_steps = 560
+  config.fit.num_steps = 560
   config.learning_rate = 1e-3
   config.weight_decay = 1e-2
   return config
@@ -57,10 +57,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   fractions, lines = (0.1,) if args.tiny else FRACTIONS, []
   for config in (digits_config(), breast_cancer_config()):
-    config.progress = False
+    config.fit.progress = False
     if args.tiny:
-      config.num_train_steps, args.seeds = 4, 2
-      config.tensorboard = False
+      config.fit.num_steps, args.seeds = 4, 2
+      config.fit.tensorboard = False
     start = time.perf_counter()
     curve = learning_curve.learning_curve(
       config, fractions, args.seeds, os.path.join(args.workdir, config.dataset)

@@ -11,9 +11,9 @@ def get_config():
   config.dataset = "mnist5k"
   config.model.name = "cnn"
   config.model.dropout = 0.3
-  config.batch_size = 64
-  config.num_epochs = 15
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 15
   config.learning_rate = 2e-3
   config.weight_decay = 1e-3
-  config.log_every_steps = 25
+  config.fit.log_every = 25
   return config

@@ -46,11 +46,11 @@ def explicit_config():
   config.weight_decay = 3e-4
   config.schedule = "cosine"
   config.warmup_steps = 0
-  config.batch_size = 256
-  config.num_epochs = 20
-  config.best_metric = "loss"
-  config.best_mode = "min"
-  config.log_every_steps = 100
+  config.fit.batch_size = 256
+  config.fit.num_epochs = 20
+  config.fit.best_metric = "loss"
+  config.fit.best_mode = "min"
+  config.fit.log_every = 100
   return config
 
 
@@ -89,9 +89,9 @@ def explicit_rows(train, test, workdir: str, tiny: bool) -> list[dict]:
   if tiny:  # one dl.train run; NeuMF is exercised by the implicit half
     configs = {"matrix factorisation": configs["matrix factorisation"]}
   for name, config in configs.items():
-    config.progress = not tiny
+    config.fit.progress = not tiny
     if tiny:
-      config.num_train_steps, config.num_epochs, config.tensorboard = 4, 0, False
+      config.fit.num_steps, config.fit.num_epochs, config.fit.tensorboard = 4, 0, False
     start = time.perf_counter()
     _, history = dl.train(config, os.path.join(workdir, f"explicit_{config.model.name}"))
     wall = time.perf_counter() - start

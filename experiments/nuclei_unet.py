@@ -108,7 +108,7 @@ def fit(task: dl.Task, workdir: str, s: dict, tiny: bool):
     tensorboard=not tiny,
   )
   _, history = dl.fit(task, workdir, config)
-  return dl.training.loop.restore(task, workdir, config, step="best"), history
+  return dl.restore(task, workdir, step="best", fit=config), history
 
 
 def unet_masks(state, task: dl.Task, inputs_BxHxWx1: np.ndarray, batch: int = 64) -> np.ndarray:

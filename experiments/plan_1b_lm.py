@@ -32,9 +32,9 @@ def plan_config():
   config.model.max_len = 2048
   config.model.remat = "full"
   config.compute_dtype = "bfloat16"
-  config.batch_size = 256  # windows per step: 1 per device on fsdp=256, 4 on fsdp=64,model=4
-  config.parallel = "mesh"
-  config.mesh_shape = "fsdp=64,model=4"
+  config.fit.batch_size = 256  # windows per step: 1 per device on fsdp=256, 4 on fsdp=64,model=4
+  config.fit.parallel = "mesh"
+  config.fit.mesh_shape = "fsdp=64,model=4"
   return config
 
 

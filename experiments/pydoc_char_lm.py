@@ -41,19 +41,19 @@ def get_config():
   config.model.mlp_dim = 512
   config.model.max_len = 128
   config.model.dropout = 0.0
-  config.batch_size = 32
-  config.num_train_steps = 400
+  config.fit.batch_size = 32
+  config.fit.num_steps = 400
   config.learning_rate = 3e-3
   config.warmup_steps = 50
   config.schedule = "cosine"
   config.weight_decay = 0.01
   config.grad_clip_norm = 1.0
-  config.steps_per_dispatch = 10
-  config.log_every_steps = 50
-  config.eval_every_steps = 200
-  config.eval_batch_size = 128
-  config.best_metric = "loss"
-  config.best_mode = "min"
+  config.fit.steps_per_dispatch = 10
+  config.fit.log_every = 50
+  config.fit.eval_every = 200
+  config.fit.eval_batch_size = 128
+  config.fit.best_metric = "loss"
+  config.fit.best_mode = "min"
   return config
 
 
@@ -86,7 +86,7 @@ def write_samples(state, model, path: str, num_tokens: int, seed: int = 0) -> li
 def study(config, workdir: str) -> tuple[dict, list[str], dl.Task]:
   """Trains `config` in `workdir`; its validation bits per character beside the unigram
   baseline's, samples drawn with the KV cache (written to <workdir>/samples.txt), the task."""
-  config.progress = False
+  config.fit.progress = False
   start = time.perf_counter()
   state, history = dl.train(config, workdir)
   wall = time.perf_counter() - start
@@ -117,8 +117,8 @@ def parse_args(default_workdir: str):
 def with_steps(config, steps: int):
   """`config` trained for `steps` steps, evaluated at the end (0: as it is)."""
   if steps:
-    config.num_train_steps = steps
-    config.eval_every_steps = steps
+    config.fit.num_steps = steps
+    config.fit.eval_every = steps
   return config
 
 

@@ -48,7 +48,7 @@ def main():
   model = task.model.module
   result["params"] = num_params(task)
   result["baseline_params"] = num_params(dl.build(pydoc_char_lm.get_config()))
-  result["train_flops_per_step"] = model.train_flops((config.batch_size, model.max_len))
+  result["train_flops_per_step"] = model.train_flops((config.fit.batch_size, model.max_len))
   pydoc_char_lm.report(result, texts)
 
 

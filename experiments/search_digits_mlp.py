@@ -18,11 +18,11 @@ def get_config():
   config.model.name = "mlp"
   config.model.width = 128
   config.model.depth = 1
-  config.batch_size = 64
-  config.num_epochs = 15
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 15
   config.optimizer = "adamw"
   config.schedule = "cosine"
-  config.log_every_steps = 20
+  config.fit.log_every = 20
   return config
 
 

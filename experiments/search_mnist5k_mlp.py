@@ -17,12 +17,12 @@ def get_config():
   config.model.name = "mlp"
   config.model.width = 256
   config.model.depth = 2
-  config.batch_size = 64
-  config.num_epochs = 8
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 8
   config.optimizer = "adamw"
   config.schedule = "cosine"
-  config.log_every_steps = 28
-  config.eval_every_steps = 28
+  config.fit.log_every = 28
+  config.fit.eval_every = 28
   return config
 
 

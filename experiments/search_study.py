@@ -8,7 +8,7 @@ Budget: 8 slots x 300 steps for every algorithm. The grid is 4 learning rates x 
 decays, geometric over the same box; random search draws 8 trials; ASHA refills stopped
 slots (first rung after one epoch, reduction factor 3); PBT exploits and explores once per
 epoch; TPE asks 8 trials in each of 4 rounds of 75 steps. For each seed s, training uses
-config.seed = s (init and data order) and the search draws with seed s. The trial best on
+config.fit.seed = s (init and data order) and the search draws with seed s. The trial best on
 validation is scored once on test.
 
 python experiments/search_study.py --seeds 3
@@ -62,9 +62,9 @@ def main() -> None:
   with tempfile.TemporaryDirectory() as root:
     for seed in range(args.seeds):
       config = experiment.get_config()
-      config.seed, config.progress = seed, False
+      config.fit.seed, config.fit.progress = seed, False
       if args.num_steps:
-        config.num_train_steps = args.num_steps
+        config.fit.num_steps = args.num_steps
       for name in ALGORITHMS:
         start = time.perf_counter()
         workdir = f"{root}/{name}{seed}"
@@ -91,10 +91,10 @@ def main() -> None:
     start = time.perf_counter()
     for i, trial in enumerate(search.sample(space, len(grid), 0)):
       config = experiment.get_config()
-      config.progress = False
+      config.fit.progress = False
       config.learning_rate, config.weight_decay = trial["learning_rate"], trial["weight_decay"]
       if args.num_steps:
-        config.num_train_steps = args.num_steps
+        config.fit.num_steps = args.num_steps
       dl.train(config, f"{root}/alone{i}")
     sequential = time.perf_counter() - start
   population = next(r["wall_s"] for r in rows if r["search"] == "random" and r["seed"] == 0)

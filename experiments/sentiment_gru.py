@@ -21,10 +21,10 @@ def get_config():
   config.model.bidirectional = True
   config.model.pooling = "mean_max"
   config.model.dropout = 0.5
-  config.batch_size = 64
-  config.num_epochs = 4
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 4
   config.learning_rate = 3e-3
   config.weight_decay = 1e-2
-  config.log_every_steps = 53
-  config.eval_batch_size = 1276
+  config.fit.log_every = 53
+  config.fit.eval_batch_size = 1276
   return config

@@ -22,11 +22,11 @@ def get_config():
   config.model.mlp_dim = 128
   config.model.max_len = 64
   config.model.dropout = 0.2
-  config.batch_size = 64
-  config.num_epochs = 4
+  config.fit.batch_size = 64
+  config.fit.num_epochs = 4
   config.learning_rate = 1e-3
   config.warmup_steps = 100
   config.weight_decay = 1e-2
-  config.log_every_steps = 53
-  config.eval_batch_size = 1276
+  config.fit.log_every = 53
+  config.fit.eval_batch_size = 1276
   return config

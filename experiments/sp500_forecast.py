@@ -39,13 +39,13 @@ def get_config():
   config.model.width = 32
   config.model.depth = 1
   config.model.dropout = 0.2
-  config.batch_size = 32
-  config.num_epochs = 20
+  config.fit.batch_size = 32
+  config.fit.num_epochs = 20
   config.learning_rate = 1e-3
   config.weight_decay = 1e-2
-  config.best_metric = "loss"
-  config.best_mode = "min"
-  config.log_every_steps = 25
+  config.fit.best_metric = "loss"
+  config.fit.best_mode = "min"
+  config.fit.log_every = 25
   return config
 
 
@@ -128,14 +128,14 @@ def main(argv=None):
   parser.add_argument("--tiny", action="store_true", help="2 folds, a few steps, for tests")
   args = parser.parse_args(argv)
   config = get_config()
-  config.ensemble_size = args.seeds
-  config.progress = False
+  config.fit.ensemble_size = args.seeds
+  config.fit.progress = False
   if args.tiny:
     args.folds, args.test_size = 2, 20
-    config.num_train_steps = 4
-    config.eval_every_steps = 4
-    config.log_every_steps = 2
-    config.tensorboard = False
+    config.fit.num_steps = 4
+    config.fit.eval_every = 4
+    config.fit.log_every = 2
+    config.fit.tensorboard = False
   os.makedirs(args.workdir, exist_ok=True)
   print(run(config, args.workdir, args.folds, args.test_size), flush=True)
 

@@ -128,7 +128,7 @@ def train_keywords(s: Settings, train, test, workdir: str):
   )
   config = fit_config(s, steps, s.keyword_batch, per_epoch)
   _, history = dl.fit(task, workdir, config)
-  best = dl.training.loop.restore(task, workdir, config, step="best")
+  best = dl.restore(task, workdir, step="best", fit=config)
   return task, best, history["test"][-1]
 
 
@@ -157,7 +157,7 @@ def train_ctc(s: Settings, train, test, workdir: str):
   hook = speech.TranscriptErrorRates(model, {"eval": validation, "test": model_arrays(test)})
   config = fit_config(s, steps, s.ctc_batch, per_epoch, best_metric="wer", best_mode="min")
   _, history = dl.fit(task, workdir, config, hooks=[hook])
-  best = dl.training.loop.restore(task, workdir, config, step="best")
+  best = dl.restore(task, workdir, step="best", fit=config)
   return task, best, history["test"][-1]
 
 

@@ -37,15 +37,15 @@ def get_config():
   config.model.name = "series_rnn"
   config.model.cell = "lstm"
   config.model.hidden = 32
-  config.batch_size = 16
-  config.num_epochs = 60
+  config.fit.batch_size = 16
+  config.fit.num_epochs = 60
   config.learning_rate = 3e-3
   config.weight_decay = 1e-4
-  config.best_metric = "loss"
-  config.best_mode = "min"
-  config.log_every_steps = 13
-  config.eval_every_steps = 130
-  config.eval_batch_size = 64
+  config.fit.best_metric = "loss"
+  config.fit.best_mode = "min"
+  config.fit.log_every = 13
+  config.fit.eval_every = 130
+  config.fit.eval_batch_size = 64
   return config
 
 
@@ -79,14 +79,14 @@ def _network_forecasts(args, test_inputs: np.ndarray) -> dict[str, list[np.ndarr
   for cell in args.cells:
     config = get_config()
     config.model.cell = cell
-    config.progress = False
+    config.fit.progress = False
     if args.steps:
-      config.num_train_steps = args.steps
-      config.eval_every_steps = args.steps
+      config.fit.num_steps = args.steps
+      config.fit.eval_every = args.steps
     name = f"{cell.upper()} (hidden {config.model.hidden})"
     forecasts[name] = []
     for seed in range(args.seeds):
-      config.seed = seed
+      config.fit.seed = seed
       start = time.perf_counter()
       workdir = os.path.join(args.workdir, f"{cell}_seed{seed}")
       dl.train(config, workdir)

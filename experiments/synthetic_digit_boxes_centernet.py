@@ -150,7 +150,7 @@ def run(workdir: str, tiny: bool = False) -> dict:
   _, history = dl.fit(task, workdir, config, hooks=[hook])
   wall = time.perf_counter() - start
   result = history["test"][-1]
-  best = dl.training.loop.restore(task, workdir, config, step="best")
+  best = dl.restore(task, workdir, step="best", fit=config)
   shown = test["input"][:8]
   detections = detection.detect(best, task.model, shown, NUM_CLASSES, **nms)
   truths = detection.ground_truths(test["boxes"][:8], test["classes"][:8])

@@ -430,7 +430,7 @@ def test_train_mends_a_truncated_dataset_then_trains(tmp_path, caplog: pytest.Lo
   data_dir = tmp_path / "data"
   dl.data.load("digits", "train", data_dir=str(data_dir))
   _truncate(data_dir / "digits" / "1.0.0" / _DIGITS_TRAIN)
-  config = tiny_config(data_dir=str(data_dir), num_train_steps=20)
+  config = tiny_config(data_dir=str(data_dir), num_steps=20)
   with caplog.at_level(logging.WARNING, logger="dl.data.loading"):
     _, history = dl.train(config, str(tmp_path / "run"))
   assert any(_DIGITS_TRAIN in r.getMessage() for r in caplog.records)

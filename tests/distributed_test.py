@@ -29,7 +29,7 @@ def _launch(workdir, mode: str, *overrides: str) -> tuple[int, str]:
   command = [
     *(sys.executable, "-m", "dl.cli.launch", "--num_processes=2", "--devices_per_process=4", "--"),
     *(sys.executable, "-m", "dl.cli.train", f"--config={config}", f"--workdir={workdir}"),
-    f"--config.parallel={mode}",
+    f"--config.fit.parallel={mode}",
     *overrides,
   ]
   launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -56,7 +56,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path, mode, data_path):
   assert '[0] {"workdir"' in out and '[1] {"workdir"' in out  # both finished, output prefixed
 
   ref, ref_history = dl.train(tiny_config(parallel=mode), str(tmp_path / "1x8"))
-  state = dl.restore(tiny_config(parallel="jit"), str(tmp_path / "2x4"))
+  state = dl.restore(tiny_config(parallel="jit"), str(tmp_path / "2x4"), step=None)
   chex.assert_trees_all_close(
     jax.device_get(state.params), jax.device_get(ref.params), rtol=1e-5, atol=1e-6
   )
@@ -94,7 +94,11 @@ def _kill_one_of_two(workdir) -> tuple[int, float, str]:
   os.makedirs(workdir)
   config = os.path.join(os.path.dirname(__file__), "tiny_config.py")
   command = [sys.executable, "-m", "dl.cli.train", f"--config={config}"]
-  command += [f"--workdir={workdir}", "--config.parallel=data", "--config.num_train_steps=1000000"]
+  command += [
+    f"--workdir={workdir}",
+    "--config.fit.parallel=data",
+    "--config.fit.num_steps=1000000",
+  ]
   port, children = launch.free_port(), []
   try:
     for i in range(2):

@@ -36,7 +36,7 @@ def test_ensemble_of_8_equals_8_separate_runs(tmp_path):
 
 def test_learning_rate_sweep_members_match_single_runs(tmp_path):
   rates = (0.003, 0.03)
-  sweep, _ = dl.train(tiny_config(sweep_learning_rate=rates), str(tmp_path / "sweep"))
+  sweep, _ = dl.train(tiny_config(sweep={"learning_rate": rates}), str(tmp_path / "sweep"))
   lrs = dl.training.optim.get_hyperparam(sweep.opt_state, "learning_rate")
   np.testing.assert_allclose(lrs, rates, rtol=1e-6)
   for i, rate in enumerate(rates):
@@ -47,13 +47,13 @@ def test_learning_rate_sweep_members_match_single_runs(tmp_path):
 def test_ensemble_resumes_and_restores(tmp_path):
   config = tiny_config(ensemble_size=3)
   state, _ = dl.train(config, str(tmp_path))
-  restored = dl.restore(config, str(tmp_path))
+  restored = dl.restore(config, str(tmp_path), step=None)
   chex.assert_trees_all_equal(state.params, restored.params)
   assert dl.evaluate(restored, dl.build(config).model, dl.build(config).eval)["accuracy"][2] > 0.5
 
 
 def test_ensemble_needs_jit_mode(tmp_path):
-  with pytest.raises(ValueError, match="ensembles and sweeps run as one vmapped program"):
+  with pytest.raises(ValueError, match="fit.parallel must be 'jit' for ensembles and sweeps"):
     dl.train(tiny_config(ensemble_size=2, parallel="data"), str(tmp_path))
 
 

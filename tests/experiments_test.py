@@ -28,10 +28,10 @@ def _load(path):
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_experiment_runs_tiny(path, tmp_path):
   config = _load(path)
-  config.num_train_steps = 4
-  config.eval_every_steps = 4
-  config.log_every_steps = 2
-  config.progress = False
+  config.fit.num_steps = 4
+  config.fit.eval_every = 4
+  config.fit.log_every = 2
+  config.fit.progress = False
   state, history = dl.train(config, str(tmp_path))
   assert int(state.step) == 4
   assert np.isfinite(history["eval"][-1]["loss"])

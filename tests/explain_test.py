@@ -15,7 +15,7 @@ from dl.trust import explain
 def trained(tmp_path_factory):
   """A small digits CNN trained for 120 steps, and the 8 of the first 64 test images whose class
   score differs most from a black image's (a relative completeness error needs a clear gap)."""
-  config = tiny_config(num_train_steps=120, learning_rate=1e-2, eval_every_steps=120)
+  config = tiny_config(num_steps=120, learning_rate=1e-2, eval_every=120)
   config.model = {"name": "cnn", "features": 8, "hidden": 32}
   state, history = dl.train(config, str(tmp_path_factory.mktemp("cnn")))
   assert history["test"][-1]["accuracy"] > 0.8

@@ -185,9 +185,7 @@ def test_run_card_records_config_data_metrics_and_versions():
 
 
 def test_slice_metrics_of_a_group_feature_run_reach_the_run_card(tmp_path):
-  config = tiny_config(
-    dataset="credit", group_feature="age_band", num_train_steps=40, eval_every_steps=40
-  )
+  config = tiny_config(dataset="credit", group_feature="age_band", num_steps=40, eval_every=40)
   state, history = dl.train(config, str(tmp_path / "run"))
   task = dl.build(config)
   export.export(task, state, str(tmp_path / "export"), workdir=str(tmp_path / "run"))

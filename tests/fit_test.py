@@ -32,7 +32,7 @@ def test_kill_then_resume_is_bit_identical(tmp_path):
   full, _ = user_parts.fit(kind, str(tmp_path / "full"), num_steps)  # in this process
   task = user_parts.TASKS[kind]()
   config = dl.FitConfig(num_steps=num_steps, batch_size=32)
-  resumed = dl.training.loop.restore(task, str(tmp_path / "killed"), config)
+  resumed = dl.restore(task, str(tmp_path / "killed"), step=None, fit=config)
   assert int(resumed.step) == num_steps
   chex.assert_trees_all_equal(full, resumed)
   history = dl.read_history(str(tmp_path / "killed" / "metrics.jsonl"))
@@ -84,8 +84,8 @@ def test_nnx_model_trains_with_batch_stats_and_restores(tmp_path):
   state, history = user_parts.fit("nnx", str(tmp_path), 60, eval_every=30)
   assert history["test"][-1]["accuracy"] > 0.7
   assert set(state.model_state) == {"norm"}  # batch statistics, kept as a pure dict
-  restored = dl.training.loop.restore(
-    user_parts.nnx_task(), str(tmp_path), dl.FitConfig(num_steps=60, batch_size=32)
+  restored = dl.restore(
+    user_parts.nnx_task(), str(tmp_path), step=None, fit=dl.FitConfig(num_steps=60, batch_size=32)
   )
   chex.assert_trees_all_equal(state, restored)
 

@@ -181,10 +181,10 @@ def test_profile_stops_when_fit_raises(tmp_path):
 
 
 def test_config_keys_reach_the_loop_and_the_profile(tmp_path):
-  config = tiny_config(num_train_steps=6, log_every_steps=3, eval_every_steps=6)
+  config = tiny_config(num_steps=6, log_every=3, eval_every=6)
   config.profile_steps = "2:2"
-  config.peak_flops_per_device = 2e9
-  config.compilation_cache_dir = str(tmp_path / "cache")
+  config.fit.peak_flops_per_device = 2e9
+  config.fit.compilation_cache_dir = str(tmp_path / "cache")
   before = jax.config.jax_compilation_cache_dir
   _, history = dl.train(config, str(tmp_path / "run"))
   assert _trace_steps(str(tmp_path / "run" / "profile")) == {2, 3}

@@ -78,13 +78,13 @@ def _tiny_regression(**overrides):
   config.model.name = "mlp"
   config.model.width = 8
   config.model.depth = 1
-  config.batch_size = 16
-  config.num_train_steps = 4
-  config.log_every_steps = 2
-  config.best_metric = "loss"
-  config.best_mode = "min"
-  config.progress = False
-  config.tensorboard = False
+  config.fit.batch_size = 16
+  config.fit.num_steps = 4
+  config.fit.log_every = 2
+  config.fit.best_metric = "loss"
+  config.fit.best_mode = "min"
+  config.fit.progress = False
+  config.fit.tensorboard = False
   for key, value in overrides.items():
     config[key] = value
   return config

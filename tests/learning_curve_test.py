@@ -11,7 +11,7 @@ from dl.recipes import learning_curve
 
 
 def test_learning_curve_at_tiny_size(tmp_path):
-  config = tiny_config(num_train_steps=6, batch_size=64)
+  config = tiny_config(num_steps=6, batch_size=64)
   curve = learning_curve.learning_curve(config, (0.03, 1.0), seeds=3, workdir=str(tmp_path))
   # digits: 1,437 train examples; 3% is 43, smaller than the batch, which shrinks to fit.
   np.testing.assert_array_equal(curve.train_sizes_F, [43, 1437])

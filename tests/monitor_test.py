@@ -38,7 +38,7 @@ def test_thresholds_are_the_users():
 
 
 def test_tabular_export_standardises_exactly_and_flags_shifted_features(tmp_path):
-  config = tiny_config(dataset="breast_cancer", num_train_steps=20, eval_every_steps=20)
+  config = tiny_config(dataset="breast_cancer", num_steps=20, eval_every=20)
   state, _ = dl.train(config, str(tmp_path / "run"))
   task = dl.build(config)
   export.export(task, state, str(tmp_path / "export"), batch_sizes=(3, 114))

@@ -85,16 +85,8 @@ def test_regression_train_step_fits_a_linear_map():
 
 def test_train_regression_end_to_end(tmp_path):
   config = dl.default_config()
-  config.update(
-    dataset="diabetes",
-    objective="regression",
-    batch_size=32,
-    num_train_steps=60,
-    eval_every_steps=30,
-    learning_rate=3e-2,
-    progress=False,
-    tensorboard=False,
-  )
+  config.update(dataset="diabetes", objective="regression", learning_rate=3e-2)
+  config.fit.update(batch_size=32, num_steps=60, eval_every=30, progress=False, tensorboard=False)
   config.model.update(name="mlp", width=16, depth=1)
   state, history = dl.train(config, str(tmp_path))
   first, last = history["eval"][0], history["eval"][-1]
@@ -102,9 +94,8 @@ def test_train_regression_end_to_end(tmp_path):
   np.testing.assert_allclose(last["rmse"], np.sqrt(last["mse"]), rtol=1e-6)
   assert last["loss"] < first["loss"]
   # The best checkpoint is the lowest eval loss (best_metric defaults to "loss" here).
-  assert dl.parse_config(config).best_metric == "loss"
-  assert dl.parse_config(config).best_mode == "min"
   task = dl.build(config)
+  assert task.selection == ("loss", "min")
   preds = dl.predict(task, state, dl.data.load("diabetes", "test")["features"][:5])
   assert preds.shape == (5, 1) and preds.dtype == np.float32
   assert (tmp_path / "curves.png").stat().st_size > 0
@@ -112,10 +103,11 @@ def test_train_regression_end_to_end(tmp_path):
 
 def test_objective_must_fit_the_labels(tmp_path):
   config = dl.default_config()
-  config.update(dataset="diabetes", num_train_steps=1, progress=False)
+  config.dataset = "diabetes"
+  config.fit.update(num_steps=1, progress=False)
   config.model.name = "mlp"
   with pytest.raises(ValueError, match="Set config.objective='regression'"):
     dl.train(config, str(tmp_path))
-  config.update(objective="regression", best_metric="accuracy")
+  config.objective, config.fit.best_metric = "regression", "accuracy"
   with pytest.raises(ValueError, match=r"best_metric must be one of \('loss', 'mae'"):
     dl.parse_config(config)

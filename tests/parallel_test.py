@@ -147,11 +147,13 @@ def test_checkpoint_moves_between_topologies(tmp_path):
   saved = jax.device_get(state.params)
   assert {s.data.shape for s in state.params["Dense_0"]["kernel"].addressable_shards} == {(8, 64)}
 
-  single = dl.restore(_mlp_config(parallel="jit"), str(tmp_path))
+  single = dl.restore(_mlp_config(parallel="jit"), str(tmp_path), step=None)
   assert len(single.params["Dense_0"]["kernel"].devices()) == 1
   chex.assert_trees_all_equal(jax.device_get(single.params), saved)
 
-  mesh_2x4 = dl.restore(_mlp_config(parallel="fsdp", mesh_shape="data=2,fsdp=4"), str(tmp_path))
+  mesh_2x4 = dl.restore(
+    _mlp_config(parallel="fsdp", mesh_shape="data=2,fsdp=4"), str(tmp_path), step=None
+  )
   kernel = mesh_2x4.params["Dense_0"]["kernel"]
   assert {s.data.shape for s in kernel.addressable_shards} == {(16, 64)}
   assert len(kernel.devices()) == 8
@@ -182,9 +184,9 @@ def test_gradient_accumulation_composes_with_every_mode(tmp_path, mode):
 
   Within the first epoch the two micro-batches hold exactly the 32 examples of the big batch.
   """
-  big, _ = dl.train(_mlp_config(batch_size=32, num_train_steps=20), str(tmp_path / "big"))
+  big, _ = dl.train(_mlp_config(batch_size=32, num_steps=20), str(tmp_path / "big"))
   accumulated, _ = dl.train(
-    _mlp_config(parallel=mode, batch_size=16, grad_accum_steps=2, num_train_steps=40),
+    _mlp_config(parallel=mode, batch_size=16, grad_accum_steps=2, num_steps=40),
     str(tmp_path / "accumulated"),
   )
   assert int(np.ravel(jax.device_get(accumulated.step))[0]) == 40

@@ -142,10 +142,10 @@ def test_dp_run_on_poisson_batches_resumes_bit_identically_after_kill(tmp_path):
 
   overrides = [
     "--config.dp_noise_multiplier=1.0",
-    "--config.num_train_steps=120",
-    "--config.checkpoint_every_steps=20",
-    "--config.log_every_steps=60",
-    "--config.eval_every_steps=60",
+    "--config.fit.num_steps=120",
+    "--config.fit.checkpoint_every=20",
+    "--config.fit.log_every=60",
+    "--config.fit.eval_every=60",
   ]
 
   def command(workdir):
@@ -161,12 +161,12 @@ def test_dp_run_on_poisson_batches_resumes_bit_identically_after_kill(tmp_path):
   assert kill.kill_then_rerun(command(tmp_path / "killed"), tmp_path / "killed", 40) < 120
   config = tiny_config(
     dp_noise_multiplier=1.0,
-    num_train_steps=120,
-    checkpoint_every_steps=20,
-    log_every_steps=60,
-    eval_every_steps=60,
+    num_steps=120,
+    checkpoint_every=20,
+    log_every=60,
+    eval_every=60,
   )
   full, _ = dl.train(config, str(tmp_path / "full"))  # in this process: the same program
-  resumed = dl.restore(config, str(tmp_path / "killed"))
+  resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
   assert int(resumed.step) == 120
   chex.assert_trees_all_equal(full, resumed)

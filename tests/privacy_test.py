@@ -195,7 +195,7 @@ def test_train_logs_the_accountants_epsilon_with_accumulation(tmp_path):
 
 
 def test_shuffled_dp_batches_are_labelled_not_covered(tmp_path):
-  config = tiny_config(dp_noise_multiplier=1.0, dp_sampling="shuffle", num_train_steps=10)
+  config = tiny_config(dp_noise_multiplier=1.0, dp_sampling="shuffle", num_steps=10)
   _, history = dl.train(config, str(tmp_path))
   record = history["train"][-1]
   assert "epsilon" not in record and record["epsilon_if_poisson"] > 0
@@ -233,13 +233,13 @@ def test_dp_training_is_the_same_in_every_compile_mode_and_in_an_ensemble(tmp_pa
   # "data": the same step over a mesh. Poisson batches (padded, masked) are split over devices.
   params = {}
   for mode in ("jit", "pmap", "data"):
-    config = tiny_config(dp_noise_multiplier=1.0, parallel=mode, num_train_steps=10)
+    config = tiny_config(dp_noise_multiplier=1.0, parallel=mode, num_steps=10)
     state, _ = dl.train(config, str(tmp_path / mode))
     params[mode] = jax.device_get(state.params)
   chex.assert_trees_all_close(params["jit"], params["pmap"], rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(params["jit"], params["data"], rtol=1e-4, atol=1e-5)
   # Member 1 of an ensemble (own seed: own init, noise and Poisson draws) is the run of seed 1.
-  dp = {"dp_noise_multiplier": 1.0, "num_train_steps": 10}
+  dp = {"dp_noise_multiplier": 1.0, "num_steps": 10}
   ensemble, _ = dl.train(tiny_config(ensemble_size=2, **dp), str(tmp_path / "ensemble"))
   alone, _ = dl.train(tiny_config(seed=1, **dp), str(tmp_path / "seed1"))
   member = jax.tree.map(lambda x: x[1], jax.device_get(ensemble.params))

@@ -11,7 +11,7 @@ import chex
 import kill
 import numpy as np
 import pytest
-from tiny_config import tiny_config
+from tiny_config import FIT_FIELDS, tiny_config
 
 import dl
 from dl.data import augment, sources, streaming
@@ -89,8 +89,8 @@ def test_kill_mid_epoch_streaming_with_augmentation_resumes_to_the_in_memory_run
   overrides = {
     "data_path": "stream",
     "augment": AUGMENT,
-    "num_train_steps": 120,
-    "checkpoint_every_steps": 25,
+    "num_steps": 120,
+    "checkpoint_every": 25,
     "steps_per_dispatch": 5,
   }
   command = [
@@ -102,12 +102,12 @@ def test_kill_mid_epoch_streaming_with_augmentation_resumes_to_the_in_memory_run
       os.path.join(REPO, "tests", "tiny_config.py"),
     ),
     *("--workdir", str(tmp_path / "killed")),
-    *(f"--config.{k}={v}" for k, v in overrides.items()),
+    *(f"--config.{'fit.' * (k in FIT_FIELDS)}{k}={v}" for k, v in overrides.items()),
   ]
   assert kill.kill_then_rerun(command, tmp_path / "killed", 50) < 120
   config = tiny_config(**overrides)
   full, _ = dl.train(tiny_config(**{**overrides, "data_path": "memory"}), str(tmp_path / "full"))
-  resumed = dl.restore(config, str(tmp_path / "killed"))
+  resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
   assert int(resumed.step) == 120
   chex.assert_trees_all_equal(full.params, resumed.params)
   chex.assert_trees_all_equal(full.opt_state, resumed.opt_state)
@@ -124,11 +124,11 @@ def status(key):  # bytes, from the kernel's own accounting of this process
 
 config = tiny_config(
   dataset="mnist64/4k", data_memory_budget_mb=float(sys.argv[2]), batch_size=64,
-  num_train_steps=64, eval_every_steps=32, log_every_steps=32, validation_fraction=0.5,
+  num_steps=64, eval_every=32, log_every=32, validation_fraction=0.5,
   test_split="test", eval_batch_size=64, schedule="constant",
 )
 config.model.width = 16
-warm_up = tiny_config(**{**config.to_dict(), "num_train_steps": 2, "eval_every_steps": 2})
+warm_up = tiny_config(**{**config.to_dict(), "num_steps": 2, "eval_every": 2})
 dl.train(warm_up, sys.argv[1] + "/warm_up")  # compiles and starts everything once
 tracemalloc.start()  # numpy's buffers too: what Python holds, apart from XLA's own memory
 before = status("VmRSS")
@@ -141,7 +141,7 @@ tracemalloc.stop()
 # On a set both paths hold (mnist5k), the streamed run scores on test what the in-memory one does.
 accuracy = {
   path: dl.train(
-    tiny_config(dataset="mnist5k", data_path=path, num_train_steps=100, eval_every_steps=50),
+    tiny_config(dataset="mnist5k", data_path=path, num_steps=100, eval_every=50),
     sys.argv[1] + "/" + path,
   )[1]["test"][-1]["accuracy"]
   for path in ("stream", "memory")

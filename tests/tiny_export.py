@@ -20,10 +20,10 @@ def cnn_config():
   """A CNN (features 4) that reaches ~90% test accuracy on digits in 300 steps."""
   return tiny_config(
     model={"name": "cnn", "features": 4, "hidden": 16},
-    num_train_steps=300,
+    num_steps=300,
     learning_rate=1e-2,
-    log_every_steps=100,
-    eval_every_steps=300,
+    log_every=100,
+    eval_every=300,
   )
 
 

@@ -33,10 +33,10 @@ def test_train_writes_metrics_plot_and_checkpoints(tmp_path):
 @pytest.mark.parametrize("unroll", [False, True])
 def test_fused_steps_land_on_the_same_steps(tmp_path, unroll):
   """Fused steps (a loop, or unrolled) log, evaluate and save at the steps single ones do."""
-  config = tiny_config(log_every_steps=5, eval_every_steps=15, checkpoint_every_steps=10)
+  config = tiny_config(log_every=5, eval_every=15, checkpoint_every=10)
   s1, h1 = dl.train(config, str(tmp_path / "one"))
-  config.steps_per_dispatch = 7
-  config.unroll_steps = unroll
+  config.fit.steps_per_dispatch = 7
+  config.fit.unroll_steps = unroll
   s2, h2 = dl.train(config, str(tmp_path / "fused"))
   for split in ("train", "eval"):
     assert [r["step"] for r in h1[split]] == [r["step"] for r in h2[split]]
@@ -50,7 +50,7 @@ def test_fused_steps_land_on_the_same_steps(tmp_path, unroll):
 def test_resnet_with_batch_stats_trains_and_restores(tmp_path):
   config = tiny_config(model={"name": "resnet", "stage_sizes": (1,), "width": 8})
   state, _ = dl.train(config, str(tmp_path))
-  restored = dl.restore(config, str(tmp_path))
+  restored = dl.restore(config, str(tmp_path), step=None)
   chex.assert_trees_all_equal(state.model_state, restored.model_state)
   chex.assert_trees_all_equal(state.params, restored.params)
 
@@ -70,11 +70,11 @@ def _cli(workdir, *overrides):
 
 def test_exact_resume_after_process_kill(tmp_path):
   """SIGKILL after a checkpoint, resume, and end bit-identical to an uninterrupted run."""
-  args = ["--config.num_train_steps=600", "--config.checkpoint_every_steps=25"]
+  args = ["--config.fit.num_steps=600", "--config.fit.checkpoint_every=25"]
   assert kill.kill_then_rerun(_cli(tmp_path / "killed", *args), tmp_path / "killed", 50) < 600
-  config = tiny_config(num_train_steps=600, checkpoint_every_steps=25)
+  config = tiny_config(num_steps=600, checkpoint_every=25)
   full, _ = dl.train(config, str(tmp_path / "full"))  # in this process: the same program
-  resumed = dl.restore(config, str(tmp_path / "killed"))
+  resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
   assert int(resumed.step) == 600
   chex.assert_trees_all_equal(full.params, resumed.params)
   chex.assert_trees_all_equal(full.opt_state, resumed.opt_state)
@@ -105,7 +105,7 @@ def test_checkpoint_of_another_model_is_an_error_not_deleted(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   config = tiny_config()
   good, _ = dl.train(config, str(tmp_path))
-  config.num_train_steps = 100
+  config.fit.num_steps = 100
   config.learning_rate = 1e12
   with pytest.raises(
     FloatingPointError,
@@ -114,7 +114,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   ):
     dl.train(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["20", "40"]
-  restored = dl.restore(config, str(tmp_path))
+  restored = dl.restore(config, str(tmp_path), step=None)
   chex.assert_trees_all_equal(good.params, restored.params)
 
 
@@ -122,9 +122,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   "overrides,message",
   [
     ({"learning_rate": -0.1}, r"config.learning_rate must be a number > 0; got -0.1"),
-    ({"batch_size": 0}, r"config.batch_size must be an integer > 0; got 0"),
+    ({"fit": {"batch_size": 0}}, r"config.fit.batch_size must be an integer > 0; got 0"),
     (
-      {"batch_size": 5000},
+      {"fit": {"batch_size": 5000}},
       r"batch_size \(5000\) must be <= the number of training examples "
       r"\(1293\)",
     ),
@@ -175,4 +175,4 @@ def test_predict_and_its_input_checks(tmp_path):
 
 def test_restore_without_checkpoint_says_what_to_do(tmp_path):
   with pytest.raises(FileNotFoundError, match="no checkpoint in .*train first"):
-    dl.restore(tiny_config(), str(tmp_path))
+    dl.restore(tiny_config(), str(tmp_path), step=None)

@@ -125,8 +125,8 @@ def test_each_command_prints_its_help(venv, outside):
 
 def test_dl_train_trains_from_another_directory(venv, outside, tmp_path):
   workdir = tmp_path / "W"
-  tiny = ["--config.num_train_steps=10", "--config.eval_every_steps=10"]
-  tiny += ["--config.progress=false", "--config.tensorboard=false"]
+  tiny = ["--config.fit.num_steps=10", "--config.fit.eval_every=10"]
+  tiny += ["--config.fit.progress=false", "--config.fit.tensorboard=false"]
   config = REPO / "experiments" / "digits_cnn.py"
   train = [venv / "bin" / "dl-train", f"--config={config}", f"--workdir={workdir}", *tiny]
   summary = json.loads(_run(train, **outside).stdout.strip().splitlines()[-1])

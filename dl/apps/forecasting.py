@@ -28,7 +28,7 @@ from dl import inference
 from dl.core import distributed
 from dl.recipes import config as config_lib
 from dl.recipes import from_config
-from dl.training import loop
+from dl.training import loop, options
 from dl.training.task import Task
 
 
@@ -114,7 +114,7 @@ class WalkForward:
 
 
 def walk_forward(
-  source, folds: Sequence[Fold], workdir: str, *, fit: loop.FitConfig | None = None
+  source, folds: Sequence[Fold], workdir: str, *, fit: options.FitConfig | None = None
 ) -> WalkForward:
   """Refits a fresh model on each fold's training part and forecasts its test block.
 
@@ -132,10 +132,10 @@ def walk_forward(
     The concatenated out-of-sample `WalkForward` forecasts.
   """
   if callable(source):
-    train_fold = functools.partial(_fit_task, source, fit or loop.FitConfig())
+    train_fold = functools.partial(_fit_task, source, fit or options.FitConfig())
   elif fit is not None:
     raise ValueError(
-      "a config says how the loop runs (its num_train_steps, batch_size, ...): pass fit only "
+      "a config says how the loop runs (its fit.num_steps, fit.batch_size, ...): pass fit only "
       f"with a task factory; got a config and fit={fit!r}."
     )
   else:
@@ -168,7 +168,7 @@ def _fit_config(c: config_lib.TrainConfig, fold: Fold, workdir: str) -> tuple[Ta
   return task, state
 
 
-def _fit_task(factory, fit: loop.FitConfig, fold: Fold, workdir: str) -> tuple[Task, Any]:
+def _fit_task(factory, fit: options.FitConfig, fold: Fold, workdir: str) -> tuple[Task, Any]:
   """(task, final state) of the factory's task for `fold`."""
   task = factory(fold)
   if not isinstance(task, Task) or not isinstance(task.test, Mapping):

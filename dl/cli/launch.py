@@ -2,7 +2,7 @@ r"""Command line: runs one training run as several processes on this machine.
 
   python -m dl.cli.launch --num_processes 2 --devices_per_process 4 -- \
       python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_2x4 \
-      --config.parallel=fsdp
+      --config.fit.parallel=fsdp
 
 Each child runs the command after `--` with `DL_COORDINATOR_ADDRESS` (127.0.0.1 and a free
 port), `DL_NUM_PROCESSES` and `DL_PROCESS_ID` set (read by `dl.core.distributed`), and with

@@ -36,7 +36,7 @@ _ALGORITHM = flags.DEFINE_enum(
   "random search, ASHA, population-based training, or Optuna's TPE or CMA-ES.",
 )
 _NUM_TRIALS = flags.DEFINE_integer("num_trials", 8, "Trials trained together (the population).")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the draws (config.seed seeds the training).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the draws (config.fit.seed seeds the training).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 

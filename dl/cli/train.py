@@ -4,13 +4,13 @@ Prints one JSON line: the last validation record ("validation_*", at the final s
 test record ("test_*", scored on the best validation checkpoint, at "test_step").
 
   python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn \
-      --config.learning_rate=0.003 --config.num_epochs=5
+      --config.learning_rate=0.003 --config.fit.num_epochs=5
 
 Several processes (see `dl.launch`, `dl.core.distributed`):
 
   python -m dl.cli.launch --num_processes 2 --devices_per_process 4 -- \
       python -m dl.cli.train --config experiments/digits_cnn.py --workdir /tmp/digits_cnn_2x4 \
-      --config.parallel=fsdp
+      --config.fit.parallel=fsdp
 """
 
 import json

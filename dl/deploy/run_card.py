@@ -48,7 +48,7 @@ def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
     metrics = _run_metrics(metrics_path)
   else:
     metrics = _evaluated_metrics(task, state, fit_config.get("eval_batch_size", 1000))
-  seed = fit_config.get("seed", config.get("seed"))
+  seed = fit_config.get("seed", config.get("fit", {}).get("seed"))
   return {
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     "name": task.name,

@@ -3,7 +3,7 @@
   gan = gan_train.build_gan(GANConfig(), {"input": x_NxHxWxC, "label": y_N}, num_classes=10)
   state, history = dl.fit(gan, workdir, num_steps=1500, batch_size=64, eval_every=250,
                           hooks=[gan_train.SampleGrid(gan, workdir)])
-  state = dl.training.loop.restore(gan, workdir)       # the newest checkpoint
+  state = dl.restore(gan, workdir, step=None)          # the newest checkpoint
 
 `GAN` is a `dl.training.protocols.Trainable`: its state is a `gan.GANState` (both networks, both
 optimizer states, the key) and its step is `gan.train_step`, so `dl.fit` gives it what any

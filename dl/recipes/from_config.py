@@ -13,10 +13,12 @@ import functools
 import logging
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from dl import data as data_lib
@@ -26,7 +28,7 @@ from dl.data import augment, sources, streaming
 from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
 from dl.recipes import config as config_lib
-from dl.training import loop, optim, profile, protocols, steps
+from dl.training import loop, optim, options, profile, protocols, steps
 from dl.training.task import Task, task
 from dl.trust import fairness, privacy
 
@@ -43,7 +45,10 @@ def build(config) -> Task:
   in-memory size exceeds `config.data_memory_budget_mb`; both give the same batches and the
   same scores.
   """
-  c = config_lib.parse_config(config)
+  return _build(config_lib.parse_config(config))
+
+
+def _build(c: config_lib.TrainConfig) -> Task:
   data_dir = c.data_dir or None
   spec = data_lib.info(c.dataset, data_dir=data_dir)
   if spec.objective != c.objective:
@@ -175,7 +180,7 @@ def _max_batch_size(c: config_lib.TrainConfig, num_examples: int, updates: int) 
   the run's `updates` draws overflows with probability at most 1%."""
   multiple = c.grad_accum_steps * math.lcm(8, jax.device_count())
   size = c.dp_max_batch_size or privacy.max_batch_size(
-    num_examples, c.batch_size * c.grad_accum_steps / num_examples, updates, multiple=multiple
+    num_examples, c.fit.batch_size * c.grad_accum_steps / num_examples, updates, multiple=multiple
   )
   if size % multiple:
     raise ValueError(
@@ -212,13 +217,13 @@ def _formatted(
 
 
 def _num_steps(c: config_lib.TrainConfig, num_train: int) -> int:
-  steps_per_epoch = num_train // c.batch_size
+  steps_per_epoch = num_train // c.fit.batch_size
   if steps_per_epoch == 0:
     raise ValueError(
-      f"config.batch_size ({c.batch_size}) must be <= the number of training "
+      f"config.fit.batch_size ({c.fit.batch_size}) must be <= the number of training "
       f"examples ({num_train}) of {c.dataset!r}."
     )
-  return c.num_train_steps or math.ceil(c.num_epochs * steps_per_epoch)
+  return c.fit.total_steps(steps_per_epoch)
 
 
 def _train_step(c: config_lib.TrainConfig):
@@ -231,7 +236,7 @@ def _train_step(c: config_lib.TrainConfig):
     noise_multiplier=c.dp_noise_multiplier,
     accum_steps=c.grad_accum_steps,
     # Poisson batches vary in size: the sum is divided by the expected micro-batch.
-    expected_batch_size=c.batch_size if _poisson(c) else None,
+    expected_batch_size=c.fit.batch_size if _poisson(c) else None,
   )
 
 
@@ -244,51 +249,22 @@ def _class_names(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec) -> tuple
     return tuple(str(i) for i in range(spec.num_classes))
 
 
-def fit_config(config, task: Task) -> loop.FitConfig:
-  """How `dl.train` runs `task`: the loop's fields of `config`."""
-  c = config_lib.parse_config(config)
-  sweep = {
-    name: values
-    for name, values in (
-      ("learning_rate", c.sweep_learning_rate),
-      ("weight_decay", c.sweep_weight_decay),
-    )
-    if values
-  }
-  return loop.FitConfig(
-    num_steps=_num_steps(c, len(task.train)),
-    batch_size=c.batch_size,
-    eval_batch_size=c.eval_batch_size,
-    seed=c.seed,
-    ensemble_size=c.ensemble_size,
-    sweep=sweep,
-    steps_per_dispatch=c.steps_per_dispatch,
-    unroll_steps=c.unroll_steps,
-    log_every=c.log_every_steps,
-    eval_every=c.eval_every_steps,
-    checkpoint_every=c.checkpoint_every_steps,
-    checkpoint_every_seconds=c.checkpoint_every_seconds,
-    async_checkpoints=c.async_checkpoints,
-    keep_checkpoints=c.keep_checkpoints,
-    best_metric=c.best_metric,
-    best_mode=c.best_mode,
-    parallel=c.parallel,
-    mesh_shape=c.mesh_shape,
-    dcn_mesh_shape=c.dcn_mesh_shape,
-    sharding_rules=c.sharding_rules,
-    logical_axis_rules=c.logical_axis_rules,
-    max_replicated_mb=c.max_replicated_mb,
-    peak_flops_per_device=c.peak_flops_per_device,
-    compilation_cache_dir=c.compilation_cache_dir,
-    progress=c.progress,
-    tensorboard=c.tensorboard,
-  )
+def fit_config(config, task: Task) -> options.FitConfig:
+  """How `dl.train` runs `task`: `config.fit`, its `num_steps` derived from the training data."""
+  return _fit_config(config_lib.parse_config(config), task)
+
+
+def _fit_config(c: config_lib.TrainConfig, task: Task) -> options.FitConfig:
+  return dataclasses.replace(c.fit, num_steps=_num_steps(c, len(task.train)))
 
 
 def hooks(config, task: Task, workdir: str | None = None) -> list[protocols.Hook]:
   """The hooks the config asks for: the privacy budget (DP-SGD), slice metrics, a profile
   of some steps (into `<workdir>/profile`)."""
-  c = config_lib.parse_config(config)
+  return _hooks(config_lib.parse_config(config), task, workdir)
+
+
+def _hooks(c: config_lib.TrainConfig, task: Task, workdir: str | None) -> list[protocols.Hook]:
   out = []
   if c.profile_steps:
     if workdir is None:
@@ -304,7 +280,7 @@ def hooks(config, task: Task, workdir: str | None = None) -> list[protocols.Hook
     out.append(
       privacy.BudgetHook(
         num_examples=num_examples,
-        sampling_rate=min(c.batch_size * c.grad_accum_steps / num_examples, 1.0),
+        sampling_rate=min(c.fit.batch_size * c.grad_accum_steps / num_examples, 1.0),
         noise_multiplier=c.dp_noise_multiplier,
         delta=c.dp_delta,
         accum_steps=c.grad_accum_steps,
@@ -315,7 +291,7 @@ def hooks(config, task: Task, workdir: str | None = None) -> list[protocols.Hook
     )
   if c.group_feature:
     names = data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=c.data_dir or None)
-    out.append(fairness.SliceMetrics(task, names, c.eval_batch_size))
+    out.append(fairness.SliceMetrics(task, names, c.fit.eval_batch_size))
   return out
 
 
@@ -338,21 +314,47 @@ def train(config, workdir: str) -> tuple[Any, writers.History]:
       good checkpoint is kept.
   """
   # Process 0 prepares the data set before the others read it: no two write its files.
+  c = config_lib.parse_config(config)
   with distributed.primary_first("dl.train: data prepared"):
-    built = build(config)
-  return loop.fit(built, workdir, fit_config(config, built), hooks=hooks(config, built, workdir))
+    built = _build(c)
+  return loop.fit(built, workdir, _fit_config(c, built), hooks=_hooks(c, built, workdir))
 
 
-def restore(config, workdir: str, step: int | str | None = None) -> Any:
-  """Loads the state a `dl.train` run saved in `workdir`: the newest readable step, "best"
-  (the best on validation, the one the test was scored on), or a step number.
+def restore(
+  task_or_config,
+  workdir: str,
+  step: int | str | None = "best",
+  *,
+  fit: options.FitConfig | None = None,
+  **overrides,
+) -> Any:
+  """Loads the state a run saved in `workdir`: a config run's (`dl.train`) or a parts
+  run's (`dl.fit` of a `dl.Task`, or any `dl.training.loop.Trainable`).
 
-  The state is laid out as `config.parallel` says, whatever the layout it was saved from: a
-  checkpoint written by an 8-device FSDP run restores onto one device, or onto another mesh.
+  The state is laid out as `config.fit.parallel` (or the `parallel=` override) says,
+  whatever the layout it was saved from: a checkpoint written by an 8-device FSDP run
+  restores onto one device, or onto another mesh.
+
+  Args:
+    task_or_config: the config the run trained (a `ConfigDict`, a dict or a
+      `dl.TrainConfig`), or the parts it trained (a `dl.Task`).
+    workdir: the run's directory.
+    step: "best" (the best on validation, the one the test was scored on; the newest when
+      none was chosen), None for the newest readable checkpoint, or a step number.
+    fit: the `dl.FitConfig` a parts run was fitted with (its members and layout shape the
+      state); None: `dl.FitConfig()`. A config run's is `config.fit`.
+    **overrides: `dl.FitConfig` fields that replace those, e.g. `parallel="fsdp"` to lay
+      the state out on a mesh.
+
+  Returns:
+    The state (members stacked on a leading axis for an ensemble).
 
   Raises:
     FileNotFoundError: when `workdir` holds no checkpoint.
   """
+  if not isinstance(task_or_config, (config_lib.TrainConfig, ml_collections.ConfigDict, Mapping)):
+    return loop.restore(task_or_config, workdir, fit, step=step, **overrides)
+  c = config_lib.parse_config(task_or_config)
   with distributed.primary_first("dl.restore: data prepared"):
-    built = build(config)
-  return loop.restore(built, workdir, fit_config(config, built), step=step)
+    built = _build(c)
+  return loop.restore(built, workdir, _fit_config(c, built), step=step, **overrides)

@@ -3,8 +3,8 @@
 For each fraction f of the training split, `learning_curve` trains on its first
 round(f * N) examples (a TFDS split slice such as "train[:143]": TFDS stores a split in a
 hashed, fixed order, so the subsets are nested and not sorted by class) with several seeds
-at once, one `jax.vmap`ped ensemble (`config.ensemble_size`, member i with seed
-`config.seed + i`: its own initialisation, dropout and data order), and evaluates each
+at once, one `jax.vmap`ped ensemble (`config.fit.ensemble_size`, member i with seed
+`config.fit.seed + i`: its own initialisation, dropout and data order), and evaluates each
 member on the whole eval split. Every size trains for the same number of optimizer steps,
 the full training set's budget, so small sets are not also under-trained.
 
@@ -14,12 +14,10 @@ the full training set's budget, so small sets are not also under-trained.
 
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Sequence
 
-import ml_collections
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -83,7 +81,7 @@ def learning_curve(
       the final model: nothing is chosen, so nothing is held out for validation).
     fractions: increasing fractions of the training split in (0, 1].
     seeds: models per size, trained together as one vmapped ensemble (seeds
-      `config.seed` .. `config.seed + seeds - 1`).
+      `config.fit.seed` .. `config.fit.seed + seeds - 1`).
     workdir: each size trains in `workdir/n<size>` (resumed if it holds checkpoints); the
       plot and the numbers go to `workdir/learning_curve.png` and `learning_curve.json`.
     metric: the test metric to record.
@@ -98,7 +96,7 @@ def learning_curve(
   _check_args(c, fractions, seeds)
   spec = data_lib.info(c.dataset, data_dir=c.data_dir or None)
   num_train = spec.splits[c.train_split]
-  num_steps = c.num_train_steps or math.ceil(c.num_epochs * (num_train // c.batch_size))
+  num_steps = c.fit.total_steps(num_train // c.fit.batch_size)
   sizes_F = np.array([max(1, round(f * num_train)) for f in fractions])
   values = []
   for size in sizes_F:
@@ -127,22 +125,24 @@ def _check_args(c: config_lib.TrainConfig, fractions: Sequence[float], seeds: in
 
 def _sized_config(
   c: config_lib.TrainConfig, size: int, num_steps: int, seeds: int
-) -> ml_collections.ConfigDict:
+) -> config_lib.TrainConfig:
   """`c` training on the first `size` examples, `seeds` members, evaluated once at the end."""
-  return ml_collections.ConfigDict(
-    dataclasses.asdict(c)
-    | {
-      "train_split": f"{c.train_split}[:{size}]",
-      "batch_size": min(c.batch_size, size),
-      "num_train_steps": num_steps,
-      "eval_every_steps": num_steps,
-      "checkpoint_every_steps": num_steps,
-      "log_every_steps": min(c.log_every_steps, num_steps),
-      "ensemble_size": seeds,
-      # Nothing is chosen (fixed steps, the final model): no validation hold-out.
-      "validation_split": "",
-      "validation_fraction": 0.0,
-    }
+  fit = dataclasses.replace(
+    c.fit,
+    batch_size=min(c.fit.batch_size, size),
+    num_steps=num_steps,
+    eval_every=num_steps,
+    checkpoint_every=num_steps,
+    log_every=min(c.fit.log_every, num_steps),
+    ensemble_size=seeds,
+  )
+  # Nothing is chosen (fixed steps, the final model): no validation hold-out.
+  return dataclasses.replace(
+    c,
+    train_split=f"{c.train_split}[:{size}]",
+    validation_split="",
+    validation_fraction=0.0,
+    fit=fit,
   )
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from dl.core import parallel
 from dl.recipes import config as config_lib
-from dl.training import loop, placement
+from dl.training import loop, options, placement
 from dl.training.protocols import TrainableDefaults, optional
 
 # The figures of `jax.stages.Compiled.memory_analysis()`, by the name the plan gives them.
@@ -233,7 +233,7 @@ def use_cpu_devices(count: int) -> None:
       ) from e
 
 
-def _parts(source: Any, mesh_shape, mode, batch_size, overrides) -> tuple[Any, loop.FitConfig]:
+def _parts(source: Any, mesh_shape, mode, batch_size, overrides) -> tuple[Any, options.FitConfig]:
   """(trainable, loop config) from a trainable or a config, the plan's arguments applied."""
   if _is_config(source):
     from dl.recipes import from_config  # builds on training; imported when a config is planned
@@ -241,7 +241,7 @@ def _parts(source: Any, mesh_shape, mode, batch_size, overrides) -> tuple[Any, l
     trainable = from_config.build(source)
     c = from_config.fit_config(source, trainable)
   else:
-    trainable, c = source, loop.FitConfig()
+    trainable, c = source, options.FitConfig()
   if mode is None:
     mode = c.parallel if c.parallel in placement.MESH_MODES else "mesh"
   if mode not in placement.MESH_MODES:
@@ -275,7 +275,7 @@ def _leaves(trainable, layout: placement.Placement, abstract_state, c) -> list[p
   return leaves
 
 
-def _abstract_batch(trainable, c: loop.FitConfig, layout, example_shapes) -> dict[str, Any]:
+def _abstract_batch(trainable, c: options.FitConfig, layout, example_shapes) -> dict[str, Any]:
   """One step's batch as `ShapeDtypeStruct`s split over the mesh's batch axes.
 
   Shapes come from `trainable.train.example()` (a `dl.Task`'s data), else from the first

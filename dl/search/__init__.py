@@ -42,7 +42,7 @@ Hyperparameters that change shapes (`"model.width": Choice((64, 128))`) make gro
 searches each combination as its own population (one compiled program per group).
 
 Every algorithm trains K slots for the run's number of steps: the same budget of
-training steps. Trials start from the same initial state (the run's seed) and see the data in
+training steps. Trials start from the same initial state (the run's `fit.seed`) and see the data in
 the same order, so they differ only in their hyperparameters. The chosen trial is the best
 on validation (its metric at its last evaluation); the test split is scored once, for it
 alone. A search resumes from its checkpoints after any interruption, kill -9 included, and

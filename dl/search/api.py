@@ -22,7 +22,7 @@ from dl.search.optuna_trials import OptunaTrials
 from dl.search.pbt import PopulationBasedTraining
 from dl.search.population import Search, Slots
 from dl.search.space import Choice, Space, sample
-from dl.training import loop
+from dl.training import loop, options
 
 ALGORITHMS = ("random", "asha", "pbt", "tpe", "cmaes")
 
@@ -51,7 +51,7 @@ class SearchResult:
   state: Any
   chosen_state: Any
   task: Any
-  fit: loop.FitConfig
+  fit: options.FitConfig
 
 
 def random_search(
@@ -63,13 +63,13 @@ def random_search(
   seed: int = 0,
   metric: str = "",
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """Trains `num_trials` draws from `space` as one population and picks one on validation.
 
   Args:
-    source: a config, what `dl.train` takes (its `sweep_*` fields must be empty; the search
-      sets them), or a task factory, `(hyperparameters) -> dl.Task`, called once per
+    source: a config, what `dl.train` takes (its `fit.sweep` must be empty; the search
+      sets it), or a task factory, `(hyperparameters) -> dl.Task`, called once per
       population with its shape hyperparameters ("model.*", {} when the space has none;
       `dl.search.parts`). A factory's optimizer injects the searched hyperparameters
       (`optax.inject_hyperparams`): the search writes each slot's values into its state.
@@ -102,7 +102,7 @@ def train_trials(
   metric: str = "",
   title: str = "",
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """Trains `trials` ([{hyperparameter: value}], e.g. from `sample` or `grid`) as one
   population, chooses one on validation and scores it once on test (see `random_search`)."""
@@ -129,7 +129,7 @@ def successive_halving(
   seed: int = 0,
   metric: str = "",
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """ASHA: trials stopped at rungs by validation, their slots refilled (`dl.search.asha`).
 
@@ -180,13 +180,13 @@ def population_based_training(
   seed: int = 0,
   metric: str = "",
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """PBT: at each evaluation the worst members copy the best and perturb (`dl.search.pbt`).
 
   Args:
-    source: as for `random_search`; its evaluation interval is PBT's (a config's
-      eval_every_steps, a FitConfig's eval_every, else once per epoch).
+    source: as for `random_search`; its evaluation interval is PBT's (the
+      FitConfig's eval_every, a config's `fit.eval_every`, else once per epoch).
     space: as for `random_search`.
     workdir: as for `random_search`.
     seed: as for `random_search`.
@@ -230,7 +230,7 @@ def optuna_search(
   seed: int = 0,
   metric: str = "",
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """Optuna's TPE or CMA-ES, `num_slots` trials asked at a time (`dl.search.optuna_trials`).
 
@@ -286,7 +286,7 @@ def run(
   num_slots: int = 8,
   seed: int = 0,
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
 ) -> SearchResult:
   """The search `algorithm` (one of `ALGORITHMS`) with its defaults: the command line's.
 
@@ -360,7 +360,7 @@ def _search(
   metric: str,
   title: str,
   score_test: bool = True,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
   rounds: int = 1,
 ) -> SearchResult:
   """Builds the parts once, trains the population with the algorithm's hook, scores the chosen.

@@ -16,20 +16,16 @@ by the whole population: the values of the shape hyperparameters (`"model.*"`) o
 
 import dataclasses
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from dl.core import distributed
 from dl.recipes import config as config_lib
 from dl.recipes import from_config
-from dl.training import loop
+from dl.training import options, protocols
 from dl.training.task import Task
 
 TaskFactory = Callable[[dict[str, Any]], Task]
-
-# Set by the search itself, per slot; a source that sets them too is refused.
-_POPULATION_FIELDS = ("sweep_learning_rate", "sweep_weight_decay", "ensemble_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +39,8 @@ class Parts:
   """
 
   task: Task
-  fit: loop.FitConfig
-  hooks: tuple[loop.Hook, ...] = ()
+  fit: options.FitConfig
+  hooks: tuple[protocols.Hook, ...] = ()
 
 
 def is_factory(source: Any) -> bool:
@@ -70,7 +66,7 @@ def build(
   source: Any,
   names: Sequence[str],
   *,
-  fit: loop.FitConfig | None = None,
+  fit: options.FitConfig | None = None,
   rounds: int = 1,
 ) -> Parts:
   """The parts of one population, the task built once.
@@ -86,16 +82,16 @@ def build(
     The `Parts`.
   """
   if is_factory(source):
-    return _from_factory(source, fit or loop.FitConfig())
+    return _from_factory(source, fit or options.FitConfig())
   if fit is not None:
     raise ValueError(
-      "a config says how the loop runs (its num_train_steps, batch_size, ...): pass fit only "
+      "a config says how the loop runs (its fit.num_steps, fit.batch_size, ...): pass fit only "
       f"with a task factory; got a config and fit={fit!r}."
     )
   return _from_config(source, names, rounds)
 
 
-def _from_factory(factory: TaskFactory, fit: loop.FitConfig) -> Parts:
+def _from_factory(factory: TaskFactory, fit: options.FitConfig) -> Parts:
   """A factory's task, built once; `fit.num_steps` resolved from its epochs when 0."""
   if fit.sweep or fit.ensemble_size > 1:
     raise ValueError(
@@ -108,18 +104,17 @@ def _from_factory(factory: TaskFactory, fit: loop.FitConfig) -> Parts:
     raise TypeError(
       f"a task factory returns a dl.Task (e.g. from dl.task(...)); got {type(task).__name__}."
     )
-  steps_per_epoch = len(task.train) // fit.batch_size
-  num_steps = fit.num_steps or math.ceil(fit.num_epochs * steps_per_epoch)
+  num_steps = fit.total_steps(len(task.train) // fit.batch_size)
   return Parts(task, dataclasses.replace(fit, num_steps=num_steps))
 
 
 def _from_config(config: Any, names: Sequence[str], rounds: int) -> Parts:
   """`dl.build` of the config with the searched names injected, once."""
   c = config_lib.parse_config(config)
-  if c.sweep_learning_rate or c.sweep_weight_decay or c.ensemble_size > 1:
+  if c.fit.sweep or c.fit.ensemble_size > 1:
     raise ValueError(
-      f"a search sets the population itself: leave {', '.join(_POPULATION_FIELDS)} unset "
-      f"(got {c.sweep_learning_rate}, {c.sweep_weight_decay}, {c.ensemble_size})."
+      "a search sets the population itself: leave config.fit.sweep and "
+      f"config.fit.ensemble_size unset (got {dict(c.fit.sweep)}, {c.fit.ensemble_size})."
     )
   injected = tuple(n for n in names if n not in ("learning_rate", "weight_decay"))
   c = dataclasses.replace(
@@ -137,8 +132,11 @@ def one_round(c: config_lib.TrainConfig, rounds: int) -> config_lib.TrainConfig:
   """`c` trained for 1 / `rounds` of its run: the one place a search writes a loop field."""
   if rounds == 1:
     return c
-  if c.num_train_steps:
-    if c.num_train_steps < rounds:
-      raise ValueError(f"{rounds} rounds need >= {rounds} steps; the run has {c.num_train_steps}.")
-    return dataclasses.replace(c, num_train_steps=c.num_train_steps // rounds)
-  return dataclasses.replace(c, num_epochs=c.num_epochs / rounds)
+  fit = c.fit
+  if fit.num_steps:
+    if fit.num_steps < rounds:
+      raise ValueError(f"{rounds} rounds need >= {rounds} steps; the run has {fit.num_steps}.")
+    fit = dataclasses.replace(fit, num_steps=fit.num_steps // rounds)
+  else:
+    fit = dataclasses.replace(fit, num_epochs=fit.num_epochs / rounds)
+  return dataclasses.replace(c, fit=fit)
