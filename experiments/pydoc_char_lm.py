@@ -110,7 +110,7 @@ def study(config, workdir: str) -> tuple[dict, list[str], dl.Task]:
 def parse_args(default_workdir: str):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--workdir", default=default_workdir)
-  parser.add_argument("--steps", type=int, default=0, help="override num_train_steps")
+  parser.add_argument("--steps", type=int, default=0, help="override fit.num_steps")
   return parser.parse_args()
 
 

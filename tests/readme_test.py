@@ -17,7 +17,7 @@ BLOCKS = re.findall(r"^```python\n(.*?)^```", README.read_text(), re.MULTILINE |
 
 SHRINK = {
   'config.model = {"name": "cnn"}': 'config.model = {"name": "mlp", "width": 16}',
-  "config.num_epochs = 30": "config.num_epochs = 1",
+  "config.fit.num_epochs = 30": "config.fit.num_epochs = 1",
   "num_steps=1500, batch_size=32": "num_steps=20, batch_size=32",
 }
 
