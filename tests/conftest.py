@@ -20,6 +20,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="dl-test-xla-")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+# One TFDS data dir for the session and all its workers (set here, before pytest-xdist starts
+# them, so they inherit it): each data set is prepared once, by the first worker that names it
+# (dl.data.loading lets processes take turns on a data set), not once per worker.
+if "DL_TEST_DATA_DIR" not in os.environ:
+  os.environ["DL_TEST_DATA_DIR"] = tempfile.mkdtemp(prefix="dl-test-tfds-")
+  atexit.register(shutil.rmtree, os.environ["DL_TEST_DATA_DIR"], ignore_errors=True)
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -54,8 +60,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def data_dir(tmp_path_factory) -> str:
-  """One TFDS data dir for the session (also seen by subprocesses through DL_DATA_DIR)."""
-  path = os.environ.get("DL_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("tfds"))
+def data_dir() -> str:
+  """The session's TFDS data dir (also seen by subprocesses through DL_DATA_DIR)."""
+  path = os.environ["DL_TEST_DATA_DIR"]
   os.environ["DL_DATA_DIR"] = path
   return path

@@ -9,6 +9,7 @@ import pkgutil
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 
 import numpy as np
@@ -436,3 +437,17 @@ def test_train_mends_a_truncated_dataset_then_trains(tmp_path, caplog: pytest.Lo
   assert any(_DIGITS_TRAIN in r.getMessage() for r in caplog.records)
   assert history["train"][-1]["step"] == 20
   assert history["test"][-1]["accuracy"] > 0.5
+
+
+def test_processes_take_turns_preparing_a_data_set(tmp_path, monkeypatch):
+  """A second preparer of a data set in the same data dir waits for the first (flock)."""
+  order = []
+  loading = dl.data.loading
+  monkeypatch.setattr(loading, "_prepare", lambda builder, name: order.append("prepared"))
+  second = threading.Thread(target=loading.prepared_builder, args=("digits", str(tmp_path)))
+  with loading._taking_turns(str(tmp_path), "digits"):
+    second.start()
+    second.join(timeout=5)  # Unlocked, it would prepare (here: record) within this time.
+    order.append("released")
+  second.join()
+  assert order == ["released", "prepared"]

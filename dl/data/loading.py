@@ -14,12 +14,18 @@ again (with a warning that names its files); a damaged catalog one raises
 `DamagedDatasetError` with the command that fixes it.
 """
 
+import contextlib
 import dataclasses
 import difflib
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+try:
+  import fcntl
+except ImportError:  # Windows
+  fcntl = None
 
 import grain
 import numpy as np
@@ -197,15 +203,37 @@ def prepared_builder(name: str, data_dir: str | None = None) -> tfds.core.Datase
     The prepared builder (`builder.info`, `builder.as_data_source(split)`, ...).
   """
   data_dir = _resolve_data_dir(data_dir)
-  builder = _builder(name, data_dir)
-  damage = integrity.damage(builder) if builder.is_prepared() else {}
-  if damage:
-    builder = _mend(builder, name, data_dir, damage)
-  _prepare(builder, name)
-  folder = epath.Path(builder.data_dir)
-  if builder.is_prepared() and integrity.read_manifest(folder) is None:
-    integrity.write_manifest(folder)
+  with _taking_turns(data_dir, name):
+    builder = _builder(name, data_dir)
+    damage = integrity.damage(builder) if builder.is_prepared() else {}
+    if damage:
+      builder = _mend(builder, name, data_dir, damage)
+    _prepare(builder, name)
+    folder = epath.Path(builder.data_dir)
+    if builder.is_prepared() and integrity.read_manifest(folder) is None:
+      integrity.write_manifest(folder)
   return builder
+
+
+@contextlib.contextmanager
+def _taking_turns(data_dir: str | None, name: str):
+  """Processes that check or prepare one data set in one local data dir take turns.
+
+  The first prepares it and the others then find it prepared, instead of all preparing it at
+  once (the runs of a sweep, test workers). An advisory `flock`; where there is none
+  (Windows) or the data dir is remote (gs://), nothing is locked.
+  """
+  folder = os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR)
+  if fcntl is None or "://" in folder:
+    yield
+    return
+  os.makedirs(folder, exist_ok=True)
+  with open(os.path.join(folder, f".{builders.base_name(name)}.lock"), "a") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
