@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from dl import inference
 from dl.training import placement
 
 
@@ -72,7 +73,7 @@ class FitConfig:
   num_steps: int = 0
   num_epochs: float = 10.0
   batch_size: int = 128
-  eval_batch_size: int = 1000
+  eval_batch_size: int = inference.EVAL_BATCH_SIZE
   seed: int = 0
   ensemble_size: int = 1
   sweep: Mapping[str, Sequence[float]] = dataclasses.field(default_factory=dict)
