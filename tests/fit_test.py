@@ -118,6 +118,29 @@ def test_data_as_arrays_a_tfds_name_or_a_data_source_give_the_same_task():
     np.testing.assert_array_equal(a["label"], c["label"])
 
 
+def test_a_stream_holds_out_and_is_preprocessed_as_its_arrays_are():
+  parts = dict(
+    model=dl.models.MLP(num_classes=10, width=8, depth=1),
+    objective=dl.core.objectives.classification,
+    optimizer=optax.sgd(0.1),
+  )
+  named = dl.task(train=("digits", "train"), **parts)
+  source = dl.data.loading.data_source("digits", "train", data_dir=os.environ["DL_DATA_DIR"])
+  for stream_held_out in (False, True):
+    streamed = dl.task(
+      train=dl.data.streaming.Streaming(source, input_key="image"),
+      stream_held_out=stream_held_out,
+      **parts,
+    )
+    assert streamed.preprocess["input"].kind == "scale"
+    train = streamed.train.read(np.arange(len(streamed.train)))
+    np.testing.assert_array_equal(train["input"], named.train.arrays["input"])
+    held_out = (
+      streamed.eval.split.read(np.arange(len(streamed.eval))) if stream_held_out else streamed.eval
+    )
+    np.testing.assert_array_equal(held_out["input"], named.eval["input"])
+
+
 def test_bad_parts_are_named():
   model = dl.models.MLP(num_classes=10, width=8, depth=1)
   arrays = {"x": np.zeros((10, 4), np.float32), "label": np.zeros(10, np.int32)}

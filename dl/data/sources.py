@@ -94,11 +94,14 @@ def _shapes(arrays: Arrays) -> dict[str, tuple[int, ...]]:
   return {k: v.shape for k, v in arrays.items()}
 
 
-def as_arrays(data: Any, what: str, *, data_dir: str | None = None) -> Arrays:
+def as_arrays(
+  data: Any, what: str, *, data_dir: str | None = None, group_feature: str = ""
+) -> Arrays:
   """`data` (arrays, a (TFDS name, split) pair or a data source) as a dict of arrays.
 
-  A TFDS name gives {"input", "label"} in the batch format (`to_batch_format`); a data source
-  gives every feature of its records that stacks into one array.
+  A TFDS name gives {"input", "label"} in the batch format (`to_batch_format`), and "group"
+  (the ids of `group_feature`) when that is set; a data source gives every feature of its
+  records that stacks into one array.
   """
   if isinstance(data, Mapping):
     return check_arrays(data, what)
@@ -107,7 +110,8 @@ def as_arrays(data: Any, what: str, *, data_dir: str | None = None) -> Arrays:
   if isinstance(data, tuple) and len(data) == 2 and all(isinstance(x, str) for x in data):
     name, split = data
     spec = loading.info(name, data_dir=data_dir)
-    return to_batch_format(loading.load(name, split, data_dir=data_dir), spec.input_key)
+    arrays = loading.load(name, split, data_dir=data_dir)
+    return to_batch_format(arrays, spec.input_key, group_feature)
   if hasattr(data, "__len__") and hasattr(data, "__getitem__"):
     if not len(data):
       raise ValueError(f"{what}: the data source is empty.")

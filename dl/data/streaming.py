@@ -28,7 +28,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from dl.data import loading
+from dl.data import loading, sources
 from dl.data.augment import Augment
 from dl.data.batches import next_batches, pad_batch
 from dl.data.transforms import Preprocess, as_model_input, preprocessed, to_batch_format
@@ -139,6 +139,26 @@ class Streaming:
 
     options = grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.prefetch)
     yield from grain.MapDataset.range(math.ceil(n / batch_size)).map(read).to_iter_dataset(options)
+
+
+def hold_out(data: Streaming, fraction: float) -> tuple[Streaming, Streaming]:
+  """(train, validation) streams: `data` less the examples `sources.split_validation` would
+  hold out of it as arrays (the same seeded permutation), and those examples, both in order."""
+  rows = np.arange(len(data)) if data.indices is None else data.indices
+  held_out = sources.held_out_mask(len(rows), fraction)
+  return data.with_options(indices=rows[~held_out]), data.with_options(
+    indices=rows[held_out], augment=None
+  )
+
+
+def read_all(data: Streaming, group_feature: str = "") -> Arrays:
+  """Every example of `data` decoded into memory, formatted as its batches are (with the
+  "group" ids of `group_feature` when set) but not preprocessed."""
+  rows = np.arange(len(data.source)) if data.indices is None else data.indices
+  records = {k: v for k, v in read_records(data.source, rows).items() if v is not None}
+  if data.input_key is None:
+    return records
+  return to_batch_format(records, data.input_key, group_feature)
 
 
 def read_records(source: Any, rows: np.ndarray) -> dict[str, np.ndarray | None]:

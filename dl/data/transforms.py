@@ -13,13 +13,25 @@ import jax
 import numpy as np
 
 KINDS = ("scale", "standardize", "cast")
+# The batch key of the group ids that slice metrics read (`dl.trust.fairness`).
+GROUP_KEY = "group"
 
 
-def to_batch_format(arrays: Mapping[str, np.ndarray], input_key: str) -> dict[str, np.ndarray]:
-  """{input_key: x, "label": y, ...} -> {"input": x, "label": y as int32 or float32}."""
+def to_batch_format(
+  arrays: Mapping[str, np.ndarray], input_key: str, group_feature: str = ""
+) -> dict[str, np.ndarray]:
+  """{input_key: x, "label": y, ...} -> {"input": x, "label": y as int32 or float32}, and
+  {"group": the int32 ids of `group_feature`} when it is set."""
   label = np.asarray(arrays["label"])
   dtype = np.float32 if np.issubdtype(label.dtype, np.floating) else np.int32
-  return {"input": arrays[input_key], "label": label.astype(dtype)}
+  batch = {"input": arrays[input_key], "label": label.astype(dtype)}
+  if group_feature:
+    if group_feature not in arrays:
+      raise ValueError(
+        f"group_feature {group_feature!r} must be a feature of the data; it has {sorted(arrays)}."
+      )
+    batch[GROUP_KEY] = np.asarray(arrays[group_feature], np.int32)
+  return batch
 
 
 def model_input_dtype(dtype: np.dtype) -> type:

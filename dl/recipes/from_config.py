@@ -1,10 +1,10 @@
 """`dl.train(config, workdir)`: a config turned into parts, then `dl.fit`.
 
-`build(config)` reads the data set a config names, holds out validation data, fits the
-preprocessing on the training inputs alone, and makes the model, objective, optimizer and
-step (DP-SGD's, on Poisson-sampled batches, when `dp_noise_multiplier` > 0) into a
-`dl.Task`. `train` runs it through the one loop with the hooks the config asks for (the
-privacy budget, slice metrics).
+`build(config)` names the data set's splits (or streams them) and makes them, with the
+model, objective, optimizer and step (DP-SGD's, on Poisson-sampled batches, when
+`dp_noise_multiplier` > 0), into a `dl.Task` through `dl.task`, which holds out validation
+data and fits the preprocessing on the training inputs alone. `train` runs it through the
+one loop with the hooks the config asks for (the privacy budget, slice metrics).
 Nothing here is needed to train user parts: `dl.fit(dl.task(...), workdir)` does that.
 """
 
@@ -19,13 +19,12 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
+import optax
 
 from dl import data as data_lib
 from dl import models
 from dl.core import distributed, objectives, writers
 from dl.data import augment, sources, streaming
-from dl.data.transforms import Preprocess, to_batch_format
 from dl.models.adapters import Linen
 from dl.recipes import config as config_lib
 from dl.training import loop, optim, options, profile, protocols, steps
@@ -56,54 +55,43 @@ def _build(c: config_lib.TrainConfig) -> Task:
       f"dataset {c.dataset!r} has labels for objective {spec.objective!r}; the config asks "
       f"for {c.objective!r}. Set config.objective={spec.objective!r}."
     )
-  load = functools.partial(_split, c, spec)
+  if c.group_feature:  # raises unless it is a class label
+    data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=data_dir)
   validation_split = c.validation_split or ("validation" if "validation" in spec.splits else "")
-  if _streams(c):
-    train, validation = _streamed(c, spec, validation_split)
-    preprocess = streaming.fit_preprocess(train, c.normalize)
-  else:
-    train, validation = _in_memory(c, load, validation_split)
-    preprocess = Preprocess.fit(train["input"], c.normalize)
-    train = {k: v for k, v in train.items() if k != fairness.GROUP_KEY}
-  test = load(c.test_split) if c.test_split else None
-  num_steps = _num_steps(c, len(train["label"]) if isinstance(train, dict) else len(train))
   model_kwargs = {k: v for k, v in c.model.items() if k != "name"}
   model_kwargs.setdefault("dtype", jnp.dtype(c.compute_dtype))
   module = models.create(c.model["name"], num_classes=spec.num_classes, **model_kwargs)
-  tx = optim.create_optimizer(
-    c.optimizer,
-    learning_rate=c.learning_rate,
-    num_steps=max(num_steps // c.grad_accum_steps, 1),
-    schedule=c.schedule,
-    warmup_steps=c.warmup_steps,
-    weight_decay=c.weight_decay,
-    momentum=c.momentum,
-    grad_clip_norm=c.grad_clip_norm,
-    grad_accum_steps=c.grad_accum_steps,
-    injected=c.injected_hyperparams,
+  train = _train(c, spec)
+  # A hold-out of a streamed split is streamed too when it exceeds the budget on its own.
+  stream_held_out = isinstance(train, streaming.Streaming) and (
+    not validation_split and _streams(c, c.train_split, c.validation_fraction)
   )
   built = task(
     model=Linen(module),
     objective=objectives.create(c.objective, label_smoothing=c.label_smoothing),
-    optimizer=tx,
+    optimizer=optax.identity(),  # replaced below: its schedule needs the training size
     train=train,
-    eval=validation,
-    test=test,
-    validation_fraction=0.0,
-    preprocess={"input": preprocess},
+    eval=_split(c, spec, validation_split) if validation_split else None,
+    test=_split(c, spec, c.test_split) if c.test_split else None,
+    validation_fraction=c.validation_fraction,
+    normalize=c.normalize,
     augment=augment.from_names(c.augment),
     train_step=_train_step(c),
     class_names=_class_names(c, spec),
     name=f"{c.model['name']}/{c.dataset}",
+    data_dir=data_dir,
+    group_feature=c.group_feature,
+    stream_held_out=stream_held_out,
     config=dataclasses.asdict(c),
   )
+  updates = max(_num_steps(c, len(built.train)) // c.grad_accum_steps, 1)
+  built = dataclasses.replace(built, optimizer=_optimizer(c, updates))
   if _poisson(c):
     if not isinstance(built.train, sources.InMemory):
       raise ValueError(
         "dp_sampling='poisson' samples from arrays in memory; this config streams its "
         "training split. Set data_path='memory' (or dp_sampling='shuffle')."
       )
-    updates = max(num_steps // c.grad_accum_steps, 1)
     arrays = built.train.arrays
     built = dataclasses.replace(
       built,
@@ -114,6 +102,22 @@ def _build(c: config_lib.TrainConfig) -> Task:
       ),
     )
   return built
+
+
+def _optimizer(c: config_lib.TrainConfig, updates: int) -> optax.GradientTransformation:
+  """The config's optimizer, its schedule over the run's `updates`."""
+  return optim.create_optimizer(
+    c.optimizer,
+    learning_rate=c.learning_rate,
+    num_steps=updates,
+    schedule=c.schedule,
+    warmup_steps=c.warmup_steps,
+    weight_decay=c.weight_decay,
+    momentum=c.momentum,
+    grad_clip_norm=c.grad_clip_norm,
+    grad_accum_steps=c.grad_accum_steps,
+    injected=c.injected_hyperparams,
+  )
 
 
 def _streams(c: config_lib.TrainConfig, split: str = "", fraction: float = 1.0) -> bool:
@@ -138,39 +142,6 @@ def _streams(c: config_lib.TrainConfig, split: str = "", fraction: float = 1.0) 
   return size > budget
 
 
-def _in_memory(c: config_lib.TrainConfig, load, validation_split: str):
-  """(train arrays, validation arrays or None), the training split decoded into memory."""
-  train = load(c.train_split)
-  if validation_split:
-    return train, load(validation_split)
-  if c.validation_fraction > 0:
-    return sources.split_validation(train, c.validation_fraction)
-  return train, None
-
-
-def _streamed(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, validation_split: str):
-  """(train stream, validation data or None): the training split read as it trains, less
-  the examples `split_validation` would hold out, which are decoded into memory, or read in
-  batches too when they exceed the budget."""
-  data_dir = c.data_dir or None
-  source = data_lib.loading.data_source(c.dataset, c.train_split, data_dir=data_dir)
-  indices, validation = None, None
-  if validation_split:
-    validation = _split(c, spec, validation_split)
-  elif c.validation_fraction > 0:
-    held_out = np.flatnonzero(sources.held_out_mask(len(source), c.validation_fraction))
-    indices = np.setdiff1d(np.arange(len(source)), held_out)
-    if _streams(c, c.train_split, c.validation_fraction):
-      validation = streaming.Streaming(source, input_key=spec.input_key, indices=held_out)
-    else:
-      records = streaming.read_records(source, held_out)
-      validation = _formatted(c, spec, {k: v for k, v in records.items() if v is not None})
-  train = streaming.Streaming(
-    source, input_key=spec.input_key, indices=indices, num_workers=c.data_workers
-  )
-  return train, validation
-
-
 def _poisson(c: config_lib.TrainConfig) -> bool:
   return c.dp_noise_multiplier > 0 and c.dp_sampling == "poisson"
 
@@ -190,30 +161,20 @@ def _max_batch_size(c: config_lib.TrainConfig, num_examples: int, updates: int) 
   return size
 
 
+def _train(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec):
+  """The training split: its name for `dl.task` to decode, or a `Streaming` of it."""
+  if not _streams(c):
+    return (c.dataset, c.train_split)
+  source = data_lib.loading.data_source(c.dataset, c.train_split, data_dir=c.data_dir or None)
+  return streaming.Streaming(source, input_key=spec.input_key, num_workers=c.data_workers)
+
+
 def _split(c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str):
-  """An evaluation split: arrays (`_load`), or a `Streaming` of it when it is streamed."""
+  """An evaluation split: its name for `dl.task` to decode, or a `Streaming` of it."""
   if not _streams(c, split):
-    return _load(c, spec, split)
+    return (c.dataset, split)
   source = data_lib.loading.data_source(c.dataset, split, data_dir=c.data_dir or None)
   return streaming.Streaming(source, input_key=spec.input_key)
-
-
-def _load(
-  c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, split: str
-) -> dict[str, np.ndarray]:
-  """A split in the batch format, with the group ids of `group_feature` when set."""
-  return _formatted(c, spec, data_lib.load(c.dataset, split, data_dir=c.data_dir or None))
-
-
-def _formatted(
-  c: config_lib.TrainConfig, spec: data_lib.DatasetSpec, arrays: dict[str, np.ndarray]
-) -> dict[str, np.ndarray]:
-  """Decoded features in the batch format, with the group ids of `group_feature` when set."""
-  batch = to_batch_format(arrays, spec.input_key)
-  if c.group_feature:
-    data_lib.loading.class_names(c.dataset, c.group_feature, data_dir=c.data_dir or None)  # checks
-    batch[fairness.GROUP_KEY] = np.asarray(arrays[c.group_feature], np.int32)
-  return batch
 
 
 def _num_steps(c: config_lib.TrainConfig, num_train: int) -> int:

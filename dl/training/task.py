@@ -25,10 +25,10 @@ import optax
 
 from dl import inference
 from dl.core import objectives
-from dl.data import checks, sources
+from dl.data import checks, sources, streaming
 from dl.data.augment import Augment
 from dl.data.streaming import Streaming
-from dl.data.transforms import Preprocess, preprocessed
+from dl.data.transforms import GROUP_KEY, Preprocess, preprocessed
 from dl.models.adapters import Model, as_model
 from dl.training import steps
 from dl.training.state import TrainState, create_train_state
@@ -152,11 +152,14 @@ def task(
   test: Any = None,
   validation_fraction: float = 0.1,
   preprocess: Mapping[str, Preprocess] | None = None,
+  normalize: bool = True,
   augment: Sequence[Any] = (),
   train_step: Callable[..., tuple[Any, dict]] = steps.train_step,
   class_names: tuple[str, ...] = (),
   name: str = "",
   data_dir: str | None = None,
+  group_feature: str = "",
+  stream_held_out: bool = False,
   config: Mapping[str, Any] | None = None,
 ) -> Task:
   """Builds a `Task` from a user's parts; each may come in the form at hand.
@@ -170,17 +173,22 @@ def task(
     train: a dict of arrays with one leading example axis, a (TFDS name, split) pair such as
       ("digits", "train"), a data source (`tfds.data_source(...)`, decoded once into memory),
       a `dl.data.streaming.Streaming` over a source (read in batches, for data larger than
-      memory; no hold-out: pass `eval` yourself), or a data part of your own
+      memory; its hold-out is `dl.data.streaming.hold_out`), or a data part of your own
       (`dl.data.sources.TrainData`: `len`, `example()`, `batches(...)`), kept as it is (no
       preprocessing, augmentation or hold-out).
-    eval: validation data in the same forms. None: `validation_fraction` of `train`, held out
-      by a fixed seeded permutation (`dl.data.sources.split_validation`).
+    eval: validation data in the same forms. None: `validation_fraction` of `train` (arrays, a
+      name or a stream), held out by a fixed seeded permutation
+      (`dl.data.sources.split_validation`).
     test: test data in the same forms, scored once at the end; None for none.
     validation_fraction: held out of `train` when `eval` is None (0: no validation, no best
       checkpoint).
     preprocess: {input key: `dl.data.Preprocess`} applied to every split (and by
-      `dl.predict` and exports). None: for a TFDS name, `Preprocess.fit` of the training
-      inputs (after the validation hold-out); otherwise no preprocessing.
+      `dl.predict` and exports). None: for a TFDS name, or a stream of TFDS records
+      (`input_key` set) without a preprocess of its own, `Preprocess.fit` of the training
+      inputs after the validation hold-out (`dl.data.streaming.fit_preprocess` for a
+      stream); otherwise no preprocessing.
+    normalize: whether a fitted `preprocess` scales pixels and standardises float inputs
+      (False: it only casts; see `Preprocess.fit`).
     augment: transforms of the training batches (`dl.data.augment`: `RandomCrop`,
       `RandomTranslate`, `HorizontalFlip`, `Mixup`, or any grain `RandomMap`), seeded from
       (seed, epoch, example index), so a resumed run sees the same batches.
@@ -188,6 +196,11 @@ def task(
     class_names: one name per class, for exports.
     name: shown on the progress bar and the plot.
     data_dir: TFDS data directory for named data sets.
+    group_feature: a class-label feature of a named data set (or of a stream's records)
+      whose int32 ids the validation and test arrays carry as "group", for slice metrics
+      (`dl.trust.fairness.SliceMetrics`); the training data drops them. "": none.
+    stream_held_out: whether the validation examples held out of a streamed `train` are
+      read in batches too (a hold-out larger than memory); False: decoded into memory.
     config: what built the task, recorded in run cards.
 
   Raises:
@@ -202,7 +215,7 @@ def task(
       f"optimizer must be an optax GradientTransformation (e.g. optax.adamw(1e-3)); got "
       f"{type(optimizer).__name__}."
     )
-  load = functools.partial(_split, data_dir=data_dir)
+  load = functools.partial(_split, data_dir=data_dir, group_feature=group_feature)
   augmentation = Augment.create(augment) or getattr(train, "augment", None)
   part = train if sources.is_train_data(train) and not isinstance(train, sources.InMemory) else None
   if part is not None and not isinstance(part, Streaming) and (preprocess or augment):
@@ -212,8 +225,12 @@ def task(
       f"and {len(augment)} augmentations."
     )
   if isinstance(part, Streaming):  # raw inputs here; preprocessed and augmented as it reads
+    if eval is None and validation_fraction > 0:
+      part, eval = streaming.hold_out(part, validation_fraction)
+      eval = eval if stream_held_out else streaming.read_all(eval, group_feature)
     train_arrays = part.with_options(preprocess={}, augment=None).example()
-    preprocess = part.preprocess if preprocess is None else preprocess
+    if preprocess is None:
+      preprocess = part.preprocess or _fitted_stream(part, normalize)
     part = part.with_options(preprocess=preprocess, augment=augmentation)
   else:
     train_arrays = part.example() if part is not None else load(train, "training data")
@@ -221,6 +238,8 @@ def task(
   given = {"training data": train_arrays, "validation data": eval_arrays}  # rows as given
   if eval is None and validation_fraction > 0 and part is None:
     train_arrays, eval_arrays = sources.split_validation(train_arrays, validation_fraction)
+  if group_feature:  # group ids are for evaluation per group, not for training
+    train_arrays = {k: v for k, v in train_arrays.items() if k != GROUP_KEY}
   test_arrays = None if test is None else load(test, "test data")
   given["test data"] = test_arrays
   missing = [k for k in model.inputs if k not in train_arrays]
@@ -232,7 +251,7 @@ def task(
   raw = {k: (tuple(train_arrays[k].shape[1:]), train_arrays[k].dtype) for k in model.inputs}
   if preprocess is None:
     named = isinstance(train, tuple)
-    preprocess = {"input": Preprocess.fit(train_arrays["input"])} if named else {}
+    preprocess = {"input": Preprocess.fit(train_arrays["input"], normalize)} if named else {}
   train_arrays = _preprocessed(train_arrays, preprocess)
   limits = _limits(model, objective, {k: v[:2] for k, v in train_arrays.items()})
   for what, arrays in given.items():  # labels and ids are not preprocessed: checked as given
@@ -262,13 +281,20 @@ def task(
   )
 
 
-def _split(data: Any, what: str, *, data_dir: str | None) -> Arrays | Streaming:
+def _split(data: Any, what: str, *, data_dir: str | None, group_feature: str) -> Arrays | Streaming:
   """A split as arrays checked at the door (numbers, finite), or a stream kept as it is."""
   if isinstance(data, Streaming):
     return data.with_options(augment=None)
-  arrays = sources.as_arrays(data, what, data_dir=data_dir)
+  arrays = sources.as_arrays(data, what, data_dir=data_dir, group_feature=group_feature)
   checks.check_values(arrays, what)
   return arrays
+
+
+def _fitted_stream(data: Streaming, normalize: bool) -> dict[str, Preprocess]:
+  """{"input": the fitted `Preprocess`} of a stream of TFDS records; {} for other records."""
+  if data.input_key is None:
+    return {}
+  return {"input": streaming.fit_preprocess(data, normalize)}
 
 
 def _limits(model: Model, objective: objectives.Objective, batch: Arrays) -> dict[str, dict]:

@@ -19,10 +19,10 @@ import numpy as np
 
 from dl import inference
 from dl.core import parallel
+from dl.data.transforms import GROUP_KEY
 from dl.models.adapters import Model, as_model
 from dl.training import protocols
 
-GROUP_KEY = "group"
 # The record keys of the gaps between groups, beside the per-group "<metric>/group=<name>" keys.
 DEMOGRAPHIC_PARITY_KEY = "demographic_parity_difference"
 EQUALIZED_ODDS_KEY = "equalized_odds_difference"
