@@ -233,7 +233,8 @@ def _resume_run(workdir):
 def test_exact_resume_after_process_kill(tmp_path):
   """SIGKILL after a checkpoint, resume, and end bit-identical to an uninterrupted run."""
   script = [sys.executable, os.path.abspath(__file__), str(tmp_path / "killed")]
-  assert kill.kill_then_rerun(script, tmp_path / "killed", 10) < RESUME_ROUNDS
+  resume = functools.partial(_resume_run, str(tmp_path / "killed"))  # the script's own call
+  assert kill.kill_then_rerun(script, tmp_path / "killed", 10, resume=resume) < RESUME_ROUNDS
   records = map(json.loads, (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines())
   train_steps = [r["step"] for r in records if r["split"] == "train"]
   assert train_steps.count(5) == 1  # resumed at a checkpoint >= 10, not started over

@@ -190,8 +190,10 @@ def test_gan_exact_resume_after_process_kill(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   killed = tmp_path / "killed"
-  assert kill.kill_then_rerun([sys.executable, str(script), str(killed)], killed, 50) < 300
   model = module.build()
+  resume = functools.partial(dl.fit, model, str(killed), module.CONFIG)  # the script's own call
+  command = [sys.executable, str(script), str(killed)]
+  assert kill.kill_then_rerun(command, killed, 50, resume=resume) < 300
   full, _ = dl.fit(model, str(tmp_path / "full"), module.CONFIG)
   resumed = loop.restore(model, str(killed), module.CONFIG)
   assert int(resumed.step) == 300

@@ -158,7 +158,6 @@ def test_dp_run_on_poisson_batches_resumes_bit_identically_after_kill(tmp_path):
       *overrides,
     ]
 
-  assert kill.kill_then_rerun(command(tmp_path / "killed"), tmp_path / "killed", 40) < 120
   config = tiny_config(
     dp_noise_multiplier=1.0,
     num_steps=120,
@@ -166,6 +165,12 @@ def test_dp_run_on_poisson_batches_resumes_bit_identically_after_kill(tmp_path):
     log_every=60,
     eval_every=60,
   )
+  # Resumed in this process: what the command runs (tests/trainer_test.py reruns the CLI itself).
+  resume = functools.partial(dl.train, config, str(tmp_path / "killed"))
+  killed_at = kill.kill_then_rerun(
+    command(tmp_path / "killed"), tmp_path / "killed", 40, resume=resume
+  )
+  assert killed_at < 120
   full, _ = dl.train(config, str(tmp_path / "full"))  # in this process: the same program
   resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
   assert int(resumed.step) == 120

@@ -1,6 +1,7 @@
 """Segmentation: the SYNTHETIC nuclei builder's masks, Dice and IoU, instance matching, the
 classical baselines, the U-Net, explanations of one segment, and exact resume after kill -9."""
 
+import functools
 import importlib.util
 import pathlib
 import sys
@@ -184,8 +185,10 @@ def test_unet_trains_through_fit_and_resumes_exactly_after_kill(tmp_path):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   killed = tmp_path / "killed"
-  assert kill.kill_then_rerun([sys.executable, str(script), str(killed)], killed, 20) < 60
   task = module.build()
+  resume = functools.partial(dl.fit, task, str(killed), module.CONFIG)  # the script's own call
+  command = [sys.executable, str(script), str(killed)]
+  assert kill.kill_then_rerun(command, killed, 20, resume=resume) < 60
   full, history = dl.fit(task, str(tmp_path / "full"), module.CONFIG)
   resumed = dl.training.loop.restore(task, str(killed), module.CONFIG)
   assert int(resumed.step) == 60

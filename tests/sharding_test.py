@@ -1,6 +1,7 @@
 """Sharding by rules on 8 fake CPU devices: the model's own annotations, the user's rules and
 the fsdp shape rule, over meshes with a tensor-parallel "model" axis."""
 
+import functools
 import math
 import pathlib
 import re
@@ -212,7 +213,10 @@ def test_kill_then_resume_tensor_parallel_is_bit_identical(tmp_path):
   script = str(pathlib.Path(__file__).resolve().parent / "user_parts.py")
   command = [sys.executable, script, "tensor_parallel", str(tmp_path / "killed"), str(num_steps)]
   command += [f"{k}={v}" for k, v in mesh.items()]
-  assert kill.kill_then_rerun(command, tmp_path / "killed", 25) < num_steps
+  resume = functools.partial(  # the script's own call
+    user_parts.fit, "tensor_parallel", str(tmp_path / "killed"), num_steps, **mesh
+  )
+  assert kill.kill_then_rerun(command, tmp_path / "killed", 25, resume=resume) < num_steps
   full, _ = user_parts.fit("tensor_parallel", str(tmp_path / "full"), num_steps, **mesh)
   config = dl.FitConfig(num_steps=num_steps, batch_size=32, **mesh)
   resumed = dl.training.loop.restore(

@@ -2,6 +2,7 @@
 position, exact resume after kill -9, bounded memory. (Two processes streaming disjoint shards
 train what one process trains: `distributed_test.py`, parallel="fsdp".)"""
 
+import functools
 import json
 import os
 import subprocess
@@ -104,8 +105,10 @@ def test_kill_mid_epoch_streaming_with_augmentation_resumes_to_the_in_memory_run
     *("--workdir", str(tmp_path / "killed")),
     *(f"--config.{'fit.' * (k in FIT_FIELDS)}{k}={v}" for k, v in overrides.items()),
   ]
-  assert kill.kill_then_rerun(command, tmp_path / "killed", 50) < 120
   config = tiny_config(**overrides)
+  # Resumed in this process: what the command runs (tests/trainer_test.py reruns the CLI itself).
+  resume = functools.partial(dl.train, config, str(tmp_path / "killed"))
+  assert kill.kill_then_rerun(command, tmp_path / "killed", 50, resume=resume) < 120
   full, _ = dl.train(tiny_config(**{**overrides, "data_path": "memory"}), str(tmp_path / "full"))
   resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
   assert int(resumed.step) == 120
