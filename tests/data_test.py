@@ -262,7 +262,10 @@ def test_import_dl_data_imports_a_builder_only_when_its_data_set_is_named(tmp_pa
   )
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
   lines = out.stdout.splitlines()  # TFDS prints its progress between them.
-  assert (lines[0], lines[-1]) == ("[] ('breast_cancer',) []", "['dl.data.builders.digits']")
+  assert (lines[0], lines[-1]) == (
+    "[] ('breast_cancer',) []",
+    "['dl.data.builders.base', 'dl.data.builders.digits']",
+  )
   assert builders.base_name("mnist64/1m:1.0.0") == "mnist64"
 
 

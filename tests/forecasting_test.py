@@ -32,7 +32,7 @@ def test_sp500_names_the_install_command(monkeypatch, tmp_path):
   def missing(name):
     raise metadata.PackageNotFoundError(name)
 
-  monkeypatch.setattr(sp500.metadata, "distribution", missing)
+  monkeypatch.setattr(metadata, "distribution", missing)
   with pytest.raises(
     dl.data.DataPackageMissingError, match=r"pip install --no-deps river==0\.26\.1"
   ):

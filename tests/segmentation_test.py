@@ -62,7 +62,8 @@ def test_masks_are_the_painted_shapes_and_the_image_shows_them(data_dir):
     assert image[instances > 0].mean() > image[instances == 0].mean() + 10  # nuclei glow
   again = nuclei.make_example(np.random.default_rng([2, 0]), TINY)
   np.testing.assert_array_equal(again["image"], arrays["image"][0])  # deterministic
-  assert "SYNTHETIC" in nuclei._DESCRIPTION and "GENERATED" in nuclei._DESCRIPTION
+  description = nuclei.SyntheticNuclei.DESCRIPTION
+  assert "SYNTHETIC" in description and "GENERATED" in description
 
 
 def test_dice_and_iou_of_perfect_empty_and_partial_predictions():

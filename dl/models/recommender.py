@@ -6,6 +6,7 @@ predicted rating (regression, `num_classes=1`) or a logit of "the user interacts
 item" (implicit feedback, trained with a binary cross-entropy).
 """
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,13 +27,24 @@ def _split_ids(ids_Bx2: jax.Array) -> tuple[jax.Array, jax.Array]:
   return ids_Bx2[..., 0], ids_Bx2[..., 1]
 
 
-class MatrixFactorization(nn.Module):
+class _Recommender(nn.Module):
+  """The fields both recommenders share; `global_bias`, `dropout` and `dtype` keyword-only."""
+
+  num_users: int
+  num_items: int
+  num_classes: int = 1
+  global_bias: float = dataclasses.field(default=0.0, kw_only=True)
+  dropout: float = dataclasses.field(default=0.0, kw_only=True)
+  dtype: Any = dataclasses.field(default=jnp.float32, kw_only=True)
+
+
+class MatrixFactorization(_Recommender):
   """Biased matrix factorisation: score = global bias + b_u + b_i + <p_u, q_i>.
 
   The model of Koren, Bell and Volinsky (2009), "Matrix factorization techniques for
   recommender systems", that Surprise calls SVD.
 
-  Attributes:
+  Attributes (`global_bias`, `dropout` and `dtype` keyword-only):
     num_users: rows of the user tables.
     num_items: rows of the item tables.
     num_classes: outputs per pair; each has its own factors and biases (1 for ratings).
@@ -42,13 +54,7 @@ class MatrixFactorization(nn.Module):
     dtype: compute dtype; the output is float32.
   """
 
-  num_users: int
-  num_items: int
-  num_classes: int = 1
   dim: int = 32
-  global_bias: float = 0.0
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, ids_Bx2: jax.Array, *, train: bool = False) -> jax.Array:
@@ -74,13 +80,13 @@ class MatrixFactorization(nn.Module):
     return (dot_BxC + b_u_BxC + b_i_BxC + mu_1xC).astype(jnp.float32)
 
 
-class NeuMF(nn.Module):
+class NeuMF(_Recommender):
   """Neural collaborative filtering (He et al. 2017): a GMF branch beside an MLP branch.
 
   GMF multiplies a user and an item embedding elementwise; the MLP branch concatenates two
   other embeddings and passes them through ReLU layers; a dense layer reads both.
 
-  Attributes:
+  Attributes (`global_bias`, `dropout` and `dtype` keyword-only):
     num_users: rows of the user tables.
     num_items: rows of the item tables.
     num_classes: outputs per pair (1: a rating or a logit).
@@ -91,14 +97,8 @@ class NeuMF(nn.Module):
     dtype: compute dtype; the output is float32.
   """
 
-  num_users: int
-  num_items: int
-  num_classes: int = 1
   dim: int = 16
   mlp_dims: Sequence[int] = (64, 32, 16)
-  global_bias: float = 0.0
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, ids_Bx2: jax.Array, *, train: bool = False) -> jax.Array:

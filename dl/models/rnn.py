@@ -14,6 +14,7 @@ reverses each sequence within its length, so it starts at the last valid step; p
 masks the rest. Outputs and gradients are therefore the same however much padding follows.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -25,17 +26,8 @@ CELLS = {"lstm": nn.OptimizedLSTMCell, "gru": nn.GRUCell}
 POOLINGS = ("mean", "max", "last", "mean_max")
 
 
-class RNNEncoder(nn.Module):
-  """Stacked recurrent layers over (B, L, D) inputs, padded steps ignored.
-
-  Attributes:
-    cell: "lstm" or "gru".
-    hidden: units per direction of each layer.
-    num_layers: stacked layers; layer k+1 reads layer k's outputs.
-    bidirectional: read each sequence both ways (outputs of size 2 * hidden).
-    dropout: dropout rate between layers (0 disables it).
-    dtype: compute dtype; parameters stay float32.
-  """
+class _Recurrent(nn.Module, kw_only=True):
+  """The hyperparameters of `RNNEncoder`, which the heads pass on to theirs (keyword-only)."""
 
   cell: str = "lstm"
   hidden: int = 128
@@ -43,6 +35,19 @@ class RNNEncoder(nn.Module):
   bidirectional: bool = False
   dropout: float = 0.0
   dtype: Any = jnp.float32
+
+
+class RNNEncoder(_Recurrent):
+  """Stacked recurrent layers over (B, L, D) inputs, padded steps ignored.
+
+  Attributes (keyword-only):
+    cell: "lstm" or "gru".
+    hidden: units per direction of each layer.
+    num_layers: stacked layers; layer k+1 reads layer k's outputs.
+    bidirectional: read each sequence both ways (outputs of size 2 * hidden).
+    dropout: dropout rate between layers (0 disables it).
+    dtype: compute dtype; parameters stay float32.
+  """
 
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, lengths_B: jax.Array, *, train: bool) -> jax.Array:
@@ -61,7 +66,7 @@ class RNNEncoder(nn.Module):
     return h_BxLxH
 
 
-class TextRNN(nn.Module):
+class TextRNN(_Recurrent):
   """Text classifier: ids (B, L) with pad id 0 -> (B, num_classes) logits.
 
   Attributes:
@@ -82,13 +87,7 @@ class TextRNN(nn.Module):
   num_classes: int
   vocab_size: int = 8000
   embed_dim: int = 128
-  cell: str = "lstm"
-  hidden: int = 128
-  num_layers: int = 1
-  bidirectional: bool = False
   pooling: str = "mean"
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
@@ -100,13 +99,10 @@ class TextRNN(nn.Module):
     lengths_B = mask_BxL.sum(axis=1)
     x_BxLxE = nn.Embed(self.vocab_size, self.embed_dim, dtype=self.dtype)(ids_BxL)
     x_BxLxE = nn.Dropout(self.dropout, deterministic=not train)(x_BxLxE)
-    h_BxLxH = _encoder(self)(x_BxLxE, lengths_B, train=train)
-    pooled_BxH = pool(h_BxLxH, mask_BxL, self.pooling)
-    pooled_BxH = nn.Dropout(self.dropout, deterministic=not train)(pooled_BxH)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(pooled_BxH).astype(jnp.float32)
+    return _encode_and_pool(self, x_BxLxE, lengths_B, mask_BxL, train=train)
 
 
-class SeriesRNN(nn.Module):
+class SeriesRNN(_Recurrent):
   """Sequence regressor/classifier: windows (B, T) or (B, T, F) -> (B, num_classes).
 
   Attributes:
@@ -122,13 +118,8 @@ class SeriesRNN(nn.Module):
   """
 
   num_classes: int
-  cell: str = "lstm"
-  hidden: int = 64
-  num_layers: int = 1
-  bidirectional: bool = False
+  hidden: int = dataclasses.field(default=64, kw_only=True)
   pooling: str = "last"
-  dropout: float = 0.0
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -137,10 +128,7 @@ class SeriesRNN(nn.Module):
     x_BxTxF = x[..., None] if x.ndim == 2 else x
     mask_BxT = jnp.ones(x_BxTxF.shape[:2], bool)
     lengths_B = jnp.full(x_BxTxF.shape[:1], x_BxTxF.shape[1], jnp.int32)
-    h_BxTxH = _encoder(self)(x_BxTxF, lengths_B, train=train)
-    pooled_BxH = pool(h_BxTxH, mask_BxT, self.pooling)
-    pooled_BxH = nn.Dropout(self.dropout, deterministic=not train)(pooled_BxH)
-    return nn.Dense(self.num_classes, dtype=self.dtype)(pooled_BxH).astype(jnp.float32)
+    return _encode_and_pool(self, x_BxTxF, lengths_B, mask_BxT, train=train)
 
 
 def pool(h_BxLxH: jax.Array, mask_BxL: jax.Array, how: str) -> jax.Array:
@@ -163,17 +151,20 @@ def pool(h_BxLxH: jax.Array, mask_BxL: jax.Array, how: str) -> jax.Array:
   return max_BxH if how == "max" else jnp.concatenate([mean_BxH, max_BxH], axis=-1)
 
 
-def _encoder(head: TextRNN | SeriesRNN) -> RNNEncoder:
-  """The encoder a head's fields describe."""
-  return RNNEncoder(
-    cell=head.cell,
-    hidden=head.hidden,
-    num_layers=head.num_layers,
-    bidirectional=head.bidirectional,
-    dropout=head.dropout,
-    dtype=head.dtype,
-    name="encoder",
-  )
+def _encode_and_pool(
+  head: TextRNN | SeriesRNN,
+  x_BxLxD: jax.Array,
+  lengths_B: jax.Array,
+  mask_BxL: jax.Array,
+  *,
+  train: bool,
+) -> jax.Array:
+  """A head's encoder over its inputs, pooled over the valid steps -> (B, num_classes)."""
+  names = [f.name for f in dataclasses.fields(_Recurrent) if f.name not in ("parent", "name")]
+  encoder = RNNEncoder(**{name: getattr(head, name) for name in names}, name="encoder")
+  pooled_BxH = pool(encoder(x_BxLxD, lengths_B, train=train), mask_BxL, head.pooling)
+  pooled_BxH = nn.Dropout(head.dropout, deterministic=not train)(pooled_BxH)
+  return nn.Dense(head.num_classes, dtype=head.dtype)(pooled_BxH).astype(jnp.float32)
 
 
 def _cell_class(name: str) -> type[nn.RNNCellBase]:

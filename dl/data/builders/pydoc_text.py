@@ -22,6 +22,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
+from dl.data.builders import base
+
 PAD_ID = 0
 UNKNOWN_ID = 1
 _CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -29,23 +31,6 @@ VOCAB_SIZE = 2 + len(_CHARS)
 WINDOW = 128
 VALIDATION_FRACTION = 0.1
 _IDS = {c: i + 2 for i, c in enumerate(_CHARS)}
-
-_DESCRIPTION = f"""
-Python's reference documentation (`pydoc_data.topics`, the text of `help(topic)`) as
-character ids for language modelling. Contiguous split: first 90% of the characters
-train, last 10% validation; non-overlapping windows of {WINDOW} characters with the
-next character as the label at each position. Vocabulary of {VOCAB_SIZE} ids: 0 pad,
-1 unknown, 2 newline, 3..97 printable ASCII. Prepared with Python {sys.version.split()[0]}.
-"""
-
-_CITATION = """
-@manual{python311docs,
-  title = {The Python Language Reference},
-  organization = {Python Software Foundation},
-  year = {2023},
-  note = {Distributed as pydoc\\_data/topics.py with CPython}
-}
-"""
 
 
 def encode(text: str) -> np.ndarray:
@@ -80,29 +65,37 @@ def windows(ids_N: np.ndarray, length: int = WINDOW) -> tuple[np.ndarray, np.nda
   return inputs_WxL, labels_WxL
 
 
-class PydocText(tfds.core.GeneratorBasedBuilder):
+class PydocText(base.Builder):
   """Python's pydoc topics as 128-character windows for next-character prediction."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = f"""
+Python's reference documentation (`pydoc_data.topics`, the text of `help(topic)`) as
+character ids for language modelling. Contiguous split: first 90% of the characters
+train, last 10% validation; non-overlapping windows of {WINDOW} characters with the
+next character as the label at each position. Vocabulary of {VOCAB_SIZE} ids: 0 pad,
+1 unknown, 2 newline, 3..97 printable ASCII. Prepared with Python {sys.version.split()[0]}.
+"""
+  CITATION = """
+@manual{python311docs,
+  title = {The Python Language Reference},
+  organization = {Python Software Foundation},
+  year = {2023},
+  note = {Distributed as pydoc\\_data/topics.py with CPython}
+}
+"""
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "tokens": tfds.features.Tensor(shape=(WINDOW,), dtype=np.int32),
-          "label": tfds.features.Sequence(
-            tfds.features.ClassLabel(num_classes=VOCAB_SIZE), length=WINDOW
-          ),
-        }
+  HOMEPAGE = "https://docs.python.org/3/reference/"
+  SUPERVISED_KEYS = ("tokens", "label")
+  DISABLE_SHUFFLING = True  # records stay in text order
+
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """A window of ids and the next id at each position."""
+    return {
+      "tokens": tfds.features.Tensor(shape=(WINDOW,), dtype=np.int32),
+      "label": tfds.features.Sequence(
+        tfds.features.ClassLabel(num_classes=VOCAB_SIZE), length=WINDOW
       ),
-      supervised_keys=("tokens", "label"),
-      homepage="https://docs.python.org/3/reference/",
-      citation=_CITATION,
-      disable_shuffling=True,  # records stay in text order
-    )
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and validation generators; nothing is downloaded."""

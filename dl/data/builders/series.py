@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dl.data import builders
+from dl.data.builders import base
 
 _INSTALL = "pip install statsmodels==0.15.0"
 SPLITS = ("train", "validation", "test")
@@ -46,39 +47,26 @@ class Segment:
   positions_W: np.ndarray
 
 
-class _WindowedSeries(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _WindowedSeries(base.Builder, skip_registration=True):
   """Base of the series builders: a subclass says how to read its series and where to cut."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   WINDOW: int
   VALIDATION_START: float  # decimal year of the first validation value
   TEST_START: float  # decimal year of the first test value
-  DESCRIPTION: str
-  CITATION: str
-  HOMEPAGE: str
+  SUPERVISED_KEYS = ("features", "label")
+  HAS_METADATA = True  # the train mean and std, the window and the years of each split
 
   def _read(self) -> tuple[np.ndarray, np.ndarray]:
     """(decimal years, values with NaN for missing ones) of the whole series, in time order."""
     raise NotImplementedError
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=self.DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "features": tfds.features.Tensor(shape=(self.WINDOW,), dtype=np.float32),
-          "label": tfds.features.Tensor(shape=(), dtype=np.float32),
-          "year": tfds.features.Tensor(shape=(), dtype=np.float32),
-        }
-      ),
-      supervised_keys=("features", "label"),
-      homepage=self.HOMEPAGE,
-      citation=self.CITATION,
-      metadata=tfds.core.MetadataDict(),
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The window of scaled values, the next one and its time."""
+    return {
+      "features": tfds.features.Tensor(shape=(self.WINDOW,), dtype=np.float32),
+      "label": tfds.features.Tensor(shape=(), dtype=np.float32),
+      "year": tfds.features.Tensor(shape=(), dtype=np.float32),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Cuts, fills, scales and windows the series; nothing is downloaded."""

