@@ -92,7 +92,9 @@ def _tiny_regression(**overrides):
 
 def test_walk_forward_refits_per_fold_on_the_past(days, tmp_path):
   folds = forecasting.walk_forward_folds(1253, num_folds=2, test_size=20, max_train_size=400)
-  result = forecasting.walk_forward(_tiny_regression(ensemble_size=2), folds, str(tmp_path))
+  config = _tiny_regression()
+  config.fit.ensemble_size = 2
+  result = forecasting.walk_forward(config, folds, str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == ["fold0", "fold1"]
   assert result.member_predictions_SxN.shape == (2, 40)
   np.testing.assert_allclose(result.predictions_N, result.member_predictions_SxN.mean(axis=0))

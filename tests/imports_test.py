@@ -49,13 +49,16 @@ def _module_name(path: pathlib.Path) -> str:
   return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _shown(path: pathlib.Path) -> str:
+  return str(path.relative_to(ROOT.parent)) if path.is_relative_to(ROOT.parent) else str(path)
+
+
 def _modules() -> dict[str, pathlib.Path]:
   return {_module_name(p): p for p in sorted(ROOT.rglob("*.py*")) if p.suffix in {".py", ".pyi"}}
 
 
-def imports(path: pathlib.Path, modules) -> list[tuple[str, int]]:
-  """(dl module imported, line) for each import of dl in the file at `path`."""
-  name = _module_name(path)
+def imports(path: pathlib.Path, modules, name: str) -> list[tuple[str, int]]:
+  """(dl module imported, line) for each import of dl in the file at `path`, module `name`."""
   package = name if path.stem == "__init__" else name.rpartition(".")[0]
   found = []
   for node in ast.walk(ast.parse(path.read_text(), str(path))):
@@ -72,16 +75,16 @@ def imports(path: pathlib.Path, modules) -> list[tuple[str, int]]:
   return [(m, line) for m, line in found if m == "dl" or m.startswith("dl.")]
 
 
-def _graph():
-  modules = _modules()
+def _graph(extra=None):
+  modules = {**_modules(), **(extra or {})}
   return modules, {
-    name: [(m, line) for m, line in imports(path, modules) if m != name]
+    name: [(m, line) for m, line in imports(path, modules, name) if m != name]
     for name, path in modules.items()
   }
 
 
-def test_every_import_points_down():
-  modules, graph = _graph()
+def test_every_import_points_down(extra=None):
+  modules, graph = _graph(extra)
   upward = []
   for name, targets in graph.items():
     level, package = floor_of(name)
@@ -89,7 +92,7 @@ def test_every_import_points_down():
       target_level, target_package = floor_of(target)
       if target_level > level or (target_level == level and target_package != package):
         upward.append(
-          f"{modules[name].relative_to(ROOT.parent)}:{line} imports {target} "
+          f"{_shown(modules[name])}:{line} imports {target} "
           f"(floor {target_level}, {target_package}) from floor {level} ({package})"
         )
   assert not upward, "imports that run up a floor or across it:\n" + "\n".join(upward)
@@ -134,13 +137,10 @@ def _strongly_connected(edges):
 
 
 def test_the_check_catches_an_upward_import(tmp_path):
-  bad = ROOT / "core" / "_upward_probe.py"
-  bad.write_text("from dl.training import loop\n")
-  try:
-    with pytest.raises(AssertionError, match="_upward_probe.py:1 imports dl.training"):
-      test_every_import_points_down()
-  finally:
-    bad.unlink()
+  probe = tmp_path / "probe.py"
+  probe.write_text("from dl.training import loop\n")
+  with pytest.raises(AssertionError, match="probe.py:1 imports dl.training"):
+    test_every_import_points_down({"dl.core._upward_probe": probe})
 
 
 def test_import_dl_loads_no_floor():
@@ -167,3 +167,25 @@ def test_a_lazy_packages_stub_lists_what_it_gives(stub):
   assert sorted(declared) == sorted(module.__all__)
   for name in declared:
     getattr(module, name)
+
+
+PACKAGES = sorted(
+  _module_name(p)
+  for p in ROOT.rglob("__init__.py")
+  # Each command defines its flags (one per process); a builder is imported when its data set
+  # is named (dl.data.builders.MODULES).
+  if _module_name(p) not in ("dl.cli", "dl.data.builders")
+)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_a_packages_modules_are_its_attributes(package):
+  """`import dl` then `dl.<package>.<module>` works for every module, imported or not yet."""
+  folder = ROOT.parent / package.replace(".", "/")
+  modules = [p.stem for p in folder.glob("[!_]*.py")]
+  modules += [p.parent.name for p in folder.glob("*/__init__.py")]
+  path = package.split(".")[1:]
+  code = f"import dl\npackage = dl\nfor name in {path!r}:\n  package = getattr(package, name)\n"
+  code += f"for name in {sorted(modules)!r}:\n  getattr(package, name)\n"
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-1500:]

@@ -13,6 +13,7 @@ import difflib
 
 import flax.linen as nn
 
+from dl.models import adapters
 from dl.models.centernet import CenterNet
 from dl.models.cnn import CNN
 from dl.models.decoder import DecoderLM
@@ -74,6 +75,7 @@ def create(name: str, **kwargs) -> nn.Module:
 
 
 __all__ = [
+  "adapters",
   "CNN",
   "CTCRecognizer",
   "MLP",
