@@ -47,7 +47,9 @@ def run_card(task, state, *, workdir: str | None = None) -> dict[str, Any]:
   if metrics_path and os.path.exists(metrics_path):
     metrics = _run_metrics(metrics_path)
   else:
-    metrics = _evaluated_metrics(task, state, fit_config.get("eval_batch_size", 1000))
+    metrics = _evaluated_metrics(
+      task, state, fit_config.get("eval_batch_size", inference.EVAL_BATCH_SIZE)
+    )
   seed = fit_config.get("seed", config.get("fit", {}).get("seed"))
   return {
     "created": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

@@ -134,7 +134,9 @@ class Task:
       return checks.CheckedBatches(batches, "training data", **self.limits)
     return batches
 
-  def evaluate(self, state, split: str = "eval", batch_size: int = 1000) -> dict | None:
+  def evaluate(
+    self, state, split: str = "eval", batch_size: int = inference.EVAL_BATCH_SIZE
+  ) -> dict | None:
     """`dl.evaluate` on the "eval" (validation) or "test" arrays; None if there are none."""
     arrays = {"eval": self.eval, "test": self.test}[split]
     if arrays is None:
