@@ -6,6 +6,8 @@ this package loads nothing: each name below, and each module of the package, is 
 first use (`__init__.pyi` lists them). A local builder is imported, and so registered with
 TFDS, only when its data set is named through dl (`load`, `info`, `loading.data_source`,
 `loading.prepared_builder`); `tfds.builder("digits")` alone does not find it.
+
+Imports nothing of dl but dl.core.
 """
 
 import lazy_loader

@@ -1,4 +1,7 @@
-"""Generative models: GANs, autoencoders and VAEs; Frechet distance; anomaly scores."""
+"""Generative models: GANs, autoencoders and VAEs; Frechet distance; anomaly scores.
+
+Imports core, data, models, inference and training (the trust floor's peer).
+"""
 
 import pkgutil
 

@@ -6,6 +6,8 @@ classifier, KeywordCNN), token logits (TransformerLM, DecoderLM, TransformerSeq2
 regression value (SeriesRNN, the recommenders' scores), per-pixel logits (UNet), a CenterNet
 grid of heat logits and boxes, or a dict of frame logits and frame counts (CTCRecognizer).
 `MODELS` names every one that `create` (and a config's `model.name`) can build.
+
+Imports only dl.core (logical axis names for sharding).
 """
 
 import dataclasses

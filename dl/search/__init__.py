@@ -1,5 +1,7 @@
 """Hyperparameter search whose trials train together, as one population.
 
+Imports every floor below it, recipes included (a config is one way to give it parts).
+
 dl trains K models that differ in their injected hyperparameters (`optax.inject_hyperparams`:
 the learning rate and weight decay of every optimizer `dl.training.optim` builds, and the
 momentum or Adam betas b1 and b2 when a search names them) as one `jax.vmap`ped program. A

@@ -1,4 +1,7 @@
-"""Training: the state, the pure steps, the one loop (`fit`), and how steps are compiled."""
+"""Training: the state, the pure steps, the one loop (`fit`), and how steps are compiled.
+
+Imports core, data, models and inference; no feature (hooks come in from above).
+"""
 
 import pkgutil
 
