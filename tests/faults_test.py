@@ -29,11 +29,17 @@ def _script(workdir, *overrides, steps=STEPS):
   return [sys.executable, SCRIPT, "two_input", str(workdir), str(steps), FAR, *overrides]
 
 
+def _written(path: pathlib.Path) -> bool:
+  return path.exists() and path.stat().st_size > 0
+
+
 def _wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+  """Waits until `path` holds something: metrics.jsonl is opened before the signal handlers
+  go in, so only its first record says that training (and its SIGTERM handling) has begun."""
   deadline = time.time() + timeout
-  while not path.exists() and proc.poll() is None and time.time() < deadline:
+  while not _written(path) and proc.poll() is None and time.time() < deadline:
     time.sleep(0.01)
-  assert path.exists(), f"{path} never appeared (the run ended with {proc.poll()})"
+  assert _written(path), f"{path} never got written (the run ended with {proc.poll()})"
 
 
 def _checkpoints(workdir: pathlib.Path) -> list[int]:
@@ -55,7 +61,7 @@ def test_sigterm_saves_the_step_reached_the_lock_stops_a_second_run_and_a_dead_o
   user_parts.fit("two_input", str(tmp_path / "full"), STEPS, checkpoint_every=FAR_EVERY)
   run = tmp_path / "run"
   proc = subprocess.Popen(_script(run), stderr=subprocess.PIPE, text=True, env=SLOW)
-  _wait_for(run / "metrics.jsonl", proc)  # training has started
+  _wait_for(run / "metrics.jsonl", proc)  # the first train record: training has started
   proc.send_signal(signal.SIGTERM)
   _, stderr = proc.communicate(timeout=120)
   assert proc.returncode == preemption.EXIT_CODE, stderr
