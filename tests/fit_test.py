@@ -27,8 +27,10 @@ def test_kill_then_resume_is_bit_identical(tmp_path):
   (An NNX model's state is the same kind of pytree: `test_nnx_model_trains_with_batch_stats_
   and_restores` covers its checkpoints.)"""
   kind, num_steps = "two_input", 400
-  command = [sys.executable, SCRIPT, kind, str(tmp_path / "killed"), str(num_steps)]
-  assert kill.kill_then_rerun(command, tmp_path / "killed", 25) < num_steps
+  killed = str(tmp_path / "killed")
+  command = [sys.executable, SCRIPT, kind, killed, str(num_steps)]
+  resume = lambda: user_parts.fit(kind, killed, num_steps)  # noqa: E731  (the script's call)
+  assert kill.kill_then_rerun(command, tmp_path / "killed", 25, resume=resume) < num_steps
   full, _ = user_parts.fit(kind, str(tmp_path / "full"), num_steps)  # in this process
   task = user_parts.TASKS[kind]()
   config = dl.FitConfig(num_steps=num_steps, batch_size=32)

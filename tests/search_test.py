@@ -237,8 +237,12 @@ def test_search_killed_mid_way_resumes_to_the_same_table_and_state(tmp_path, alg
     f"--algorithm={algorithm}",
     "--num_trials=4",
   ]
-  assert kill.kill_then_rerun(command, killed, 30) < 60
-  config = tiny_config(optimizer="adamw", num_steps=60, eval_every=10)
+  config = tiny_config(optimizer="adamw", num_steps=60, eval_every=10)  # the experiment's
+
+  def resume():  # the command's call, in this process
+    search.run(config, SPACE, str(killed), algorithm, num_slots=4)
+
+  assert kill.kill_then_rerun(command, killed, 30, resume=resume) < 60
   result = search.run(config, SPACE, str(tmp_path / "whole"), algorithm, num_slots=4)
   with open(killed / "trials.jsonl") as f:
     resumed_rows = [json.loads(line) for line in f]

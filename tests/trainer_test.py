@@ -71,10 +71,12 @@ def _cli(workdir, *overrides):
 def test_exact_resume_after_process_kill(tmp_path):
   """SIGKILL after a checkpoint, resume, and end bit-identical to an uninterrupted run."""
   args = ["--config.fit.num_steps=600", "--config.fit.checkpoint_every=25"]
-  assert kill.kill_then_rerun(_cli(tmp_path / "killed", *args), tmp_path / "killed", 50) < 600
   config = tiny_config(num_steps=600, checkpoint_every=25)
+  killed = tmp_path / "killed"
+  resume = lambda: dl.train(config, str(killed))  # noqa: E731  (the command's call, here)
+  assert kill.kill_then_rerun(_cli(killed, *args), killed, 50, resume=resume) < 600
   full, _ = dl.train(config, str(tmp_path / "full"))  # in this process: the same program
-  resumed = dl.restore(config, str(tmp_path / "killed"), step=None)
+  resumed = dl.restore(config, str(killed), step=None)
   assert int(resumed.step) == 600
   chex.assert_trees_all_equal(full.params, resumed.params)
   chex.assert_trees_all_equal(full.opt_state, resumed.opt_state)
