@@ -24,10 +24,11 @@ A leaf of the optimizer state follows its parameter: its path ends with the para
 
 import contextlib
 import dataclasses
+import functools
 import math
 import re
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -408,15 +409,38 @@ def shard_for_pmap(batch: dict[str, np.ndarray], num_devices: int, *, fused: boo
 
 
 def replicate(tree: Any, devices=None) -> Any:
-  """Copies a pytree onto every local device, with a leading device axis (for pmap)."""
-  devices = jax.local_devices() if devices is None else devices
-  sharding = NamedSharding(Mesh(np.asarray(devices), ("devices",)), P("devices"))
-  return jax.tree.map(
-    lambda x: jax.device_put(jax.numpy.broadcast_to(x, (len(devices), *np.shape(x))), sharding),
-    tree,
-  )
+  """Copies a pytree onto every local device, with a leading device axis (for pmap).
+
+  One program for the whole tree (a broadcast per leaf, run op by op, compiles one program
+  per leaf shape).
+  """
+  mesh = Mesh(np.asarray(jax.local_devices() if devices is None else devices), ("devices",))
+  tree = jax.device_put(tree, NamedSharding(mesh, P()))  # wherever its leaves were
+  return _replicate(mesh)(tree)
 
 
 def unreplicate(tree: Any) -> Any:
-  """The first device's copy of a replicated pytree."""
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first device's copy of a replicated pytree (`replicate`'s layout), on that device."""
+  leaves = jax.tree.leaves(tree)
+  if not leaves or not isinstance(leaves[0], jax.Array) or len(leaves[0].devices()) == 1:
+    return jax.tree.map(lambda x: x[0], tree)
+  shards = sorted(leaves[0].addressable_shards, key=lambda s: s.index[0].start or 0)
+  mesh = Mesh(np.asarray([s.device for s in shards]), ("devices",))
+  return jax.tree.map(lambda x: x.addressable_data(0), _unreplicate(mesh)(tree))
+
+
+@functools.cache
+def _replicate(mesh: Mesh) -> Callable[[Any], Any]:
+  n = mesh.devices.size
+  return jax.jit(
+    lambda tree: jax.tree.map(lambda x: jax.numpy.broadcast_to(x, (n, *x.shape)), tree),
+    out_shardings=NamedSharding(mesh, P("devices")),
+  )
+
+
+@functools.cache
+def _unreplicate(mesh: Mesh) -> Callable[[Any], Any]:
+  # Every device ends with the first copy, so each device's own piece is a whole copy.
+  return jax.jit(
+    lambda tree: jax.tree.map(lambda x: x[0], tree), out_shardings=NamedSharding(mesh, P())
+  )

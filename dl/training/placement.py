@@ -86,10 +86,14 @@ class Placement:
     )
 
   def init(self, init_fn: Callable[[], Any]) -> Any:
-    """Runs `init_fn` straight into this layout (sharded modes never hold a full copy)."""
+    """Runs `init_fn` straight into this layout (sharded modes never hold a full copy).
+
+    Compiled as one program, as Flax's `jax.jit(model.init)`: run op by op, an
+    initialisation compiles each of its hundreds of operations on its own.
+    """
     if self.state_shardings is not None:
       return jax.jit(self._in_mesh(init_fn), out_shardings=self.state_shardings)()
-    return self.put_state(init_fn())
+    return self.put_state(jax.jit(init_fn)())
 
   def put_state(self, state: Any) -> Any:
     """Moves a plain state (e.g. just restored) into this layout."""
