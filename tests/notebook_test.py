@@ -54,6 +54,20 @@ def test_kernel_runs_this_interpreter():
   assert km.kernel_spec.argv[0] == sys.executable
 
 
+def test_execute_shuts_its_kernel_down(tmp_path):
+  """Each run's kernel ends with it (a suite of ten notebooks once kept ten kernels alive)."""
+
+  def children():
+    pgrep = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True)
+    return set(pgrep.stdout.split())
+
+  before = children()
+  nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("print(1)")])
+  run_notebooks.execute(nb, smoke=True, timeout=60, cwd=str(tmp_path))
+  assert nb.cells[0].outputs[0]["text"] == "1\n"
+  assert children() <= before
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=os.path.basename)
 def test_notebook_runs(path, tmp_path):
   # The kernel inherits this environment, DL_DATA_DIR from conftest included.

@@ -128,16 +128,21 @@ def execute(nb, smoke: bool, timeout: int, cwd: str) -> None:
       os.environ["DL_NOTEBOOK_SMOKE"] = "1"
     else:
       os.environ.pop("DL_NOTEBOOK_SMOKE", None)
+    km = kernel_manager()
     try:
       client = NotebookClient(
         nb,
-        km=kernel_manager(),
+        km=km,
         timeout=timeout,
         record_timing=False,
         resources={"metadata": {"path": cwd}},
       )
       client.execute()  # Raises CellExecutionError, with the cell and traceback, on any error.
     finally:
+      # nbclient shuts down only the kernels it made: without this, each notebook's kernel
+      # lives on, holding its memory and threads, until the calling process exits.
+      if km.has_kernel:
+        km.shutdown_kernel(now=True)
       for key, value in saved.items():
         if value is None:
           os.environ.pop(key, None)
