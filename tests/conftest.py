@@ -34,7 +34,7 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # Files whose tests take 15-65 s each (processes started and killed, notebooks, benchmarks):
-# collected first, so that `pytest -n 3` hands them out early and ends on short tests instead
+# collected first, so that `pytest -n 2` hands them out early and ends on short tests instead
 # of one worker finishing a long test while the other waits.
 SLOW_FILES = (
   "faults_test.py",
