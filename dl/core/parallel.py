@@ -411,8 +411,8 @@ def shard_for_pmap(batch: dict[str, np.ndarray], num_devices: int, *, fused: boo
 def replicate(tree: Any, devices=None) -> Any:
   """Copies a pytree onto every local device, with a leading device axis (for pmap).
 
-  One program for the whole tree (a broadcast per leaf, run op by op, compiles one program
-  per leaf shape).
+  One compiled program for the whole tree: broadcast leaf by leaf, op by op, each leaf
+  shape compiled a program of its own.
   """
   mesh = Mesh(np.asarray(jax.local_devices() if devices is None else devices), ("devices",))
   tree = jax.device_put(tree, NamedSharding(mesh, P()))  # wherever its leaves were
