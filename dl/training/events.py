@@ -171,17 +171,18 @@ class Throughput:
   """The train records' model FLOPs, TFLOP/s per device, MFU and compile seconds.
 
   The FLOPs of a step are counted once, at the first record: the trainable's analytic
-  count, else XLA's count of the one-step program (`flops.xla_flops`), lowered for a batch
-  it was called with (jit's cached program, no compile) or, in a run that only fused
-  steps, for the shapes of one step (one more compile).
+  count, else XLA's count of the lowered one-step program (`flops.xla_flops`), for a batch
+  it was called with or, in a run that only fused steps, for the shapes of one step
+  (lowered, not compiled).
   """
 
-  def __init__(self, one_step, analytic: float | None, peak: float | None, fused_axis: int):
+  def __init__(self, one_step, analytic: float | None, peak: float | None, pmap: bool):
     self.one_step = one_step
     self.flops_per_step = analytic
     self.counted = analytic is not None
     self.peak = peak
-    self.fused_axis = fused_axis
+    self.pmap = pmap  # one_step is one device's program
+    self.fused_axis = 1 if pmap else 0  # fused batches: (devices, k, ...) under pmap
     self.clock = flops.CompileClock()  # runs around each dispatch
     self.batch = None  # what to lower the one-step program for, until counted
     self.devices: int | None = None  # that the state spans
@@ -214,7 +215,7 @@ class Throughput:
 
   def _xla_count(self, state: Any) -> float | None:
     try:
-      return flops.xla_flops(self.one_step, state, self.batch)
+      return flops.xla_flops(self.one_step, state, self.batch, per_device=self.pmap)
     except Exception as e:  # a figure for the records never stops a run
       log.warning("no XLA FLOP count of the train step (%s); records carry no mfu.", e)
       return None

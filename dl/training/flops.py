@@ -5,17 +5,20 @@ The loop's train records carry three figures from this module:
   model_flops_per_step       FLOPs of one optimizer step: the model's own analytic count
                              (`train_flops(batch_shape)` of a model, through the
                              trainable's `flops_per_step(batch_size)`), else XLA's count of
-                             the compiled one-step program (`xla_flops`).
+                             the lowered one-step program (`xla_flops`).
   tflops_per_sec_per_device  model_flops_per_step x steps / seconds / devices / 1e12.
   mfu                        that over the per-device peak (`peak_flops_per_device`); left
                              out where the peak is unknown.
 
-XLA's `compiled.cost_analysis()` counts the body of a `lax.scan` once, whatever its length
+XLA's `cost_analysis()` counts the body of a `lax.scan` once, whatever its length
 (jax-ml/jax#18672), so the count comes from the program of one step, never from the fused
-k-step program. It counts what the compiled program computes (the optimizer update, any
+k-step program. It is taken from the lowered program, before XLA optimizes it, so it costs
+no compile (a fused run never compiles the one-step program) and does not change with the
+backend's fusions. It counts all the step computes (the optimizer update, any remat
 recomputation), not only the model's matrix products, so it reads a little higher than an
-analytic model count. For a program over several devices it is the count of one device's
-part: `xla_flops` multiplies it by the devices the program spans.
+analytic model count. A `jax.jit` program is lowered whole, before XLA splits it over a
+mesh, so its count is the whole step's; a `jax.pmap` program is one device's part, which
+`xla_flops(..., per_device=True)` multiplies by the devices the program spans.
 
 `CompileClock` adds up the seconds JAX spends tracing, lowering and compiling (or loading
 from the persistent compilation cache) while it is running, from JAX's own monitoring
@@ -101,21 +104,26 @@ def measured_cpu_peak() -> float:
   return 2 * n**3 / best
 
 
-def xla_flops(compiled_step: Any, *args: Any) -> float | None:
-  """XLA's FLOPs of `compiled_step(*args)`, summed over the devices the program spans.
+def xla_flops(step: Any, *args: Any, per_device: bool = False) -> float | None:
+  """XLA's FLOPs of `step(*args)`, from its lowered program: the whole step's.
 
-  `compiled_step` is a `jax.jit` or `jax.pmap` function; lowering it for arguments it was
-  already called with reuses jit's caches (about a millisecond), otherwise it compiles.
-  None when the backend gives no count.
+  Args:
+    step: a `jax.jit` or `jax.pmap` function. Lowering it for arguments (or shapes) it was
+      already called with reuses jit's trace; nothing is compiled.
+    *args: its arguments, arrays or `jax.ShapeDtypeStruct`s.
+    per_device: `step` is one device's program (`jax.pmap`): the count is multiplied by
+      the devices the arguments span.
+
+  Returns:
+    The count, or None when the backend gives none.
   """
-  compiled = compiled_step.lower(*args).compile()
-  costs = compiled.cost_analysis()
+  costs = step.lower(*args).cost_analysis()
   if isinstance(costs, (list, tuple)):  # older jax: one dict per program
     costs = costs[0] if costs else None
   flops = (costs or {}).get("flops")
   if flops is None or flops < 0:
     return None
-  return float(flops) * num_devices(args)
+  return float(flops) * (num_devices(args) if per_device else 1)
 
 
 def num_devices(tree: Any) -> int:

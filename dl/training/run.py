@@ -83,9 +83,8 @@ class Run:
       step_fn = jax.vmap(step_fn)  # members: own state, own batches, one program
     one_step = self.layout.compile(step_fn, fused=False)
     fused_steps = self.layout.compile(step_fn, fused=True, unroll=self.unroll_steps)
-    fused_axis = 1 if self.layout.mode == "pmap" else 0  # (devices, k, ...) under pmap
     self.throughput = events.Throughput(
-      one_step, self.analytic_flops(), self.peak_flops, fused_axis
+      one_step, self.analytic_flops(), self.peak_flops, pmap=self.layout.mode == "pmap"
     )
     batches, schedule = position.batches, self.schedule
     step = int(np.max(jax.device_get(self.layout.get_state(state).step)))
