@@ -8,6 +8,7 @@ to dodge a cycle is the cycle still.
 
 import ast
 import importlib
+import json
 import pathlib
 import subprocess
 import sys
@@ -178,14 +179,49 @@ PACKAGES = sorted(
 )
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_a_packages_modules_are_its_attributes(package):
-  """`import dl` then `dl.<package>.<module>` works for every module, imported or not yet."""
-  folder = ROOT.parent / package.replace(".", "/")
-  modules = [p.stem for p in folder.glob("[!_]*.py")]
-  modules += [p.parent.name for p in folder.glob("*/__init__.py")]
-  path = package.split(".")[1:]
-  code = f"import dl\npackage = dl\nfor name in {path!r}:\n  package = getattr(package, name)\n"
-  code += f"for name in {sorted(modules)!r}:\n  getattr(package, name)\n"
-  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-  assert result.returncode == 0, result.stderr[-1500:]
+# One process: `import dl`, then the third-party libraries dl's modules import, so that
+# each forked child pays only for dl's own modules and starts with none of them loaded.
+_EACH_PACKAGE_IN_A_FORK = """
+import json, os, sys, traceback
+import dl
+import flax, grain, jax, matplotlib, optax, orbax.checkpoint, tensorflow_datasets
+loaded = [m for m in sys.modules if m.startswith("dl.")]
+assert not loaded, f"loaded before the fork: {loaded}"
+failed = {}
+for package, modules in json.loads(sys.argv[1]).items():
+  read, write = os.pipe()
+  if os.fork() == 0:
+    os.close(read)
+    try:
+      module = dl
+      for name in package.split(".")[1:]:
+        module = getattr(module, name)
+      for name in modules:
+        getattr(module, name)
+    except BaseException:
+      os.write(write, traceback.format_exc().encode())
+      os._exit(1)
+    os._exit(0)
+  os.close(write)
+  with os.fdopen(read) as f:
+    error = f.read()
+  if os.wait()[1] or error:
+    failed[package] = error[-1500:]
+print(json.dumps(failed))
+"""
+
+
+def test_a_packages_modules_are_its_attributes():
+  """`import dl` then `dl.<package>.<module>` works for every module, imported or not yet:
+  each package is checked in a fresh fork that has loaded no module of dl but the root."""
+  checks = {}
+  for package in PACKAGES:
+    folder = ROOT.parent / package.replace(".", "/")
+    modules = [p.stem for p in folder.glob("[!_]*.py")]
+    modules += [p.parent.name for p in folder.glob("*/__init__.py")]
+    checks[package] = sorted(modules)
+  code, arg = _EACH_PACKAGE_IN_A_FORK, json.dumps(checks)
+  result = subprocess.run([sys.executable, "-c", code, arg], capture_output=True, text=True)
+  assert result.returncode == 0, result.stderr[-3000:]
+  failed = json.loads(result.stdout.splitlines()[-1])
+  assert not failed, "\n".join(f"{package}:\n{error}" for package, error in failed.items())
