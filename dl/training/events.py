@@ -181,8 +181,7 @@ class Throughput:
     self.flops_per_step = analytic
     self.counted = analytic is not None
     self.peak = peak
-    self.pmap = pmap  # one_step is one device's program
-    self.fused_axis = 1 if pmap else 0  # fused batches: (devices, k, ...) under pmap
+    self.pmap = pmap  # one_step is one device's program; fused batches are (devices, k, ...)
     self.clock = flops.CompileClock()  # runs around each dispatch
     self.batch = None  # what to lower the one-step program for, until counted
     self.devices: int | None = None  # that the state spans
@@ -194,7 +193,7 @@ class Throughput:
     if k == 1:
       self.batch = batch
     else:
-      a = self.fused_axis
+      a = 1 if self.pmap else 0  # the k axis
       self.batch = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape[:a] + x.shape[a + 1 :], x.dtype), batch
       )
